@@ -1,0 +1,1 @@
+"""Data: annotations, categories, frame sources, text encoding, datasets and the synthetic generator."""

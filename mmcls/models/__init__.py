@@ -1,0 +1,1 @@
+"""Models: frame encoders, the single-stream fusion classifier and the model folder format."""
