@@ -1,0 +1,382 @@
+"""Frame sources: JPEG frame zips, precomputed feature zips and plain video files, behind one interface.
+
+Every source returns a :class:`FrameClip` padded to ``cfg.max_frames``: images as normalised float32
+``[T, 3, S, S]`` (shorter side resized to ``S = cfg.image_size``, then centre-cropped), features as float32
+``[T, D]``. Which frames are taken is decided by :func:`sample_frame_indices`: uniform and deterministic for
+evaluation, a random sorted subset for training.
+
+Safety and robustness rules:
+
+* Zip member names are only ever used as keys (``ZipFile.open(info)``), never as file-system paths.
+* Members larger than ``cfg.max_member_bytes`` or compressed more than ``cfg.max_compression_ratio`` times are
+  refused (zip-bomb guard); reads are bounded even if a member's header lies about its size.
+* Zip files are opened lazily in the process that reads them. DataLoader workers are forked: a ``ZipFile``
+  opened in the parent shares its file offset with every child, and concurrent seeks corrupt reads (the
+  challenge's own baseline crashed on this). The split-wide feature zip is therefore cached per process id.
+* Problems raise :class:`FrameError` with a ``kind`` the dataset can count; a single undecodable JPEG inside a
+  zip is skipped and recorded in ``FrameClip.errors`` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from mmcls.config import ConfigError, FrameConfig
+from mmcls.errors import MmclsError
+
+FRAME_ERROR_KINDS = (
+    "missing_file",
+    "bad_zip",
+    "bad_image",
+    "no_frames",
+    "bad_npy",
+    "wrong_shape",
+    "unsafe_member",
+    "bad_video",
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Errors that reading one zip member can raise: CRC mismatch (BadZipFile), broken deflate stream, short
+# file, encrypted member (RuntimeError), unsupported compression method (NotImplementedError).
+_MEMBER_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+_VIDEO_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class FrameError(MmclsError):
+    """The frames of one video cannot be read. ``kind`` is one of :data:`FRAME_ERROR_KINDS`."""
+
+    def __init__(self, kind: str, path: str | Path, detail: str = "", member: str | None = None):
+        self.kind = kind
+        self.path = str(path)
+        self.detail = detail
+        self.member = member
+        where = self.path + (f" (member {member!r})" if member is not None else "")
+        super().__init__(f"{where}: {kind}" + (f": {detail}" if detail else ""))
+
+    def __reduce__(self):  # picklable with its structured fields (exceptions cross process boundaries)
+        return (type(self), (self.kind, self.path, self.detail, self.member))
+
+
+@dataclass
+class FrameClip:
+    frames: torch.Tensor  # [max_frames, 3, H, W] or [max_frames, D] float32, zero padded
+    mask: torch.Tensor  # [max_frames] bool, True = real frame
+    errors: list[str] = field(default_factory=list)  # kinds of non-fatal problems (e.g. one bad JPEG skipped)
+
+
+def sample_frame_indices(num_available: int, max_frames: int, rng: np.random.Generator | None) -> list[int]:
+    """Indices (sorted, distinct) of the frames to use.
+
+    All frames when there are at most ``max_frames``. Otherwise: with ``rng=None`` (evaluation) the centre
+    frame of each of ``max_frames`` equal segments, so the same video always gives the same clip; with an
+    ``rng`` (training) a uniformly random sorted subset.
+    """
+    if num_available <= 0 or max_frames <= 0:
+        return []
+    if num_available <= max_frames:
+        return list(range(num_available))
+    if rng is None:
+        # Segments are wider than one frame here, so the centres are distinct.
+        return [int((i + 0.5) * num_available / max_frames) for i in range(max_frames)]
+    return sorted(int(i) for i in rng.choice(num_available, size=max_frames, replace=False))
+
+
+class FrameSource(ABC):
+    """Reads the frames (or frame features) of one video by id."""
+
+    def __init__(self, cfg: FrameConfig):
+        self.cfg = cfg
+        self.max_frames = cfg.max_frames
+
+    @property
+    @abstractmethod
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one frame in the output: ``(3, S, S)`` or ``(D,)``."""
+
+    @abstractmethod
+    def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
+        """The clip of ``video_id``; ``rng`` selects training sampling. Raises :class:`FrameError`."""
+
+    def empty(self) -> FrameClip:
+        """An all-padding clip (mask all False), used when a sample falls back to text only."""
+        return FrameClip(
+            frames=torch.zeros((self.max_frames, *self.item_shape), dtype=torch.float32),
+            mask=torch.zeros(self.max_frames, dtype=torch.bool),
+            errors=[],
+        )
+
+    def _pad(self, items: torch.Tensor, errors: list[str]) -> FrameClip:
+        clip = self.empty()
+        n = min(len(items), self.max_frames)
+        clip.frames[:n] = items[:n]
+        clip.mask[:n] = True
+        clip.errors = errors
+        return clip
+
+
+class _ImageSource(FrameSource):
+    """Shared resizing and normalisation for sources that yield RGB images."""
+
+    def __init__(self, cfg: FrameConfig):
+        super().__init__(cfg)
+        self.image_size = cfg.image_size
+        self._mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (3, self.image_size, self.image_size)
+
+    def _fit(self, image: Image.Image) -> np.ndarray:
+        """Shorter side to ``image_size``, centre crop to a square; uint8 ``[S, S, 3]``."""
+        size = (self.image_size, self.image_size)
+        return np.asarray(ImageOps.fit(image.convert("RGB"), size, Image.Resampling.BICUBIC))
+
+    def _normalise(self, images: list[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        return batch.sub_(self._mean).div_(self._std)
+
+
+class ZipFramesSource(_ImageSource):
+    """``{root}/{id[-3:]}/{id}.zip`` with one JPEG per frame; frame order = ``sorted(namelist())``.
+
+    ``root`` is ``DATA_ROOT/zip_frames/{split}``. Each read opens and closes its own small zip, so nothing is
+    shared between DataLoader workers.
+    """
+
+    def __init__(self, cfg: FrameConfig, root: str | Path):
+        super().__init__(cfg)
+        self.root = Path(root)
+
+    def path(self, video_id: str) -> Path:
+        _check_video_id(video_id)
+        return self.root / video_id[-3:] / f"{video_id}.zip"
+
+    def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
+        path = self.path(video_id)
+        with _open_zip(path) as zf:
+            members = sorted((i for i in zf.infolist() if _is_image_member(i)), key=lambda i: i.filename)
+            if not members:
+                raise FrameError("no_frames", path, "the zip holds no image member")
+            # One refused member makes the whole zip untrusted, whichever frames the sampler picks.
+            for info in members:
+                _check_member_safe(info, path, self.cfg)
+            images, errors = [], []
+            for k in sample_frame_indices(len(members), self.max_frames, rng):
+                image, error = self._decode_member(zf, members[k], path)
+                if error is None:
+                    images.append(image)
+                else:
+                    errors.append(error)
+        if not images:
+            raise FrameError(errors[0], path, f"none of the {len(errors)} sampled frames could be read")
+        return self._pad(self._normalise(images), errors)
+
+    def _decode_member(
+        self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path
+    ) -> tuple[np.ndarray | None, str | None]:
+        """``(image, None)`` or ``(None, error kind)`` for one frame."""
+        try:
+            data = _read_member(zf, info, path, self.cfg)
+        except _MEMBER_READ_ERRORS:
+            return None, "bad_zip"
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                # Let the JPEG decoder downscale by 1/2..1/8 while staying >= the target size: much faster.
+                image.draft("RGB", (self.image_size, self.image_size))
+                return self._fit(image), None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None, "bad_image"
+
+
+class ZipFeatsSource(FrameSource):
+    """``DATA_ROOT/zip_feats/{split}.zip`` with one member ``{id}.npy`` per video: float16 ``[n, D]``.
+
+    The split zip stays open between reads, one handle per process (see the module docstring); the map from
+    video id to member is built once per process when the zip is opened.
+    """
+
+    def __init__(self, cfg: FrameConfig, zip_path: str | Path):
+        super().__init__(cfg)
+        self.zip_path = Path(zip_path)
+        self.feature_dim = cfg.feature_dim
+        self._zip: zipfile.ZipFile | None = None
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        self._pid: int | None = None
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (self.feature_dim,)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An open ZipFile is neither picklable nor shareable: workers open their own.
+        state = self.__dict__.copy()
+        state.update(_zip=None, _members={}, _pid=None)
+        return state
+
+    def close(self) -> None:
+        if self._zip is not None and self._pid == os.getpid():
+            self._zip.close()
+        self._zip, self._members, self._pid = None, {}, None
+
+    def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
+        zf = self._open()
+        member = f"{video_id}.npy"
+        info = self._members.get(video_id)
+        if info is None:
+            raise FrameError("missing_file", self.zip_path, "no such member in the feature zip", member)
+        member = info.filename
+        try:
+            data = _read_member(zf, info, self.zip_path, self.cfg)
+        except _MEMBER_READ_ERRORS as exc:
+            raise FrameError("bad_zip", self.zip_path, f"cannot read member: {exc}", member) from None
+        features = self._parse_npy(data, member)
+        indices = sample_frame_indices(len(features), self.max_frames, rng)
+        chosen = features[indices].astype(np.float32)
+        if not np.isfinite(chosen).all():
+            raise FrameError("bad_npy", self.zip_path, "non-finite values", member)
+        return self._pad(torch.from_numpy(chosen), [])
+
+    def _parse_npy(self, data: bytes, member: str) -> np.ndarray:
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise FrameError("bad_npy", self.zip_path, f"not a readable .npy: {exc}", member) from None
+        if not isinstance(array, np.ndarray):  # np.load returns an NpzFile for .npz content
+            raise FrameError("bad_npy", self.zip_path, "not a single .npy array", member)
+        if array.dtype.kind not in "fiu":
+            raise FrameError("bad_npy", self.zip_path, f"non-numeric dtype {array.dtype}", member)
+        if array.ndim != 2 or array.shape[1] != self.feature_dim:
+            raise FrameError(
+                "wrong_shape", self.zip_path, f"shape {array.shape}, expected [n, {self.feature_dim}]", member
+            )
+        if array.shape[0] == 0:
+            raise FrameError("no_frames", self.zip_path, "zero feature rows", member)
+        return array
+
+    def _open(self) -> zipfile.ZipFile:
+        pid = os.getpid()
+        if self._zip is None or self._pid != pid:
+            # A handle inherited through fork is dropped, not closed: it belongs to the parent.
+            zf = _open_zip(self.zip_path)
+            members: dict[str, zipfile.ZipInfo] = {}
+            for info in zf.infolist():
+                name = info.filename
+                if not info.is_dir() and name.lower().endswith(".npy"):
+                    members.setdefault(name.rsplit("/", 1)[-1][: -len(".npy")], info)
+            self._zip, self._members, self._pid = zf, members, pid
+        return self._zip
+
+
+class VideoFileSource(_ImageSource):
+    """``{video_dir}/{id}{ext}`` decoded with decord; frames resized like the JPEG frames."""
+
+    def __init__(self, cfg: FrameConfig, video_dir: str | Path, ext: str | None = None):
+        super().__init__(cfg)
+        self.video_dir = Path(video_dir)
+        self.ext = cfg.video_ext if ext is None else ext
+
+    def path(self, video_id: str) -> Path:
+        _check_video_id(video_id)
+        return self.video_dir / f"{video_id}{self.ext}"
+
+    def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
+        import decord  # lazy: decord wheels are missing on some platforms that only use zips
+
+        path = self.path(video_id)
+        if not path.is_file():
+            raise FrameError("missing_file", path, "no such video file")
+        try:
+            # One decoding thread: DataLoader workers already provide the parallelism.
+            reader = decord.VideoReader(str(path), num_threads=1)
+            indices = sample_frame_indices(len(reader), self.max_frames, rng)
+            if not indices:
+                raise FrameError("bad_video", path, "the video has no frames")
+            decoded = reader.get_batch(indices).asnumpy()
+        except (RuntimeError, decord.DECORDError) as exc:
+            raise FrameError("bad_video", path, f"cannot decode: {_first_line(exc)}") from None
+        images = [self._fit(Image.fromarray(frame)) for frame in decoded]
+        return self._pad(self._normalise(images), [])
+
+
+def build_frame_source(cfg: FrameConfig, data_root: str | Path, split: str) -> FrameSource | None:
+    """The source ``cfg.source`` names for ``split`` of the official layout; ``None`` for ``"none"``."""
+    root = Path(data_root)
+    if cfg.source == "zip_frames":
+        return ZipFramesSource(cfg, root / "zip_frames" / split)
+    if cfg.source == "zip_feats":
+        return ZipFeatsSource(cfg, root / "zip_feats" / f"{split}.zip")
+    if cfg.source == "video":
+        video_dir = Path(cfg.video_dir) if cfg.video_dir else root / "videos" / split
+        return VideoFileSource(cfg, video_dir, cfg.video_ext)
+    if cfg.source == "none":
+        return None
+    raise ConfigError(
+        f"data.frames.source: unknown frame source {cfg.source!r}; use zip_frames, zip_feats, video or none"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _check_video_id(video_id: str) -> None:
+    # Ids become file names: refuse anything that could leave the data directory.
+    if not isinstance(video_id, str) or not _VIDEO_ID.fullmatch(video_id):
+        raise ValueError(f"invalid video id {video_id!r}: expected letters, digits, '_' or '-'")
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise FrameError("missing_file", path, "no such zip file") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise FrameError("bad_zip", path, f"not a readable zip file: {exc}") from None
+
+
+def _is_image_member(info: zipfile.ZipInfo) -> bool:
+    return not info.is_dir() and info.filename.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _check_member_safe(info: zipfile.ZipInfo, path: Path, cfg: FrameConfig) -> None:
+    if info.file_size > cfg.max_member_bytes:
+        raise FrameError(
+            "unsafe_member",
+            path,
+            f"{info.file_size} bytes > max_member_bytes={cfg.max_member_bytes}",
+            info.filename,
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > cfg.max_compression_ratio:
+        raise FrameError(
+            "unsafe_member",
+            path,
+            f"compression ratio {ratio:.0f} > max_compression_ratio={cfg.max_compression_ratio:g}",
+            info.filename,
+        )
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cfg: FrameConfig) -> bytes:
+    """The bytes of a member, refusing unsafe ones.
+
+    zipfile stops decompressing at the header's ``file_size`` (a header that understates the size then fails
+    the CRC check with BadZipFile), so checking the header bounds the memory a read can take.
+    """
+    _check_member_safe(info, path, cfg)
+    return zf.read(info)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

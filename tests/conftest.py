@@ -1,0 +1,56 @@
+"""Shared pytest fixtures. Add fixtures here; do not remove others' fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``<repo>/../shared/data``: real files for tests (vocab, categories, a real video). Skips if absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    """The packaged bert-base-chinese tokenizer (loaded once per test session)."""
+    from mmcls.data.text import load_tokenizer
+
+    return load_tokenizer("builtin:bert-base-chinese")
+
+
+@pytest.fixture(scope="session")
+def jpeg_bytes():
+    """``jpeg_bytes(value, size=(48, 32))``: a uniform grey JPEG (``value`` 0-255) of ``size`` (width, height)."""
+    import io
+
+    from PIL import Image
+
+    def make(value: int, size: tuple[int, int] = (48, 32)) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (value, value, value)).save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def write_zip():
+    """``write_zip(path, {member: bytes}, compression=ZIP_STORED)``: write a zip (parents created)."""
+    import zipfile
+
+    def write(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path, "w", compression=compression) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)  # a name ending in "/" makes a directory entry
+        return path
+
+    return write
