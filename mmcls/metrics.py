@@ -1,0 +1,163 @@
+"""The WBDC2022 score: F1 on level-1 and level-2 categories, micro and macro, averaged.
+
+``mean_f1 = (lv1_micro_f1 + lv1_macro_f1 + lv2_micro_f1 + lv2_macro_f1) / 4``, where the level-1 label is
+derived from the level-2 category id as ``int(category_id[:2])`` and F1 is scikit-learn's ``f1_score``
+(macro F1 averages over every label present in either the truth or the predictions, as sklearn does by
+default). Category ids are strings throughout: ``"0103"`` keeps its leading zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from mmcls.data.categories import CategoryMap, official_categories
+
+SCORE_KEYS = ("lv1_micro_f1", "lv1_macro_f1", "lv2_micro_f1", "lv2_macro_f1", "mean_f1")
+
+
+class EvaluationError(ValueError):
+    """A prediction or annotation file is unusable; the message names the file and the line or record."""
+
+
+def compute_scores(true_category_ids: Sequence[str], pred_category_ids: Sequence[str]) -> dict[str, float]:
+    """Challenge score of predicted category ids (strings like ``"0103"``) against the true ones."""
+    true_lv2 = [str(c) for c in true_category_ids]
+    pred_lv2 = [str(c) for c in pred_category_ids]
+    if len(true_lv2) != len(pred_lv2):
+        raise ValueError(f"{len(true_lv2)} true labels but {len(pred_lv2)} predictions")
+    if not true_lv2:
+        raise ValueError("cannot score an empty set of predictions")
+    true_lv1 = [int(c[:2]) for c in true_lv2]
+    pred_lv1 = [int(c[:2]) for c in pred_lv2]
+    scores = {
+        # zero_division=0 gives the values of sklearn's default ("warn") without the warning spam that
+        # classes predicted but absent from the truth (or the reverse) would cause.
+        "lv1_micro_f1": f1_score(true_lv1, pred_lv1, average="micro", zero_division=0),
+        "lv1_macro_f1": f1_score(true_lv1, pred_lv1, average="macro", zero_division=0),
+        "lv2_micro_f1": f1_score(true_lv2, pred_lv2, average="micro", zero_division=0),
+        "lv2_macro_f1": f1_score(true_lv2, pred_lv2, average="macro", zero_division=0),
+    }
+    scores = {k: float(v) for k, v in scores.items()}
+    scores["mean_f1"] = sum(scores.values()) / 4.0
+    return scores
+
+
+def compute_scores_from_indices(
+    true_lv2: Sequence[int] | np.ndarray, pred_lv2: Sequence[int] | np.ndarray, categories: CategoryMap
+) -> dict[str, float]:
+    """Same as :func:`compute_scores` for lv2 index arrays (as the model's argmax produces them)."""
+    true_idx = np.asarray(true_lv2, dtype=np.int64).reshape(-1)
+    pred_idx = np.asarray(pred_lv2, dtype=np.int64).reshape(-1)
+    for name, idx in (("true_lv2", true_idx), ("pred_lv2", pred_idx)):
+        bad = (idx < 0) | (idx >= categories.num_lv2)
+        if bad.any():
+            raise ValueError(
+                f"{name}: index {int(idx[bad][0])} out of range [0, {categories.num_lv2}) "
+                f"(unlabeled samples, label -1, cannot be scored)"
+            )
+    ids = np.asarray(categories.category_ids, dtype=object)
+    return compute_scores(list(ids[true_idx]), list(ids[pred_idx]))
+
+
+def read_predictions(pred_csv: str | Path, categories: CategoryMap | None = None) -> dict[str, str]:
+    """Read a submission CSV (``id,category_id`` per line, no header) into ``{id: category_id}``."""
+    return {video_id: cid for video_id, (cid, _) in _read_prediction_lines(pred_csv, categories).items()}
+
+
+def _read_prediction_lines(
+    pred_csv: str | Path, categories: CategoryMap | None = None
+) -> dict[str, tuple[str, int]]:
+    """``{id: (category_id, line number)}``, validating every line."""
+    known = set((categories or official_categories()).category_ids)
+    path = Path(pred_csv)
+    predictions: dict[str, tuple[str, int]] = {}
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot open prediction file: {exc}") from exc
+    with handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue  # blank lines (e.g. a trailing one) carry nothing
+            if len(row) != 2:
+                raise EvaluationError(
+                    f"{path}: line {line_no}: expected 2 fields 'id,category_id', got {len(row)}: {row!r}"
+                )
+            video_id, category_id = row[0].strip(), row[1].strip()
+            if not video_id:
+                raise EvaluationError(f"{path}: line {line_no}: empty id")
+            if category_id not in known:
+                header = line_no == 1 and category_id == "category_id"
+                hint = " (a submission has no header line)" if header else ""
+                raise EvaluationError(
+                    f"{path}: line {line_no}: unknown category_id {category_id!r} for id {video_id}{hint}"
+                )
+            if video_id in predictions:
+                raise EvaluationError(
+                    f"{path}: line {line_no}: duplicate id {video_id} "
+                    f"(first seen on line {predictions[video_id][1]})"
+                )
+            predictions[video_id] = (category_id, line_no)
+    return predictions
+
+
+def read_labels(ann_json: str | Path, categories: CategoryMap | None = None) -> dict[str, str]:
+    """Read ``{id: category_id}`` from a labeled annotation JSON (``labeled.json`` or ``test_labels.json``)."""
+    categories = categories or official_categories()
+    known = set(categories.category_ids)
+    path = Path(ann_json)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            records = json.load(handle)
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot open annotation file: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise EvaluationError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(records, list):
+        raise EvaluationError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    labels: dict[str, str] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise EvaluationError(f"{path}: record {index}: expected an object, got {type(record).__name__}")
+        for field in ("id", "category_id"):
+            if not isinstance(record.get(field), str):
+                raise EvaluationError(
+                    f"{path}: record {index}: field '{field}': missing or not a string ({record.get(field)!r})"
+                )
+        if record["category_id"] not in known:
+            raise EvaluationError(
+                f"{path}: record {index}: field 'category_id': unknown category id {record['category_id']!r}"
+            )
+        if record["id"] in labels:
+            raise EvaluationError(f"{path}: record {index}: field 'id': duplicate id {record['id']}")
+        labels[record["id"]] = record["category_id"]
+    if not labels:
+        raise EvaluationError(f"{path}: no records")
+    return labels
+
+
+def evaluate_files(pred_csv: str | Path, ann_json: str | Path) -> dict[str, float]:
+    """Score a submission CSV against an annotation JSON with labels.
+
+    Every annotated id needs exactly one prediction and every prediction must be for an annotated id;
+    otherwise :class:`EvaluationError` names the file and the line (or the missing ids).
+    """
+    labels = read_labels(ann_json)
+    predictions = _read_prediction_lines(pred_csv)
+    for video_id, (_, line_no) in predictions.items():
+        if video_id not in labels:
+            raise EvaluationError(f"{pred_csv}: line {line_no}: id {video_id} is not in {ann_json}")
+    missing = [video_id for video_id in labels if video_id not in predictions]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise EvaluationError(
+            f"{pred_csv}: no prediction for {len(missing)} of the {len(labels)} ids in {ann_json}: {shown}"
+        )
+    ids = list(labels)
+    return compute_scores([labels[i] for i in ids], [predictions[i][0] for i in ids])
