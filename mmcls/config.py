@@ -10,10 +10,13 @@ import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mmcls.errors import MmclsError
 
 # CLIP's normalisation constants (open_clip.constants.OPENAI_DATASET_MEAN/STD); repeated here so that the
 # data pipeline does not have to import open_clip.
@@ -21,7 +24,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class ConfigError(ValueError):
+class ConfigError(MmclsError, ValueError):
     """A configuration key or value is wrong; the message names the key."""
 
 
@@ -126,11 +129,12 @@ class Config:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        return _build(cls, values, prefix="")
+        return validate(_build(cls, values, prefix=""))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
-        path = Path(path)
+        """Load a YAML file, or a packaged preset by name (``tiny``, ``base``, ``feats``)."""
+        path = resolve_preset(path)
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -151,6 +155,17 @@ class Config:
 
     def copy(self) -> Config:
         return copy.deepcopy(self)
+
+
+def resolve_preset(spec: str | Path) -> Path:
+    """``spec`` itself if it is a file, else the packaged preset ``configs/<spec>.yaml``."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    preset = resources.files("mmcls.configs").joinpath(f"{path.stem}.yaml")
+    if path.suffix in ("", ".yaml") and preset.is_file():
+        return Path(str(preset))
+    raise ConfigError(f"{spec}: no such config file or preset (presets: tiny, base, feats)")
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -188,8 +203,50 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce_number(hint, value, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _coerce_number(hint: Any, value: Any, key: str) -> Any:
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string: turn such strings into the float/int the field wants."""
+    if not isinstance(value, str):
+        return value
+    wanted = [t for t in (typing.get_args(hint) or (hint,)) if t in (int, float)]
+    if not wanted or str in (typing.get_args(hint) or (hint,)):
+        return value
+    try:
+        return wanted[0](value) if wanted[0] is float else int(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+_CHOICES = {
+    "data.text.truncation": ("head", "tail", "head_tail"),
+    "data.frames.source": ("zip_frames", "zip_feats", "video", "none"),
+    "data.frames.on_error": ("text_only", "drop", "raise"),
+    "model.frame_encoder.type": ("open_clip", "timm", "identity"),
+    "model.pooling": ("cls", "mean", "cls_mean"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.distributed": ("ddp", "fsdp"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Check enumerated settings and cross-field constraints; raise ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+    if cfg.data.frames.max_frames > cfg.model.max_frames:
+        raise ConfigError(
+            f"data.frames.max_frames={cfg.data.frames.max_frames} exceeds model.max_frames={cfg.model.max_frames}"
+        )
+    if cfg.train.grad_accum_steps < 1:
+        raise ConfigError("train.grad_accum_steps must be >= 1")
+    return cfg
 
 
 def _to_plain(value: Any) -> Any:
