@@ -1,0 +1,246 @@
+"""Frame encoders: turn ``[B, T, 3, H, W]`` frames (or ``[B, T, D]`` precomputed features) into ``[B, T, D]``.
+
+Three kinds, chosen by ``FrameEncoderConfig.type``:
+
+* ``open_clip``: the visual tower of any open_clip model (``open_clip.create_model(name, pretrained=tag)``);
+* ``timm``: any timm backbone without its classifier (``num_classes=0``);
+* ``identity``: precomputed frame features (e.g. the challenge's ``zip_feats``), passed through.
+
+Pretrained weights are loaded only through the libraries' own loaders. When they cannot be found (typically: no
+network and nothing cached) a :class:`PretrainedWeightsError` says which weights are missing and how to provide
+them locally. The folder ``open_clip_configs/`` of this package is registered with open_clip on import, so tiny
+architectures such as ``mmcls-tiny-vit`` (32 px, random init) can be used for CPU tests and demos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from mmcls.config import FrameEncoderConfig
+
+OPEN_CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "open_clip_configs"
+open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)
+
+_OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")
+_CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be loaded; the message names them and how to provide them offline."""
+
+
+class FrameEncoder(nn.Module):
+    """Runs a per-image backbone over every frame of a clip.
+
+    ``forward(frames)`` takes ``[B, T, 3, H, W]`` images (``[B, T, D]`` features for ``identity``) and returns
+    ``[B, T, output_dim]``. All ``B*T`` frames go through the backbone, padding included: the frame mask is
+    applied later (the backbones here treat every image independently in eval mode, so padding cannot leak
+    into real frames; a BatchNorm backbone in train mode does see the padded frames in its batch statistics).
+
+    ``build_kwargs`` holds the keyword arguments that shape the architecture (for example open_clip's
+    ``force_quick_gelu`` for OpenAI weights); the model folder saves them so that a rebuild without
+    pretrained weights gets the same network.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module | None,
+        output_dim: int,
+        kind: str,
+        *,
+        freeze: bool = False,
+        build_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.output_dim = int(output_dim)
+        self.kind = kind
+        self.frozen = bool(freeze) and backbone is not None
+        self.build_kwargs = dict(build_kwargs or {})
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> FrameEncoder:
+        super().train(mode)
+        if self.frozen:
+            # A frozen backbone stays in eval mode: no dropout, BatchNorm statistics untouched.
+            self.backbone.eval()
+        return self
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.backbone is None:
+            if frames.dim() != 3 or frames.shape[-1] != self.output_dim:
+                raise ValueError(
+                    f"identity frame encoder expects features [B, T, {self.output_dim}], got {tuple(frames.shape)}"
+                )
+            return frames
+        if frames.dim() != 5:
+            raise ValueError(
+                f"{self.kind} frame encoder expects frames [B, T, 3, H, W], got {tuple(frames.shape)}"
+            )
+        batch, num_frames = frames.shape[:2]
+        dtype = next(self.backbone.parameters()).dtype
+        features = self.backbone(frames.flatten(0, 1).to(dtype))
+        return features.reshape(batch, num_frames, -1)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute backbone activations in the backward pass (both open_clip and timm support it)."""
+        if self.backbone is not None and hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(enable)
+
+
+def build_frame_encoder(cfg: FrameEncoderConfig, image_size: int) -> FrameEncoder:
+    """Build the frame encoder described by ``cfg`` for square frames of ``image_size`` pixels."""
+    if cfg.type == "identity":
+        return FrameEncoder(None, cfg.input_dim, "identity")
+    if cfg.type == "open_clip":
+        backbone, kwargs = _open_clip_visual(cfg, image_size)
+    elif cfg.type == "timm":
+        backbone, kwargs = _timm_backbone(cfg)
+    else:
+        raise ValueError(f"model.frame_encoder.type: unknown {cfg.type!r}; use open_clip, timm or identity")
+    output_dim = _output_dim(backbone, image_size)
+    return FrameEncoder(backbone, output_dim, cfg.type, freeze=cfg.freeze, build_kwargs=kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- open_clip
+def _open_clip_visual(cfg: FrameEncoderConfig, image_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    name, tag = cfg.name, _normalize_tag(cfg.pretrained)
+    has_schema = name.startswith(_OPEN_CLIP_SCHEMAS)
+    if not has_schema and open_clip.get_model_config(name) is None:
+        raise ValueError(
+            f"model.frame_encoder.name: unknown open_clip model {name!r} (see open_clip.list_models(); "
+            f"add an architecture with open_clip.add_model_config(JSON) or use 'hf-hub:ORG/REPO')"
+        )
+    kwargs: dict[str, Any] = {}
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag and not has_schema else {}
+    if tag and not has_schema and not tag_cfg and not os.path.isfile(tag):
+        raise PretrainedWeightsError(
+            f"open_clip model {name!r}: pretrained={tag!r} is not a known tag "
+            f"(known: {open_clip.list_pretrained_tags_by_model(name)}) and not an existing checkpoint file"
+        )
+    if tag_cfg.get("quick_gelu"):
+        # OpenAI's weights were trained with QuickGELU; the plain config uses nn.GELU. Saved with the model.
+        kwargs["force_quick_gelu"] = True
+    kwargs.update(cfg.kwargs)
+    try:
+        # pretrained_text=False: only the visual tower is kept, so never fetch text-tower weights.
+        with _quiet_random_init_warning(enabled=not tag):
+            model = open_clip.create_model(
+                name, pretrained=tag, force_image_size=image_size, pretrained_text=False, **kwargs
+            )
+    except (RuntimeError, OSError) as exc:
+        if not tag and not has_schema:
+            raise
+        raise PretrainedWeightsError(_open_clip_hint(name, tag, tag_cfg, exc)) from exc
+    return model.visual, kwargs
+
+
+def _open_clip_hint(name: str, tag: str | None, tag_cfg: dict, exc: Exception) -> str:
+    repo = (tag_cfg.get("hf_hub") or "").rstrip("/") or "ORG/REPO"
+    return (
+        f"could not load pretrained weights for open_clip model {name!r} (pretrained={tag!r}): {exc}\n"
+        f"To provide them without network: download on a connected machine with "
+        f"`hf download {repo} --local-dir DIR` (older huggingface_hub: `huggingface-cli download ...`) and set "
+        f"model.frame_encoder.pretrained to the checkpoint file in DIR (e.g. DIR/open_clip_pytorch_model.bin); "
+        f"or copy a Hugging Face cache that holds it and point HF_HOME (or HF_HUB_CACHE) at it "
+        f"(open_clip's URL downloads are cached in ~/.cache/clip). "
+        f"Set HF_HUB_OFFLINE=1 to skip the network retries."
+        + (
+            " These weights need QuickGELU: with a checkpoint file also set "
+            "model.frame_encoder.kwargs.force_quick_gelu=true."
+            if tag_cfg.get("quick_gelu")
+            else ""
+        )
+    )
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(enabled: bool) -> Iterator[None]:
+    """Drop open_clip's root-logger warning "No pretrained weights loaded ... initialized randomly" while
+    building with ``pretrained: null`` on purpose (e.g. when loading a model folder, where it would mislead)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    if enabled:
+        root.addFilter(keep)
+    try:
+        yield
+    finally:
+        if enabled:
+            root.removeFilter(keep)
+
+
+# ---------------------------------------------------------------------------------------------- timm
+def _timm_backbone(cfg: FrameEncoderConfig) -> tuple[nn.Module, dict[str, Any]]:
+    import timm  # imported here: only timm configs need it
+
+    name, tag = cfg.name, _normalize_tag(cfg.pretrained)
+    if not timm.is_model(name):
+        raise ValueError(f"model.frame_encoder.name: unknown timm model {name!r} (see timm.list_models())")
+    create_kwargs: dict[str, Any] = {"pretrained": bool(tag)}
+    if isinstance(tag, str) and _looks_like_file(tag):
+        if not os.path.isfile(tag):
+            raise PretrainedWeightsError(
+                f"timm model {name!r}: pretrained checkpoint file {tag!r} does not exist"
+            )
+        create_kwargs["pretrained_cfg_overlay"] = {"file": tag}
+    elif isinstance(tag, str) and tag.lower() not in ("true", "default"):
+        name = f"{name}.{tag}"  # a timm pretrained tag, e.g. "augreg_in21k"
+    try:
+        backbone = timm.create_model(name, num_classes=0, **create_kwargs, **cfg.kwargs)
+    except (RuntimeError, OSError) as exc:
+        if not tag:
+            raise
+        pretrained_cfg = timm.get_pretrained_cfg(name)
+        repo = (pretrained_cfg.hf_hub_id if pretrained_cfg else None) or f"timm/{name}"
+        raise PretrainedWeightsError(
+            f"could not load pretrained weights for timm model {name!r} (pretrained={tag!r}): {exc}\n"
+            f"To provide them without network: download on a connected machine with "
+            f"`hf download {repo} --local-dir DIR` (older huggingface_hub: `huggingface-cli download ...`) "
+            f"and set model.frame_encoder.pretrained to DIR/model.safetensors; or copy a Hugging Face cache "
+            f"that holds it and point HF_HOME (or HF_HUB_CACHE) at it. Set HF_HUB_OFFLINE=1 to skip the "
+            f"network retries."
+        ) from exc
+    return backbone, dict(cfg.kwargs)
+
+
+def _normalize_tag(value: str | bool | None) -> str | bool | None:
+    """``pretrained`` as given in YAML: null/false/"none" mean random init."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "false"):
+        return None
+    return value or None
+
+
+def _looks_like_file(value: str) -> bool:
+    return value.endswith(_CHECKPOINT_SUFFIXES) or os.sep in value or "/" in value
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _output_dim(backbone: nn.Module, image_size: int) -> int:
+    """Width of the backbone's per-image embedding (attribute when it has one, else one probe forward)."""
+    # timm: with num_classes=0 the output is the pre-logits width (head_hidden_size), which differs from
+    # num_features for models with a pre-logits layer (e.g. MobileNetV3).
+    for attr in ("output_dim", "head_hidden_size", "num_features"):
+        value = getattr(backbone, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    was_training = backbone.training
+    backbone.eval()
+    param = next(backbone.parameters())
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, 3, image_size, image_size, dtype=param.dtype, device=param.device))
+    backbone.train(was_training)
+    return int(out.shape[-1])

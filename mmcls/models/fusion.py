@@ -1,0 +1,273 @@
+"""Single-stream (VisualBERT-style) fusion classifier.
+
+Text tokens are embedded by BERT's own embedding layer (token type 0). Frame features are projected to the BERT
+width and given their own position table plus BERT's token-type embedding 1, then both sequences run jointly
+through BERT's encoder layers under one padding mask::
+
+    [CLS] title [SEP] asr [SEP] ocr [SEP] <pad>...  |  frame_1 ... frame_T (padded frames masked)
+
+Frame positions do not depend on the text length, so padding the text (or the frames) of a sample never changes
+its logits. A video-only head on the projected frame features (before fusion) gives the auxiliary loss.
+
+Parameter naming is part of the interface: ``frame_encoder.*`` (the image backbone), ``text_encoder.*`` (the
+``BertModel``) and everything else is "head" (frame projection/embeddings and the classifiers); the trainer
+assigns learning rates by these prefixes (see :meth:`MultimodalClassifier.param_group_of`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+from transformers.masking_utils import create_bidirectional_mask
+
+from mmcls.config import Config, ModelConfig
+from mmcls.data.categories import CategoryMap
+from mmcls.models.frame_encoder import FrameEncoder, PretrainedWeightsError, build_frame_encoder
+
+DEFAULT_VOCAB_SIZE = 21128  # bert-base-chinese
+POOLINGS = ("cls", "mean", "cls_mean")
+_LAYER_RE = re.compile(r"^text_encoder\.encoder\.layer\.(\d+)\.")
+
+
+class MultimodalClassifier(nn.Module):
+    """Frames + text -> level-2 category logits (plus video-only logits for the auxiliary loss).
+
+    Args:
+        cfg: the ``model`` section of the config.
+        image_size: frame size in pixels (``data.frames.image_size``); ignored by the identity encoder.
+        vocab_size: tokenizer size, used for a randomly initialised BERT (``cfg.text_encoder`` null) unless
+            ``cfg.bert_config`` sets ``vocab_size`` itself.
+    """
+
+    def __init__(self, cfg: ModelConfig, image_size: int = 224, vocab_size: int | None = None) -> None:
+        super().__init__()
+        if cfg.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling: unknown {cfg.pooling!r}; use one of {POOLINGS}")
+        self.cfg = cfg
+        self.image_size = image_size
+        self.text_encoder = build_text_encoder(cfg, vocab_size)
+        bert_cfg = self.text_encoder.config
+        if bert_cfg.type_vocab_size < 2:
+            raise ValueError(
+                f"model.text_encoder: frame tokens use token type 1, but {cfg.text_encoder!r} has "
+                f"type_vocab_size={bert_cfg.type_vocab_size}"
+            )
+        hidden = bert_cfg.hidden_size
+        self.frame_encoder: FrameEncoder = build_frame_encoder(cfg.frame_encoder, image_size)
+        self.frame_proj = nn.Linear(self.frame_encoder.output_dim, hidden)
+        self.frame_position = nn.Embedding(cfg.max_frames, hidden)
+        self.frame_norm = nn.LayerNorm(hidden, eps=bert_cfg.layer_norm_eps)
+        self.frame_dropout = nn.Dropout(bert_cfg.hidden_dropout_prob)
+        pooled_dim = hidden * 2 if cfg.pooling == "cls_mean" else hidden
+        self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(pooled_dim, cfg.num_classes))
+        self.video_classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(hidden, cfg.num_classes))
+        self._init_new_layers(bert_cfg.initializer_range)
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        frames: torch.Tensor,
+        frame_mask: torch.Tensor,
+        return_hidden: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Compute ``{"logits": [B, C], "video_logits": [B, C]}``.
+
+        ``input_ids``/``attention_mask``: ``[B, L]``; ``frames``: ``[B, T, 3, H, W]`` (or ``[B, T, D]`` features);
+        ``frame_mask``: ``[B, T]`` bool, True for real frames (may be all False: the sample is then text only).
+        With ``return_hidden`` the dict also holds ``pooled`` ``[B, P]``, ``hidden_states`` ``[B, L+T, H]``
+        (text positions first) and ``joint_mask`` ``[B, L+T]``.
+        """
+        frame_mask = frame_mask.bool()
+        text_tokens = self.text_encoder.embeddings(
+            input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)
+        )
+        frame_features = self.project_frames(frames)
+        frame_tokens = self.embed_frames(frame_features)
+        hidden_states = torch.cat([text_tokens, frame_tokens], dim=1)
+        joint_mask = torch.cat([attention_mask.bool(), frame_mask], dim=1)
+        hidden_states = self.encode(hidden_states, joint_mask)
+
+        pooled = self.pool(hidden_states, joint_mask)
+        video = masked_mean(frame_features, frame_mask)
+        out = {"logits": self.classifier(pooled), "video_logits": self.video_classifier(video)}
+        if return_hidden:
+            out.update(pooled=pooled, hidden_states=hidden_states, joint_mask=joint_mask)
+        return out
+
+    def project_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frame encoder + projection to the BERT width: ``[B, T, H]`` (before position/type embeddings)."""
+        features = self.frame_encoder(frames)
+        return self.frame_proj(features.to(self.frame_proj.weight.dtype))
+
+    def embed_frames(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """Add frame position + token-type-1 embeddings, then LayerNorm and dropout: the frame tokens."""
+        num_frames = frame_features.shape[1]
+        if num_frames > self.cfg.max_frames:
+            raise ValueError(
+                f"got {num_frames} frames per sample, but model.max_frames is {self.cfg.max_frames}"
+            )
+        positions = self.frame_position.weight[:num_frames]
+        frame_type = self.text_encoder.embeddings.token_type_embeddings.weight[1]
+        return self.frame_dropout(self.frame_norm(frame_features + positions + frame_type))
+
+    def encode(self, hidden_states: torch.Tensor, joint_mask: torch.Tensor) -> torch.Tensor:
+        """Run BERT's encoder layers over the joint sequence; ``joint_mask`` is ``[B, S]`` bool (True = attend).
+
+        transformers 5.x no longer builds the extended additive mask inside ``BertEncoder``: ``BertModel.forward``
+        converts the 2-D mask with ``masking_utils.create_bidirectional_mask`` into whatever the configured
+        attention implementation wants (a bool ``[B, 1, S, S]`` mask or None for sdpa, an additive float mask for
+        eager, a BlockMask for flex) and the layers use it as is. The same function is used here.
+        """
+        mask = create_bidirectional_mask(
+            config=self.text_encoder.config, inputs_embeds=hidden_states, attention_mask=joint_mask
+        )
+        return self.text_encoder.encoder(hidden_states, attention_mask=mask).last_hidden_state
+
+    def pool(self, hidden_states: torch.Tensor, joint_mask: torch.Tensor) -> torch.Tensor:
+        cls = hidden_states[:, 0]
+        if self.cfg.pooling == "cls":
+            return cls
+        mean = masked_mean(hidden_states, joint_mask)
+        return mean if self.cfg.pooling == "mean" else torch.cat([cls, mean], dim=-1)
+
+    # ------------------------------------------------------------------------------------------ training aids
+    @property
+    def num_layers(self) -> int:
+        """Number of BERT encoder layers (N)."""
+        return self.text_encoder.config.num_hidden_layers
+
+    @staticmethod
+    def param_group_of(name: str) -> str:
+        """``"frame_encoder"``, ``"text_encoder"`` or ``"head"`` for a parameter name of this model."""
+        for prefix in ("frame_encoder", "text_encoder"):
+            if name.startswith(prefix + "."):
+                return prefix
+        return "head"
+
+    def layer_id_for(self, name: str) -> int:
+        """Depth of a parameter for layer-wise LR decay: 0 = embeddings, 1..N = encoder layer, N+1 = heads.
+
+        The frame encoder counts as 0 (it sits below the fusion layers; it has its own LR group anyway); the
+        frame projection and frame position/type embeddings are new layers and count as heads.
+        """
+        if name.startswith(("text_encoder.embeddings.", "frame_encoder.")):
+            return 0
+        match = _LAYER_RE.match(name)
+        if match:
+            return int(match.group(1)) + 1
+        return self.num_layers + 1
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory in both the frame backbone and the BERT layers."""
+        self.frame_encoder.set_grad_checkpointing(enable)
+        # transformers 5.x renamed gradient_checkpointing_* to activation_checkpointing_* (old names deprecated).
+        action = "enable" if enable else "disable"
+        bert = self.text_encoder
+        toggle = getattr(bert, f"activation_checkpointing_{action}", None) or getattr(
+            bert, f"gradient_checkpointing_{action}"
+        )
+        toggle()
+
+    def _init_new_layers(self, std: float) -> None:
+        # Same scheme as BERT's own init, so the new tokens start on the scale the encoder expects.
+        for module in (self.frame_proj, self.classifier[1], self.video_classifier[1]):
+            nn.init.normal_(module.weight, std=std)
+            nn.init.zeros_(module.bias)
+        nn.init.normal_(self.frame_position.weight, std=std)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``[B, S, H]`` over positions where ``mask`` ``[B, S]`` is True; zeros if none."""
+    mask = mask.bool().unsqueeze(-1)
+    # where() rather than a product, so that non-finite values at padded positions cannot leak in.
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(dim=1)
+    return total / mask.sum(dim=1).clamp(min=1).to(values.dtype)
+
+
+def build_model(config: Config, vocab_size: int | None = None) -> MultimodalClassifier:
+    """The classifier for a full config (frame size from ``data.frames``); checks data/model consistency."""
+    frames, model = config.data.frames, config.model
+    if frames.source != "none" and frames.max_frames > model.max_frames:
+        raise ValueError(
+            f"data.frames.max_frames={frames.max_frames} exceeds model.max_frames={model.max_frames} "
+            f"(the size of the frame position table)"
+        )
+    encoder = model.frame_encoder
+    if frames.source == "zip_feats" and encoder.type != "identity":
+        raise ValueError("data.frames.source=zip_feats gives features: set model.frame_encoder.type=identity")
+    if frames.source == "zip_feats" and encoder.input_dim != frames.feature_dim:
+        raise ValueError(
+            f"model.frame_encoder.input_dim={encoder.input_dim} differs from "
+            f"data.frames.feature_dim={frames.feature_dim}"
+        )
+    return MultimodalClassifier(model, image_size=frames.image_size, vocab_size=vocab_size)
+
+
+def build_text_encoder(cfg: ModelConfig, vocab_size: int | None = None) -> BertModel:
+    """``BertModel`` (no pooler) from ``cfg.text_encoder`` (hub name or local dir) or random init.
+
+    ``cfg.bert_config`` overrides config values in both cases (e.g. ``hidden_dropout_prob``); for random init
+    it is the whole architecture on top of BERT's defaults.
+    """
+    overrides = dict(cfg.bert_config)
+    if cfg.text_encoder is None:
+        if vocab_size and overrides.get("vocab_size", vocab_size) < vocab_size:
+            raise ValueError(
+                f"model.bert_config.vocab_size={overrides['vocab_size']} is smaller than the tokenizer ({vocab_size})"
+            )
+        overrides.setdefault("vocab_size", vocab_size or DEFAULT_VOCAB_SIZE)
+        return BertModel(BertConfig(**overrides), add_pooling_layer=False)
+    model = load_pretrained_bert(cfg.text_encoder, **overrides)
+    if vocab_size and model.config.vocab_size < vocab_size:
+        raise ValueError(
+            f"model.text_encoder {cfg.text_encoder!r} has vocab_size={model.config.vocab_size}, "
+            f"smaller than the tokenizer ({vocab_size})"
+        )
+    return model
+
+
+def load_pretrained_bert(name_or_dir: str, **config_overrides: object) -> BertModel:
+    """``BertModel.from_pretrained`` that turns "not found" into a :class:`PretrainedWeightsError` with a fix."""
+    local = os.path.isdir(name_or_dir)
+    if not local and (name_or_dir.startswith(("/", ".", "~")) or name_or_dir.count("/") > 1):
+        raise PretrainedWeightsError(
+            f"model.text_encoder: local BERT directory {name_or_dir!r} does not exist. "
+            + _bert_hint(name_or_dir)
+        )
+    kwargs = {"add_pooling_layer": False, **config_overrides}
+    try:
+        if not local:
+            try:
+                # The cache first: a cached model then loads without any network round trip.
+                return BertModel.from_pretrained(name_or_dir, local_files_only=True, **kwargs)
+            except OSError:
+                pass
+        return BertModel.from_pretrained(name_or_dir, **kwargs)
+    except (OSError, ValueError) as exc:  # HFValidationError (a bad repo id) is a ValueError
+        raise PretrainedWeightsError(
+            f"model.text_encoder: could not load BERT weights {name_or_dir!r}: {exc}\n"
+            + _bert_hint(name_or_dir)
+        ) from exc
+
+
+def _bert_hint(name: str) -> str:
+    repo = name if name.count("/") == 1 and not name.startswith(("/", ".")) else "ORG/MODEL"
+    return (
+        f"Provide a local directory with config.json, the weights (model.safetensors or pytorch_model.bin) and "
+        f"the vocabulary: on a connected machine run `hf download {repo} --local-dir DIR` (older huggingface_hub: "
+        f"`huggingface-cli download ...`) and set model.text_encoder=DIR; or copy a Hugging Face cache that holds "
+        f"it and point HF_HOME at it; or set model.text_encoder=null for a randomly initialised BERT. "
+        f"Set HF_HUB_OFFLINE=1 to skip the network retries."
+    )
+
+
+def lv1_probs(logits: torch.Tensor, categories: CategoryMap) -> torch.Tensor:
+    """Level-1 probabilities ``[B, num_lv1]``: the level-2 softmax summed within each level-1 group."""
+    matrix = torch.as_tensor(categories.lv2_to_lv1_matrix(), device=logits.device)
+    return logits.float().softmax(dim=-1) @ matrix

@@ -1,0 +1,211 @@
+"""The model folder: one directory that ``predict``, ``export``, ``serve`` and ``train --init-from`` all accept.
+
+Contents::
+
+    config.yaml        the resolved Config, rewritten so that rebuilding needs no download
+                       (model.text_encoder=null + the full BERT architecture in model.bert_config,
+                       model.frame_encoder.pretrained=null); data.* keeps the preprocessing settings
+    model.safetensors  all weights (safetensors.torch.save_model: shared/tied tensors handled)
+    tokenizer files    tokenizer.save_pretrained(folder)
+    categories.json    the category map (ids, lv1 parents, class counts)
+    model_info.json    informational: the original pretrained sources, library versions
+
+A training run directory (with ``best/`` and ``last/`` model folders) is accepted too: it means ``best/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from mmcls.config import Config
+from mmcls.data.categories import CategoryMap
+from mmcls.models.fusion import MultimodalClassifier
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+CATEGORIES_FILE = "categories.json"
+INFO_FILE = "model_info.json"
+TOKENIZER_FILE = "tokenizer_config.json"
+FORMAT_VERSION = 1
+# BertConfig.to_dict() entries that describe the checkpoint, not the architecture.
+_BERT_META_KEYS = (
+    "transformers_version",
+    "architectures",
+    "model_type",
+    "id2label",
+    "label2id",
+    "dtype",
+    "torch_dtype",
+)
+
+
+@dataclass
+class LoadedModel:
+    model: MultimodalClassifier
+    config: Config
+    tokenizer: PreTrainedTokenizerBase
+    categories: CategoryMap
+    path: Path  # the model folder actually loaded (``RUN_DIR/best`` for a run directory)
+
+
+def save_model_dir(
+    path: str | Path,
+    model: nn.Module,
+    config: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    categories: CategoryMap,
+) -> None:
+    """Write a self-contained model folder at ``path`` (replaced as a whole if it exists).
+
+    The folder is written next to ``path`` first and then renamed into place, so an interrupted save never
+    leaves a half-written ``best/`` behind.
+    """
+    model = unwrap_model(model)
+    if not isinstance(model, MultimodalClassifier):
+        raise TypeError(f"save_model_dir expects a MultimodalClassifier, got {type(model).__name__}")
+    if categories.num_lv2 != model.cfg.num_classes:
+        raise ValueError(
+            f"{categories.num_lv2} categories but the model has {model.cfg.num_classes} classes (model.num_classes)"
+        )
+    saved = portable_config(model, config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    header = (
+        "# mmcls model folder config: rebuilt with random init, then model.safetensors is loaded.\n"
+        f"# trained from text_encoder={config.model.text_encoder!r}, frame_encoder="
+        f"{config.model.frame_encoder.type}:{config.model.frame_encoder.name}"
+        f" (pretrained={config.model.frame_encoder.pretrained!r}); see {INFO_FILE}\n"
+    )
+    body = yaml.safe_dump(saved.to_dict(), sort_keys=False, allow_unicode=True)
+    (tmp / CONFIG_FILE).write_text(header + body, encoding="utf-8")
+    save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "mmcls_format": str(FORMAT_VERSION)})
+    tokenizer.save_pretrained(str(tmp))
+    categories_dict = {**categories.to_dict(), "labeled_counts": list(categories.labeled_counts)}
+    _write_json(tmp / CATEGORIES_FILE, categories_dict)
+    _write_json(tmp / INFO_FILE, _model_info(model, config))
+    _replace_dir(tmp, path)
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model folder (or a run directory's ``best/``) in eval mode on ``device``; no network needed."""
+    folder = resolve_model_dir(path)
+    missing = [
+        name
+        for name in (CONFIG_FILE, WEIGHTS_FILE, CATEGORIES_FILE, TOKENIZER_FILE)
+        if not (folder / name).is_file()
+    ]
+    if missing:
+        raise FileNotFoundError(f"{folder}: incomplete model folder, missing {missing}")
+    config = Config.from_yaml(folder / CONFIG_FILE)
+    try:
+        categories = CategoryMap.from_dict(json.loads((folder / CATEGORIES_FILE).read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{folder / CATEGORIES_FILE}: not a valid category map: {exc}") from exc
+    if categories.num_lv2 != config.model.num_classes:
+        raise ValueError(
+            f"{folder}: {CATEGORIES_FILE} has {categories.num_lv2} categories, "
+            f"{CONFIG_FILE} says model.num_classes={config.model.num_classes}"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = MultimodalClassifier(config.model, image_size=config.data.frames.image_size).to(device)
+    try:
+        load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))
+    except RuntimeError as exc:
+        raise RuntimeError(f"{folder / WEIGHTS_FILE}: weights do not match {CONFIG_FILE}: {exc}") from exc
+    model.eval()
+    return LoadedModel(model=model, config=config, tokenizer=tokenizer, categories=categories, path=folder)
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """``path`` itself if it is a model folder, ``path/best`` if it is a training run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model folder does not exist")
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if (path / "best" / CONFIG_FILE).is_file():
+        return path / "best"
+    raise FileNotFoundError(
+        f"{path}: not a model folder (no {CONFIG_FILE}) and not a training run directory (no best/{CONFIG_FILE})"
+    )
+
+
+def portable_config(model: MultimodalClassifier, config: Config) -> Config:
+    """``config`` rewritten so that :func:`load_model_dir` rebuilds ``model`` without downloading anything."""
+    saved = config.copy()
+    saved.model = copy.deepcopy(model.cfg)
+    saved.model.text_encoder = None
+    saved.model.bert_config = bert_config_dict(model.text_encoder.config)
+    encoder = saved.model.frame_encoder
+    encoder.pretrained = None
+    encoder.kwargs = dict(model.frame_encoder.build_kwargs)  # e.g. force_quick_gelu: part of the architecture
+    if encoder.type != "identity":
+        saved.data.frames.image_size = model.image_size
+    return saved
+
+
+def bert_config_dict(bert_config: Any) -> dict[str, Any]:
+    """The architecture part of a ``BertConfig`` as plain YAML-safe values."""
+    values = bert_config.to_dict()
+    return {k: v for k, v in values.items() if k not in _BERT_META_KEYS and not k.startswith("_")}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP/FSDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _model_info(model: MultimodalClassifier, config: Config) -> dict[str, Any]:
+    encoder = config.model.frame_encoder
+    versions = {}
+    for dist in ("mmcls", "torch", "transformers", "open_clip_torch", "timm", "safetensors"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "format": "mmcls-model",
+        "format_version": FORMAT_VERSION,
+        "source": {
+            "text_encoder": config.model.text_encoder,
+            "frame_encoder": {"type": encoder.type, "name": encoder.name, "pretrained": encoder.pretrained},
+        },
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "versions": versions,
+    }
+
+
+def _write_json(path: Path, values: dict) -> None:
+    path.write_text(json.dumps(values, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished folder ``src`` to ``dst``; an existing ``dst`` is removed only after the swap."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
