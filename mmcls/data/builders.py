@@ -1,0 +1,83 @@
+"""Turn a config + data root into datasets and loaders: the one place where the data pieces are wired."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mmcls.config import Config
+from mmcls.data.annotations import Record
+from mmcls.data.categories import CategoryMap
+from mmcls.data.dataset import VideoTextDataset, collate_batch
+from mmcls.data.frames import build_frame_source
+from mmcls.data.text import TextEncoder
+
+
+def split_train_val(
+    records: Sequence[Record], val_fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Deterministic hold-out split of the labeled records (same seed, same split, on every rank)."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    num_val = int(round(len(records) * val_fraction))
+    val_idx = set(order[:num_val].tolist())
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    return train, val
+
+
+def build_dataset(
+    cfg: Config,
+    data_root: str | Path,
+    split: str,
+    records: Sequence[Record],
+    tokenizer,
+    categories: CategoryMap,
+    *,
+    train: bool,
+    on_error: str | None = None,
+) -> VideoTextDataset:
+    """A dataset over ``records`` whose frames come from ``split`` of ``data_root``.
+
+    Evaluation and prediction always fall back to text for unreadable frames (``on_error='text_only'``):
+    dropping a sample there would silently change the metric's denominator or leave a test id unanswered.
+    """
+    frame_source = build_frame_source(cfg.data.frames, data_root, split)
+    return VideoTextDataset(
+        records,
+        TextEncoder(tokenizer, cfg.data.text),
+        frame_source,
+        categories,
+        train=train,
+        seed=cfg.train.seed,
+        on_error=on_error or (cfg.data.frames.on_error if train else "text_only"),
+    )
+
+
+def build_loader(
+    dataset: VideoTextDataset,
+    batch_size: int,
+    sampler: Sampler | None,
+    num_workers: int,
+    pad_token_id: int,
+    *,
+    drop_last: bool = False,
+) -> DataLoader:
+    # A private generator keeps the DataLoader from drawing its worker seeds from the global RNG, which
+    # the model's dropout uses: an exactly resumed run needs that stream untouched by data loading.
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=functools.partial(collate_batch, pad_token_id=pad_token_id),
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -1,0 +1,84 @@
+"""``mmcls demo``: the whole pipeline on a CPU in a few minutes.
+
+synthetic data (official layout) -> train the ``tiny`` preset -> predict the test split -> score it against
+``test_labels.json``, printed as a table. ``--ablations`` also trains text-only and frames-only models on the
+same data, which shows that the synthetic signal is split between the modalities and that fusion wins.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from mmcls.config import Config
+from mmcls.data.synthetic import make_synthetic_dataset
+from mmcls.engine.trainer import train
+from mmcls.metrics import evaluate_files
+from mmcls.predict import predict_split, write_submission
+
+VARIANTS: dict[str, list[str]] = {
+    "fusion": [],
+    # No frames at all: the video-only auxiliary head has nothing to learn from.
+    "text_only": ["data.frames.source=none", "train.aux_loss_weight=0"],
+    "frames_only": ["data.text.fields=[]"],
+}
+SCORE_KEYS = ("lv1_micro_f1", "lv1_macro_f1", "lv2_micro_f1", "lv2_macro_f1", "mean_f1")
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    ablations: bool = False,
+    num_labeled: int = 3000,
+    num_test: int = 600,
+    epochs: int | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Run the demo under ``out`` (data in ``out/data``, one run directory per variant); returns the scores."""
+    out = Path(out)
+    data_root = out / "data"
+    started = time.time()
+    if not (data_root / "annotations" / "test_labels.json").exists():
+        print(f"[demo] writing synthetic data to {data_root}")
+        make_synthetic_dataset(data_root, num_labeled, 200, num_test, seed=seed)
+    names = list(VARIANTS) if ablations else ["fusion"]
+    results: dict[str, dict[str, float]] = {}
+    for name in names:
+        results[name] = _run_variant(name, data_root, out / name, epochs, seed)
+    results_path = out / "results.json"
+    results_path.write_text(json.dumps(results, indent=2))
+    _print_table(results)
+    print(f"[demo] total wall time {time.time() - started:.0f} s; scores in {results_path}")
+    return results
+
+
+def _run_variant(
+    name: str, data_root: Path, run_dir: Path, epochs: int | None, seed: int
+) -> dict[str, float]:
+    overrides = [*VARIANTS[name], f"train.seed={seed}"]
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    cfg = Config.from_yaml("tiny", overrides)
+    shutil.rmtree(run_dir, ignore_errors=True)  # the demo owns its run directories
+    start = time.time()
+    print(f"[demo] training {name} ({cfg.train.epochs} epochs)")
+    result = train(cfg, data_root, run_dir)
+    ids, _, category_ids = predict_split(run_dir, data_root, "test", progress=False)
+    submission = run_dir / "result.csv"
+    write_submission(submission, ids, category_ids)
+    scores = evaluate_files(submission, data_root / "annotations" / "test_labels.json")
+    scores["val_mean_f1"] = result.best_score if result.best_score is not None else float("nan")
+    scores["seconds"] = time.time() - start
+    return scores
+
+
+def _print_table(results: dict[str, dict[str, float]]) -> None:
+    header = ["model", *SCORE_KEYS, "val_mean_f1", "seconds"]
+    print("\n" + " | ".join(f"{h:>13}" for h in header))
+    print("-" * (16 * len(header)))
+    for name, scores in results.items():
+        cells = [f"{name:>13}"] + [f"{scores[k]:13.4f}" for k in (*SCORE_KEYS, "val_mean_f1")]
+        print(" | ".join([*cells, f"{scores['seconds']:13.0f}"]))
+    print("(test split of the synthetic data; chance level for lv2 macro F1 is about 0.005)\n")

@@ -1,0 +1,88 @@
+"""Everything about process groups lives here: torchrun's environment, initialisation, collectives.
+
+We never launch processes ourselves: ``torchrun`` (or SLURM's ``srun`` running torchrun) sets RANK,
+LOCAL_RANK and WORLD_SIZE, and a plain ``python -m mmcls train`` is simply world size 1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def world_info_from_env() -> DistInfo:
+    """Rank and world size as torchrun exports them (defaults: a single process)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+    )
+
+
+def resolve_device(requested: str, info: DistInfo) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+    torch.cuda.set_device(info.local_rank)
+    return torch.device("cuda", info.local_rank)
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPUs); a no-op for one process."""
+    info = world_info_from_env()
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    return info
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """Element-wise OR of boolean flags across ranks, so that every rank takes the same branch.
+
+    Used for "stop requested" and "loss was not finite": if one rank skipped a step or stopped while the
+    others went on, the next collective would hang.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return flags
+    tensor = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]

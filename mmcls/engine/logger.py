@@ -1,0 +1,44 @@
+"""Run logging: a long-format CSV (always) and TensorBoard scalars (when enabled), rank 0 only."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+
+class RunLogger:
+    """Appends ``time,step,epoch,tag,value`` rows to ``RUN_DIR/metrics.csv`` and mirrors them to TensorBoard."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self._writer = None
+        if not enabled:
+            return
+        self.path = Path(run_dir) / "metrics.csv"
+        new = not self.path.exists()  # a resumed run appends to the same file
+        self._file = self.path.open("a", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file)
+        if new:
+            self._csv.writerow(["time", "step", "epoch", "tag", "value"])
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, epoch: int, values: dict[str, float], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        for tag, value in values.items():
+            self._csv.writerow([f"{now:.3f}", step, epoch, prefix + tag, value])
+            if self._writer is not None:
+                self._writer.add_scalar(prefix + tag, value, step)
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,108 @@
+"""The training task: one object that owns the model, its losses, the EMA copy and the distributed wrapper.
+
+The loop in ``trainer.py`` only asks the task for a loss and tells it when an optimizer step happened;
+everything that depends on how the model is trained (auxiliary video-only loss, label smoothing, EMA,
+DDP/FSDP wrapping, later adversarial training and class weights) lives here, in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mmcls.config import TrainConfig
+from mmcls.engine.distributed import DistInfo
+from mmcls.engine.inference import MODEL_INPUTS
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """Model inputs and labels moved to ``device`` (bookkeeping entries stay where they are)."""
+    moved = dict(batch)
+    for key in (*MODEL_INPUTS, "labels"):
+        moved[key] = batch[key].to(device, non_blocking=True)
+    return moved
+
+
+class ClassificationTask(nn.Module):
+    """Fused-classification training: cross-entropy on the fused logits + weighted video-only auxiliary loss.
+
+    The auxiliary head sees only frames; without its loss the fused classifier learns to lean on the text
+    (the easier modality) and the frame branch stays under-trained.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+        super().__init__()
+        self.model = model.to(device)
+        self.cfg = cfg
+        self.device = device
+        # EMA is built from the unwrapped model before any DDP/FSDP wrapping, so it holds plain full tensors.
+        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema_decay else None
+        self.train_model: nn.Module = self.model
+        self.is_sharded = False
+
+    # ------------------------------------------------------------------ distribution
+    def wrap_distributed(self, info: DistInfo) -> None:
+        """Wrap the model for data-parallel training (no-op for a single process)."""
+        if not info.enabled:
+            return
+        if self.cfg.distributed == "ddp":
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        elif self.cfg.distributed == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            if self.ema is not None:
+                raise ValueError("train.ema_decay is not supported with train.distributed=fsdp yet")
+
+            # Shard each transformer layer, then the root: parameters are gathered layer by layer.
+            for layer in self.model.text_encoder.encoder.layer:
+                fully_shard(layer)
+            fully_shard(self.model)
+            self.train_model = self.model
+            self.is_sharded = True
+        else:
+            raise ValueError(f"train.distributed must be 'ddp' or 'fsdp', got {self.cfg.distributed!r}")
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Skip DDP's gradient all-reduce (gradient accumulation micro-steps, adversarial extra passes)."""
+        if isinstance(self.train_model, DistributedDataParallel):
+            with self.train_model.no_sync():
+                yield
+        else:
+            yield
+
+    # ------------------------------------------------------------------ losses
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        outputs = self.train_model(**{k: batch[k] for k in MODEL_INPUTS})
+        labels = batch["labels"]
+        loss = F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=self.cfg.label_smoothing)
+        parts = {"loss_fused": loss.detach()}
+        if self.cfg.aux_loss_weight > 0:
+            # Samples without any readable frame carry no video signal: leave them out of the video loss.
+            has_video = batch["frame_mask"].any(dim=1)
+            if has_video.any():
+                video_loss = F.cross_entropy(
+                    outputs["video_logits"][has_video].float(),
+                    labels[has_video],
+                    label_smoothing=self.cfg.label_smoothing,
+                )
+                loss = loss + self.cfg.aux_loss_weight * video_loss
+                parts["loss_video"] = video_loss.detach()
+        return loss, parts
+
+    # ------------------------------------------------------------------ after each optimizer step
+    def after_optimizer_step(self, global_step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=global_step)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and released: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model

@@ -1,0 +1,492 @@
+"""The training loop. Reads top to bottom: set-up, (resume), epochs of steps, evaluation, release.
+
+Works the same for one process and under ``torchrun`` (DDP/FSDP): the global batch is fixed by the config
+and split across ranks, the sampler shards a permutation that depends only on (seed, epoch), and frame
+sampling draws from a per-sample RNG, so the data a step sees does not depend on the world size, the number
+of DataLoader workers, or whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.utils.data import DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+from mmcls.config import Config
+from mmcls.data.annotations import annotation_path, load_records
+from mmcls.data.builders import build_dataset, build_loader, split_train_val
+from mmcls.data.categories import official_categories
+from mmcls.data.text import load_tokenizer
+from mmcls.engine import checkpoint as ckpt
+from mmcls.engine.distributed import (
+    DistInfo,
+    all_gather_objects,
+    any_rank,
+    barrier,
+    init_distributed,
+    resolve_device,
+    world_info_from_env,
+)
+from mmcls.engine.inference import autocast, gather_predictions, predict_loader
+from mmcls.engine.logger import RunLogger
+from mmcls.engine.optim import build_optimizer, build_scheduler
+from mmcls.engine.task import ClassificationTask, move_batch
+from mmcls.errors import MmclsError
+from mmcls.metrics import compute_scores_from_indices
+from mmcls.models import MultimodalClassifier, save_model_dir
+
+log = logging.getLogger("mmcls.train")
+
+
+class TrainingError(MmclsError, RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    global_step: int
+    best_score: float | None
+    best_epoch: int | None
+    last_metrics: dict[str, float]
+    interrupted: bool = False
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop finishes the current step, saves a checkpoint and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second signal: give up immediately
+            raise KeyboardInterrupt
+        log.warning("received signal %d: finishing this step, then saving and exiting", signum)
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class SkipSampler(Sampler[int]):
+    """Wraps a sampler and skips its first ``skip`` indices (the part of an epoch done before a resume)."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class Trainer:
+    """One training run: ``Trainer(cfg, data_root, run_dir, resume=...).fit()``."""
+
+    def __init__(self, cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.data_root = Path(data_root)
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        if not resume and ckpt.latest_checkpoint(self.run_dir) is not None:
+            raise TrainingError(
+                f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
+                "or choose a new --out"
+            )
+        tcfg = cfg.train
+        if tcfg.precision == "fp16" and tcfg.device == "cpu":
+            raise ValueError("train.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
+
+        # ---- processes and devices
+        self.device = resolve_device(tcfg.device, world_info_from_env())
+        self.dist: DistInfo = init_distributed(self.device)
+        if tcfg.batch_size % (self.dist.world_size) != 0:
+            raise ValueError(
+                f"train.batch_size={tcfg.batch_size} (global) must be divisible by the world size "
+                f"{self.dist.world_size}"
+            )
+        self.local_batch = tcfg.batch_size // self.dist.world_size
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.yaml")
+        barrier()
+
+        # ---- data
+        self.categories = official_categories()
+        self.tokenizer = load_tokenizer(cfg.data.text.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        records = load_records(
+            annotation_path(self.data_root, cfg.data.train_split),
+            require_label=True,
+            categories=self.categories,
+        )
+        if cfg.data.limit_train:
+            records = records[: cfg.data.limit_train]
+        train_records, val_records = split_train_val(records, cfg.data.val_fraction, tcfg.seed)
+        split = cfg.data.train_split
+        self.train_set = build_dataset(
+            cfg, self.data_root, split, train_records, self.tokenizer, self.categories, train=True
+        )
+        self.val_set = (
+            build_dataset(
+                cfg, self.data_root, split, val_records, self.tokenizer, self.categories, train=False
+            )
+            if val_records
+            else None
+        )
+        self.train_sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=tcfg.seed,
+            drop_last=True,
+        )
+        batches = len(self.train_sampler) // self.local_batch
+        self.steps_per_epoch = batches // tcfg.grad_accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(train_records)} training records give no full step of batch_size={tcfg.batch_size} "
+                f"x grad_accum_steps={tcfg.grad_accum_steps}"
+            )
+        self.total_steps = self.steps_per_epoch * tcfg.epochs
+
+        # ---- model, task, optimisation. Same init on every rank; DDP also broadcasts rank 0's weights.
+        seed_everything(tcfg.seed)
+        image_size = cfg.data.frames.image_size
+        model = MultimodalClassifier(cfg.model, image_size=image_size, vocab_size=len(self.tokenizer))
+        self.task = ClassificationTask(model, tcfg, self.device)
+        self.task.wrap_distributed(self.dist)
+        self.optimizer = build_optimizer(self.task.model, tcfg)
+        self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
+        seed_everything(tcfg.seed + self.dist.rank)  # dropout streams differ per rank
+
+        # ---- progress (what a checkpoint restores)
+        self.epoch = 0
+        self.samples_done = 0  # global samples consumed in the current epoch
+        self.global_step = 0
+        self.nonfinite_in_a_row = 0
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.epoch_errors: Counter = Counter()
+        self.last_metrics: dict[str, float] = {}
+        self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=tcfg.tensorboard)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_dict_options(self) -> StateDictOptions:
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def save_checkpoint(self) -> None:
+        model_sd, optim_sd = get_state_dict(
+            self.task.model, self.optimizer, options=self._state_dict_options()
+        )
+        rng_states = all_gather_objects(_rng_state())  # every rank's dropout stream
+        if self.dist.is_main:
+            state = {
+                "model": model_sd,
+                "optimizer": optim_sd,
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ema": self.task.ema.state_dict() if self.task.ema is not None else None,
+                "rng": rng_states,
+                "progress": {
+                    "epoch": self.epoch,
+                    "samples_done": self.samples_done,
+                    "global_step": self.global_step,
+                    "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                    "best_score": self.best_score,
+                    "best_epoch": self.best_epoch,
+                    "epoch_errors": dict(self.epoch_errors),
+                    "world_size": self.dist.world_size,
+                },
+            }
+            ckpt.save_checkpoint(self.run_dir, self.global_step, state, self.cfg.train.keep_last_checkpoints)
+        barrier()
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        set_state_dict(
+            self.task.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=self._state_dict_options(),
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.task.ema is not None and state["ema"] is not None:
+            self.task.ema.load_state_dict(state["ema"])
+        progress = state["progress"]
+        self.epoch = progress["epoch"]
+        self.samples_done = progress["samples_done"]
+        self.global_step = progress["global_step"]
+        self.nonfinite_in_a_row = progress["nonfinite_in_a_row"]
+        self.best_score = progress["best_score"]
+        self.best_epoch = progress["best_epoch"]
+        self.epoch_errors = Counter(progress["epoch_errors"])
+        rng = state["rng"]
+        if progress["world_size"] == self.dist.world_size:
+            _set_rng_state(rng[self.dist.rank])
+        else:
+            log.warning("resuming with a different world size: dropout streams are re-seeded")
+        log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.global_step)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        if self.resume:
+            latest = ckpt.latest_checkpoint(self.run_dir)
+            if latest is None:
+                log.warning("--resume: no checkpoint in %s, starting from scratch", self.run_dir)
+            else:
+                self.load_checkpoint(latest)
+        with StopRequest() as stop:
+            while self.epoch < self.cfg.train.epochs:
+                if self._train_epoch(stop):
+                    self.save_checkpoint()
+                    self.logger.close()
+                    return self._result(interrupted=True)
+                self._end_epoch()
+        self._release("last")
+        if self.val_set is None:
+            self._release("best")
+        self.logger.close()
+        return self._result(interrupted=False)
+
+    def _train_epoch(self, stop: StopRequest) -> bool:
+        """Train the rest of the current epoch; True if a stop was requested."""
+        tcfg = self.cfg.train
+        self.train_sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        skip = self.samples_done // self.dist.world_size
+        loader = build_loader(
+            self.train_set,
+            self.local_batch,
+            SkipSampler(self.train_sampler, skip),
+            self.cfg.data.num_workers,
+            self.pad_id,
+            drop_last=True,
+        )
+        step_in_epoch = self.samples_done // (tcfg.batch_size * tcfg.grad_accum_steps)
+        batches = iter(loader)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{tcfg.epochs}",
+            disable=not (self.dist.is_main and tcfg.progress_bar),
+            dynamic_ncols=True,
+        )
+        self.task.train()
+        while step_in_epoch < self.steps_per_epoch:
+            micro_batches = [next(batches) for _ in range(tcfg.grad_accum_steps)]
+            losses = self._train_step(micro_batches)
+            step_in_epoch += 1
+            self.global_step += 1
+            self.samples_done += tcfg.batch_size * tcfg.grad_accum_steps
+            bar.update(1)
+            if losses:
+                bar.set_postfix(loss=f"{losses['loss']:.4f}")
+                if self.global_step % tcfg.log_every_steps == 0:
+                    lr = {f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}
+                    self.logger.log(self.global_step, self.epoch, {**losses, **lr}, prefix="train/")
+            (stop_now,) = any_rank([stop.requested], self.device)
+            if stop_now:
+                bar.close()
+                return True
+            if self.global_step % tcfg.checkpoint_every_steps == 0 and step_in_epoch < self.steps_per_epoch:
+                self.save_checkpoint()
+        bar.close()
+        return False
+
+    def _train_step(self, micro_batches: list[dict]) -> dict[str, float] | None:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; None if the step was skipped."""
+        tcfg = self.cfg.train
+        totals: Counter = Counter()
+        skip = False
+        for i, batch in enumerate(micro_batches):
+            self.epoch_errors.update(batch["frame_errors"])
+            if batch.get("dropped"):
+                self.epoch_errors["dropped_samples"] += batch["dropped"]
+            # Every rank must take part in every backward (DDP all-reduces inside it), so an empty batch
+            # on one rank (all its samples dropped) makes every rank skip this micro-batch.
+            (empty,) = any_rank([len(batch["index"]) == 0], self.device)
+            if empty:
+                skip = True
+                continue
+            last = i == len(micro_batches) - 1
+            with (
+                self.task.no_sync() if not last else contextlib.nullcontext(),
+                autocast(self.device, tcfg.precision),
+            ):
+                loss, parts = self.task(move_batch(batch, self.device))
+            self.scaler.scale(loss / len(micro_batches)).backward()
+            totals["loss"] += loss.detach().float().item() / len(micro_batches)
+            for key, value in parts.items():
+                totals[key] += value.float().item() / len(micro_batches)
+        (nonfinite,) = any_rank([not math.isfinite(totals["loss"])], self.device)
+        if nonfinite or skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            if nonfinite:
+                self._count_nonfinite()
+            return None
+        self.nonfinite_in_a_row = 0
+        if tcfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), tcfg.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.task.after_optimizer_step(self.global_step + 1)
+        return dict(totals)
+
+    def _count_nonfinite(self) -> None:
+        self.nonfinite_in_a_row += 1
+        limit = self.cfg.train.max_nonfinite_steps
+        log.warning(
+            "step %d: non-finite loss, step skipped (%d in a row, limit %d)",
+            self.global_step + 1,
+            self.nonfinite_in_a_row,
+            limit,
+        )
+        if self.nonfinite_in_a_row >= limit:
+            raise TrainingError(
+                f"stopping: {self.nonfinite_in_a_row} consecutive steps with a non-finite loss "
+                f"(train.max_nonfinite_steps={limit}); lower the learning rate or check the data"
+            )
+
+    # ------------------------------------------------------------------ epoch end
+    def _end_epoch(self) -> None:
+        errors = Counter()
+        for part in all_gather_objects(dict(self.epoch_errors)):
+            errors.update(part)
+        if errors and self.dist.is_main:
+            log.warning("epoch %d: data problems %s", self.epoch + 1, dict(errors))
+        self._write_data_report(errors)
+        if self.val_set is not None and (self.epoch + 1) % self.cfg.train.eval_every_epochs == 0:
+            self.last_metrics = self.evaluate()
+            self.logger.log(self.global_step, self.epoch, self.last_metrics, prefix="val/")
+            score = self.last_metrics["mean_f1"]
+            if self.best_score is None or score > self.best_score:
+                self.best_score, self.best_epoch = score, self.epoch + 1
+                self._release("best")
+            if self.dist.is_main:
+                log.info("epoch %d: %s", self.epoch + 1, json.dumps(self.last_metrics))
+        self.epoch += 1
+        self.samples_done = 0
+        self.epoch_errors = Counter()
+        self.save_checkpoint()
+
+    def evaluate(self) -> dict[str, float]:
+        """Scores of the evaluated weights (EMA if on) on the validation split, identical for any world size."""
+        assert self.val_set is not None
+        sampler = DistributedSampler(
+            self.val_set, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=False
+        )
+        loader = build_loader(
+            self.val_set,
+            self.cfg.train.eval_batch_size // self.dist.world_size or 1,
+            sampler,
+            self.cfg.data.num_workers,
+            self.pad_id,
+        )
+        local = predict_loader(
+            self.task.eval_model,
+            loader,
+            self.device,
+            self.cfg.train.precision,
+            progress=self.dist.is_main and self.cfg.train.progress_bar,
+            desc="evaluate",
+        )
+        preds = gather_predictions(local)
+        return compute_scores_from_indices(preds.labels, preds.pred, self.categories)
+
+    def _write_data_report(self, errors: Counter) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.run_dir / "data_errors.json"
+        report = json.loads(path.read_text()) if path.exists() else {}
+        report[f"epoch_{self.epoch + 1}"] = dict(errors)
+        report["total"] = dict(sum((Counter(v) for k, v in report.items() if k != "total"), Counter()))
+        path.write_text(json.dumps(report, indent=2))
+
+    def _release(self, name: str) -> None:
+        """Write the evaluated weights as a model folder (run_dir/best or run_dir/last)."""
+        model = self.task.eval_model
+        if self.task.is_sharded:
+            # Gather the FSDP shards (a collective: every rank takes part) into a plain copy on rank 0.
+            full = get_model_state_dict(model, options=self._state_dict_options())
+            model = MultimodalClassifier(
+                self.cfg.model, image_size=self.cfg.data.frames.image_size, vocab_size=len(self.tokenizer)
+            )
+            if self.dist.is_main:
+                model.load_state_dict(full)
+        if self.dist.is_main:
+            save_model_dir(self.run_dir / name, model, self.cfg, self.tokenizer, self.categories)
+        barrier()
+
+    def _result(self, interrupted: bool) -> TrainResult:
+        return TrainResult(
+            self.run_dir, self.global_step, self.best_score, self.best_epoch, self.last_metrics, interrupted
+        )
+
+
+def train(cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` on ``data_root``, writing checkpoints, logs and model folders to ``run_dir``."""
+    start = time.time()
+    result = Trainer(cfg, data_root, run_dir, resume=resume).fit()
+    log.info("training took %.1f s", time.time() - start)
+    return result
