@@ -17,11 +17,12 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from mmcls.data.categories import CategoryMap, official_categories
+from mmcls.errors import MmclsError
 
 SCORE_KEYS = ("lv1_micro_f1", "lv1_macro_f1", "lv2_micro_f1", "lv2_macro_f1", "mean_f1")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(MmclsError, ValueError):
     """A prediction or annotation file is unusable; the message names the file and the line or record."""
 
 

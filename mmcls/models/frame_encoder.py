@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mmcls.config import FrameEncoderConfig
+from mmcls.errors import MmclsError
 
 OPEN_CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "open_clip_configs"
 open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)
@@ -34,7 +35,7 @@ _OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")
 _CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(MmclsError, RuntimeError):
     """Pretrained weights could not be loaded; the message names them and how to provide them offline."""
 
 

@@ -137,12 +137,15 @@ def resolve_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: model folder does not exist")
-    if (path / CONFIG_FILE).is_file():
+    # A run directory also holds a config.yaml, so its best/ model wins when it has one.
+    if (path / WEIGHTS_FILE).is_file():
         return path
-    if (path / "best" / CONFIG_FILE).is_file():
+    if (path / "best" / WEIGHTS_FILE).is_file():
         return path / "best"
+    if (path / CONFIG_FILE).is_file():
+        return path  # an incomplete model folder: load_model_dir names what is missing
     raise FileNotFoundError(
-        f"{path}: not a model folder (no {CONFIG_FILE}) and not a training run directory (no best/{CONFIG_FILE})"
+        f"{path}: not a model folder (no {CONFIG_FILE}) and not a training run directory (no best/{WEIGHTS_FILE})"
     )
 
 
