@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, BinaryIO
 import ijson
 
 from mmcls.data.categories import CategoryMap, official_categories
-from mmcls.errors import MmclsError
+from mmcls.errors import MmclsError, unwrap_worker_report
 
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
@@ -50,9 +51,22 @@ class AnnotationError(MmclsError, ValueError):
 
     ``str()`` is ``"<file>: record <index>: field '<field>': <problem>"``; the record and field parts are left
     out for problems of the whole file (not a JSON list, truncated JSON).
+
+    ``AnnotationError(message)`` (one string) re-creates an error from its message, which is what torch's
+    DataLoader does with an exception raised in a worker process (``type(exc)(report)``, the report being the
+    worker's traceback): the original message is recovered and ``path``/``index``/``field``/``problem`` are
+    parsed back (the report is kept in ``worker_traceback``), so the CLI still prints one clean line.
     """
 
-    def __init__(self, path: str | Path, problem: str, index: int | None = None, field: str | None = None):
+    def __init__(
+        self, path: str | Path, problem: str | None = None, index: int | None = None, field: str | None = None
+    ):
+        self.worker_traceback: str | None = None
+        if problem is None:
+            message, self.worker_traceback = unwrap_worker_report(str(path), type(self).__name__)
+            self.path, self.problem, self.index, self.field = _parse_annotation_message(message)
+            super().__init__(message)
+            return
         self.path = str(path)
         self.problem = problem
         self.index = index
@@ -65,7 +79,21 @@ class AnnotationError(MmclsError, ValueError):
         super().__init__(f"{where}: {problem}")
 
     def __reduce__(self):  # keep the structured fields across pickling (DataLoader workers)
-        return (type(self), (self.path, self.problem, self.index, self.field))
+        return (type(self), (str(self),), self.__dict__.copy())
+
+
+_ANNOTATION_MESSAGE = re.compile(
+    r"(?P<path>.*?)(?:: record (?P<index>\d+))?(?:: field '(?P<field>[^']*)')?: (?P<problem>.*)", re.DOTALL
+)
+
+
+def _parse_annotation_message(message: str) -> tuple[str, str, int | None, str | None]:
+    """``(path, problem, index, field)`` of an :class:`AnnotationError` message."""
+    match = _ANNOTATION_MESSAGE.fullmatch(message)
+    if match is None:
+        return "", message, None, None
+    index = None if match["index"] is None else int(match["index"])
+    return match["path"], match["problem"], index, match["field"]
 
 
 def annotation_path(data_root: str | Path, split: str) -> Path:

@@ -19,6 +19,7 @@ Safety and robustness rules:
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -34,7 +35,7 @@ import torch
 from PIL import Image, ImageOps
 
 from mmcls.config import ConfigError, FrameConfig
-from mmcls.errors import MmclsError
+from mmcls.errors import MmclsError, unwrap_worker_report
 
 FRAME_ERROR_KINDS = (
     "missing_file",
@@ -54,9 +55,25 @@ _VIDEO_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class FrameError(MmclsError):
-    """The frames of one video cannot be read. ``kind`` is one of :data:`FRAME_ERROR_KINDS`."""
+    """The frames of one video cannot be read. ``kind`` is one of :data:`FRAME_ERROR_KINDS`.
 
-    def __init__(self, kind: str, path: str | Path, detail: str = "", member: str | None = None):
+    ``FrameError(kind, path, detail, member)`` is the normal form. ``FrameError(message)`` (one string) exists
+    because torch's DataLoader re-raises an exception from a worker process as ``type(exc)(report)``, where
+    ``report`` is the worker's formatted traceback: the original one-line message is recovered from it and
+    ``kind``/``path``/``detail``/``member`` are parsed back, so the main process sees the same type, message
+    and fields (the whole report is kept in ``worker_traceback``). Without this the re-creation fails and
+    torch raises a bare RuntimeError that the CLI cannot report as one clean line.
+    """
+
+    def __init__(
+        self, kind: str, path: str | Path | None = None, detail: str = "", member: str | None = None
+    ):
+        self.worker_traceback: str | None = None
+        if path is None:
+            message, self.worker_traceback = unwrap_worker_report(kind, type(self).__name__)
+            self.kind, self.path, self.detail, self.member = _parse_frame_message(message)
+            super().__init__(message)
+            return
         self.kind = kind
         self.path = str(path)
         self.detail = detail
@@ -65,7 +82,29 @@ class FrameError(MmclsError):
         super().__init__(f"{where}: {kind}" + (f": {detail}" if detail else ""))
 
     def __reduce__(self):  # picklable with its structured fields (exceptions cross process boundaries)
-        return (type(self), (self.kind, self.path, self.detail, self.member))
+        return (type(self), (str(self),), self.__dict__.copy())
+
+
+_FRAME_MESSAGE = re.compile(
+    r"(?P<path>.*?)(?: \(member (?P<member>'.*?'|\".*?\")\))?: (?P<kind>"
+    + "|".join(FRAME_ERROR_KINDS)
+    + r")(?:: (?P<detail>.*))?",
+    re.DOTALL,
+)
+
+
+def _parse_frame_message(message: str) -> tuple[str, str, str, str | None]:
+    """``(kind, path, detail, member)`` of a :class:`FrameError` message; kind ``"unknown"`` if it has another form."""
+    match = _FRAME_MESSAGE.fullmatch(message)
+    if match is None:
+        return "unknown", "", message, None
+    member = match["member"]
+    return (
+        match["kind"],
+        match["path"],
+        match["detail"] or "",
+        None if member is None else ast.literal_eval(member),
+    )
 
 
 @dataclass
