@@ -117,6 +117,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
     from mmcls.predict import predict_split, write_submission
 
     ids, _, category_ids = predict_split(
@@ -128,8 +129,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
     )
-    write_submission(args.out, ids, category_ids)
-    print(f"wrote {len(ids)} predictions to {args.out}")
+    if world_info_from_env().is_main:  # under torchrun every rank holds all predictions; one file
+        write_submission(args.out, ids, category_ids)
+        print(f"wrote {len(ids)} predictions to {args.out}")
+    shutdown_distributed()
     return 0
 
 

@@ -1,4 +1,8 @@
-"""``mmcls predict``: a model folder + a data split -> the challenge's submission CSV."""
+"""``mmcls predict``: a model folder + a data split -> the challenge's submission CSV.
+
+Under ``torchrun`` every rank predicts its share of the split; the predictions are gathered so that each
+rank returns the whole split, and only rank 0 writes the file (see ``mmcls.cli``).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
+from torch.utils.data import DistributedSampler
 
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.builders import build_dataset, build_loader
-from mmcls.engine.inference import Predictions, predict_loader
+from mmcls.engine.distributed import init_distributed, resolve_device, world_info_from_env
+from mmcls.engine.inference import Predictions, gather_predictions, predict_loader
 from mmcls.models import load_model_dir
 
 
@@ -25,10 +30,12 @@ def predict_split(
     precision: str = "fp32",
     progress: bool = True,
 ) -> tuple[list[str], Predictions, list[str]]:
-    """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids)."""
-    torch_device = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
+    """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids).
+
+    ``batch_size`` is per process.
+    """
+    torch_device = resolve_device(device, world_info_from_env())
+    dist_info = init_distributed(torch_device)
     loaded = load_model_dir(model_dir, device=torch_device)
     cfg = loaded.config
     records = load_records(annotation_path(data_root, split), categories=loaded.categories)
@@ -38,11 +45,16 @@ def predict_split(
     loader = build_loader(
         dataset,
         batch_size,
-        None,
+        DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=False)
+        if dist_info.enabled
+        else None,
         cfg.data.num_workers if num_workers is None else num_workers,
         loaded.tokenizer.pad_token_id or 0,
     )
-    preds = predict_loader(loaded.model, loader, torch_device, precision, progress=progress)
+    preds = predict_loader(
+        loaded.model, loader, torch_device, precision, progress=progress and dist_info.is_main
+    )
+    preds = gather_predictions(preds)  # all ranks' shares, each record once (a no-op in one process)
     order = np.argsort(preds.indices)
     if not np.array_equal(preds.indices[order], np.arange(len(records))):
         raise RuntimeError(f"prediction covered {len(preds.indices)} of {len(records)} records of {split!r}")

@@ -52,8 +52,17 @@ def init_distributed(device: torch.device) -> DistInfo:
     info = world_info_from_env()
     if info.enabled and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+        # device_id binds the NCCL communicator to this rank's GPU up front (otherwise barrier() has to guess
+        # the device and warns); gloo takes no device.
+        device_id = device if device.type == "cuda" else None
+        dist.init_process_group(
+            backend=backend, rank=info.rank, world_size=info.world_size, device_id=device_id
+        )
     return info
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def shutdown_distributed() -> None:
@@ -86,3 +95,18 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     tensor = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return [bool(v) for v in tensor.tolist()]
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Mean of each value over ranks (every rank must pass the same keys); ``values`` without a process group.
+
+    Used for the logged training losses, so that ``train/loss`` describes the global batch, as it does in a
+    single process, and not rank 0's share of it.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor /= dist.get_world_size()
+    return dict(zip(keys, tensor.tolist()))

@@ -16,7 +16,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mmcls.config import TrainConfig
+from mmcls.config import ConfigError, TrainConfig
 from mmcls.engine.distributed import DistInfo
 from mmcls.engine.inference import MODEL_INPUTS
 
@@ -55,10 +55,20 @@ class ClassificationTask(nn.Module):
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
         elif self.cfg.distributed == "fsdp":
-            from torch.distributed.fsdp import fully_shard
+            try:
+                from torch.distributed.fsdp import fully_shard  # FSDP2, public since torch 2.6
+            except ImportError as exc:
+                raise ConfigError(
+                    f"train.distributed=fsdp needs torch.distributed.fsdp.fully_shard (torch>=2.6); this is "
+                    f"torch {torch.__version__}: use train.distributed=ddp"
+                ) from exc
 
             if self.ema is not None:
-                raise ValueError("train.ema_decay is not supported with train.distributed=fsdp yet")
+                # ModelEmaV3 lerps plain tensors towards the model's; FSDP2 parameters are DTensor shards.
+                raise ConfigError(
+                    f"train.ema_decay={self.cfg.ema_decay} is not supported with train.distributed=fsdp; "
+                    "use train.distributed=ddp or set train.ema_decay=null"
+                )
 
             # Shard each transformer layer, then the root: parameters are gathered layer by layer.
             for layer in self.model.text_encoder.encoder.layer:
@@ -67,14 +77,24 @@ class ClassificationTask(nn.Module):
             self.train_model = self.model
             self.is_sharded = True
         else:
-            raise ValueError(f"train.distributed must be 'ddp' or 'fsdp', got {self.cfg.distributed!r}")
+            raise ConfigError(f"train.distributed must be 'ddp' or 'fsdp', got {self.cfg.distributed!r}")
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
-        """Skip DDP's gradient all-reduce (gradient accumulation micro-steps, adversarial extra passes)."""
+        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) of the backward passes inside.
+
+        For gradient-accumulation micro-steps and adversarial extra passes: gradients accumulate locally and
+        are synchronised once, by the first backward outside this context.
+        """
         if isinstance(self.train_model, DistributedDataParallel):
             with self.train_model.no_sync():
                 yield
+        elif self.is_sharded:
+            self.model.set_requires_gradient_sync(False)  # FSDP2's no_sync; recurses into the sharded layers
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(True)
         else:
             yield
 
@@ -86,15 +106,19 @@ class ClassificationTask(nn.Module):
         parts = {"loss_fused": loss.detach()}
         if self.cfg.aux_loss_weight > 0:
             # Samples without any readable frame carry no video signal: leave them out of the video loss.
+            # Weighted by a 0/1 mask rather than skipped, so the video head stays in the graph even when no
+            # sample of this (local) batch has frames: under DDP a parameter without a gradient on one rank
+            # stops the gradient all-reduce ("Expected to have finished reduction in the prior iteration").
             has_video = batch["frame_mask"].any(dim=1)
-            if has_video.any():
-                video_loss = F.cross_entropy(
-                    outputs["video_logits"][has_video].float(),
-                    labels[has_video],
-                    label_smoothing=self.cfg.label_smoothing,
-                )
-                loss = loss + self.cfg.aux_loss_weight * video_loss
-                parts["loss_video"] = video_loss.detach()
+            per_sample = F.cross_entropy(
+                outputs["video_logits"].float(),
+                labels,
+                label_smoothing=self.cfg.label_smoothing,
+                reduction="none",
+            )
+            video_loss = torch.where(has_video, per_sample, 0.0).sum() / has_video.sum().clamp(min=1)
+            loss = loss + self.cfg.aux_loss_weight * video_loss
+            parts["loss_video"] = video_loss.detach()  # 0 for a batch without any frames
         return loss, parts
 
     # ------------------------------------------------------------------ after each optimizer step

@@ -41,10 +41,13 @@ from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
     DistInfo,
     all_gather_objects,
+    all_reduce_mean,
     any_rank,
     barrier,
     init_distributed,
+    is_initialized,
     resolve_device,
+    shutdown_distributed,
     world_info_from_env,
 )
 from mmcls.engine.inference import autocast, gather_predictions, predict_loader
@@ -53,7 +56,7 @@ from mmcls.engine.optim import build_optimizer, build_scheduler
 from mmcls.engine.task import ClassificationTask, move_batch
 from mmcls.errors import MmclsError
 from mmcls.metrics import compute_scores_from_indices
-from mmcls.models import MultimodalClassifier, save_model_dir
+from mmcls.models import build_model, save_model_dir
 
 log = logging.getLogger("mmcls.train")
 
@@ -153,6 +156,9 @@ class Trainer:
         # ---- processes and devices
         self.device = resolve_device(tcfg.device, world_info_from_env())
         self.dist: DistInfo = init_distributed(self.device)
+        if not self.dist.is_main:
+            # One voice in the log: the other ranks report warnings and errors only.
+            logging.getLogger("mmcls").setLevel(logging.WARNING)
         if tcfg.batch_size % (self.dist.world_size) != 0:
             raise ValueError(
                 f"train.batch_size={tcfg.batch_size} (global) must be divisible by the world size "
@@ -206,8 +212,7 @@ class Trainer:
 
         # ---- model, task, optimisation. Same init on every rank; DDP also broadcasts rank 0's weights.
         seed_everything(tcfg.seed)
-        image_size = cfg.data.frames.image_size
-        model = MultimodalClassifier(cfg.model, image_size=image_size, vocab_size=len(self.tokenizer))
+        model = build_model(cfg, vocab_size=len(self.tokenizer))
         self.task = ClassificationTask(model, tcfg, self.device)
         self.task.wrap_distributed(self.dist)
         self.optimizer = build_optimizer(self.task.model, tcfg)
@@ -340,6 +345,9 @@ class Trainer:
             if losses:
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
                 if self.global_step % tcfg.log_every_steps == 0:
+                    # Every rank is here (skipped steps are agreed on by all ranks): average the losses so
+                    # the log shows the global batch's loss, as a single process would.
+                    losses = all_reduce_mean(losses, self.device)
                     lr = {f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}
                     self.logger.log(self.global_step, self.epoch, {**losses, **lr}, prefix="train/")
             (stop_now,) = any_rank([stop.requested], self.device)
@@ -367,12 +375,12 @@ class Trainer:
                 skip = True
                 continue
             last = i == len(micro_batches) - 1
-            with (
-                self.task.no_sync() if not last else contextlib.nullcontext(),
-                autocast(self.device, tcfg.precision),
-            ):
-                loss, parts = self.task(move_batch(batch, self.device))
-            self.scaler.scale(loss / len(micro_batches)).backward()
+            # The backward belongs inside no_sync (FSDP decides in backward whether to reduce-scatter; DDP
+            # in forward) but outside autocast.
+            with self.task.no_sync() if not last else contextlib.nullcontext():
+                with autocast(self.device, tcfg.precision):
+                    loss, parts = self.task(move_batch(batch, self.device))
+                self.scaler.scale(loss / len(micro_batches)).backward()
             totals["loss"] += loss.detach().float().item() / len(micro_batches)
             for key, value in parts.items():
                 totals[key] += value.float().item() / len(micro_batches)
@@ -415,9 +423,12 @@ class Trainer:
             errors.update(part)
         if errors and self.dist.is_main:
             log.warning("epoch %d: data problems %s", self.epoch + 1, dict(errors))
-        self._write_data_report(errors)
+        self._write_data_report("train", errors)
         if self.val_set is not None and (self.epoch + 1) % self.cfg.train.eval_every_epochs == 0:
-            self.last_metrics = self.evaluate()
+            self.last_metrics, val_errors = self._evaluate_with_errors()
+            if val_errors and self.dist.is_main:
+                log.warning("epoch %d: validation data problems %s", self.epoch + 1, dict(val_errors))
+            self._write_data_report("val", val_errors)
             self.logger.log(self.global_step, self.epoch, self.last_metrics, prefix="val/")
             score = self.last_metrics["mean_f1"]
             if self.best_score is None or score > self.best_score:
@@ -432,6 +443,10 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Scores of the evaluated weights (EMA if on) on the validation split, identical for any world size."""
+        return self._evaluate_with_errors()[0]
+
+    def _evaluate_with_errors(self) -> tuple[dict[str, float], Counter]:
+        """:meth:`evaluate`'s scores and the frame problems of the validation split (all ranks together)."""
         assert self.val_set is not None
         sampler = DistributedSampler(
             self.val_set, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=False
@@ -452,15 +467,29 @@ class Trainer:
             desc="evaluate",
         )
         preds = gather_predictions(local)
-        return compute_scores_from_indices(preds.labels, preds.pred, self.categories)
+        scores = compute_scores_from_indices(preds.labels, preds.pred, self.categories)
+        # Cross-entropy of the gathered probabilities, and how many samples were scored: both show at once
+        # whether a multi-process evaluation saw each validation sample exactly once.
+        known = np.flatnonzero(preds.labels >= 0)
+        true_probs = preds.probs[known, preds.labels[known]]
+        scores["loss"] = float(-np.log(np.clip(true_probs, 1e-12, None)).mean()) if len(known) else math.nan
+        scores["num_samples"] = len(preds.indices)
+        return scores, preds.frame_errors
 
-    def _write_data_report(self, errors: Counter) -> None:
+    def _write_data_report(self, split: str, errors: Counter) -> None:
+        """Record this epoch's frame problems of ``split`` ("train" or "val") in ``RUN_DIR/data_errors.json``.
+
+        The file reads ``{"train": {"epoch_1": {kind: count}, ..., "total": {...}}, "val": {...}}``; an epoch
+        without problems is recorded as ``{}`` so the file also shows which epochs were clean.
+        """
         if not self.dist.is_main:
             return
         path = self.run_dir / "data_errors.json"
         report = json.loads(path.read_text()) if path.exists() else {}
-        report[f"epoch_{self.epoch + 1}"] = dict(errors)
-        report["total"] = dict(sum((Counter(v) for k, v in report.items() if k != "total"), Counter()))
+        part = report.setdefault(split, {})
+        part.pop("total", None)  # recomputed below, and kept last
+        part[f"epoch_{self.epoch + 1}"] = dict(errors)
+        part["total"] = dict(sum((Counter(v) for v in part.values()), Counter()))
         path.write_text(json.dumps(report, indent=2))
 
     def _release(self, name: str) -> None:
@@ -469,10 +498,8 @@ class Trainer:
         if self.task.is_sharded:
             # Gather the FSDP shards (a collective: every rank takes part) into a plain copy on rank 0.
             full = get_model_state_dict(model, options=self._state_dict_options())
-            model = MultimodalClassifier(
-                self.cfg.model, image_size=self.cfg.data.frames.image_size, vocab_size=len(self.tokenizer)
-            )
-            if self.dist.is_main:
+            if self.dist.is_main:  # only rank 0 receives the full weights (cpu_offload=True)
+                model = build_model(self.cfg, vocab_size=len(self.tokenizer))
                 model.load_state_dict(full)
         if self.dist.is_main:
             save_model_dir(self.run_dir / name, model, self.cfg, self.tokenizer, self.categories)
@@ -487,6 +514,9 @@ class Trainer:
 def train(cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False) -> TrainResult:
     """Train ``cfg`` on ``data_root``, writing checkpoints, logs and model folders to ``run_dir``."""
     start = time.time()
+    owns_process_group = not is_initialized()  # a caller's own process group is left to the caller
     result = Trainer(cfg, data_root, run_dir, resume=resume).fit()
     log.info("training took %.1f s", time.time() - start)
+    if owns_process_group:
+        shutdown_distributed()
     return result

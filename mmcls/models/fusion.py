@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from mmcls.config import Config, ModelConfig
+from mmcls.config import Config, ConfigError, ModelConfig
 from mmcls.data.categories import CategoryMap
 from mmcls.models.frame_encoder import FrameEncoder, PretrainedWeightsError, build_frame_encoder
 
@@ -194,15 +194,17 @@ def build_model(config: Config, vocab_size: int | None = None) -> MultimodalClas
     """The classifier for a full config (frame size from ``data.frames``); checks data/model consistency."""
     frames, model = config.data.frames, config.model
     if frames.source != "none" and frames.max_frames > model.max_frames:
-        raise ValueError(
+        raise ConfigError(
             f"data.frames.max_frames={frames.max_frames} exceeds model.max_frames={model.max_frames} "
             f"(the size of the frame position table)"
         )
     encoder = model.frame_encoder
     if frames.source == "zip_feats" and encoder.type != "identity":
-        raise ValueError("data.frames.source=zip_feats gives features: set model.frame_encoder.type=identity")
+        raise ConfigError(
+            "data.frames.source=zip_feats gives features: set model.frame_encoder.type=identity"
+        )
     if frames.source == "zip_feats" and encoder.input_dim != frames.feature_dim:
-        raise ValueError(
+        raise ConfigError(
             f"model.frame_encoder.input_dim={encoder.input_dim} differs from "
             f"data.frames.feature_dim={frames.feature_dim}"
         )
