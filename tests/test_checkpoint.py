@@ -22,6 +22,17 @@ def test_save_keeps_last_k_and_latest_is_newest(tmp_path):
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 
 
+def test_leftover_temporary_file_of_a_killed_write_is_removed(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    leftover = folder / ".tmp-abc123.pt"
+    leftover.write_bytes(b"half a checkpoint")
+    assert latest_checkpoint(tmp_path) is None  # never mistaken for a checkpoint
+    save_checkpoint(tmp_path, 1, {"step": 1}, keep_last=2)
+    assert not leftover.exists()
+    assert [p.name for p in folder.iterdir()] == ["step-00000001.pt"]
+
+
 class Payload:
     """Stands for any object a malicious checkpoint could smuggle in through pickle."""
 

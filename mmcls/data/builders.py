@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,4 +83,29 @@ def build_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=leave_stop_signals_to_main_process if num_workers > 0 else None,
     )
+
+
+def leave_stop_signals_to_main_process(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a SIGTERM/SIGINT sent to the whole process group is for the main process.
+
+    A scheduler (SLURM, Kubernetes) or Ctrl-C signals every process of the group. A worker that died of it
+    would make the main process fail with "DataLoader worker exited unexpectedly" (raised by torch's SIGCHLD
+    handler at any point of the step) instead of finishing its step, saving and shutting the workers down.
+    SIGTERM from the parent itself (torch's or multiprocessing's ``terminate()`` at shutdown) must still end
+    the worker, or the parent's exit would wait for it forever; the sender's pid tells the two apart.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: keep the default (the worker dies with the group)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited by the thread below
+    parent = os.getppid()
+    threading.Thread(target=_exit_on_sigterm_from, args=(parent,), name="sigterm-watch", daemon=True).start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)  # the shell's code for "killed by SIGTERM"

@@ -62,6 +62,10 @@ def save_checkpoint(run_dir: str | Path, global_step: int, state: dict[str, Any]
         raise
     for old in list_checkpoints(run_dir)[: -max(keep_last, 1)]:
         old.unlink(missing_ok=True)
+    # A run killed while writing leaves its temporary file behind; only one process writes checkpoints,
+    # and its own temporary file is renamed by now, so any left is such a leftover.
+    for stale in folder.glob(".tmp-*.pt"):
+        stale.unlink(missing_ok=True)
     return target
 
 

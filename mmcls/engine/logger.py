@@ -16,11 +16,13 @@ class RunLogger:
         if not enabled:
             return
         self.path = Path(run_dir) / "metrics.csv"
-        new = not self.path.exists()  # a resumed run appends to the same file
+        # A resumed run appends to the same file; one that a killed run left empty still needs its header.
+        new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = self.path.open("a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
         if new:
             self._csv.writerow(["time", "step", "epoch", "tag", "value"])
+            self._file.flush()  # on disk now: a run killed before its first log() leaves a valid file
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
