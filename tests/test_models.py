@@ -170,6 +170,18 @@ def test_empty_frame_mask_is_text_only():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("encoder", ["open_clip", "identity"])
+def test_batch_without_frame_slots_equals_all_frames_masked(encoder):
+    """``data.frames.source=none`` collates frames as ``[B, 0]``: a text-only batch, not a shape error."""
+    model = MultimodalClassifier(tiny_cfg(encoder), IMAGE, vocab_size=1000).eval()
+    g = torch.Generator().manual_seed(0)
+    ids, text_mask = torch.randint(1, 1000, (2, 6), generator=g), torch.ones(2, 6)
+    no_slots = model(ids, text_mask, torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool))
+    masked = model(ids, text_mask, random_frames(encoder, 2, 3, g), torch.zeros(2, 3, dtype=torch.bool))
+    torch.testing.assert_close(no_slots["logits"], masked["logits"], atol=1e-5, rtol=1e-5)
+    assert no_slots["video_logits"].shape == (2, 200)
+
+
 @pytest.mark.parametrize("encoder", ["open_clip", "timm", "identity"])
 def test_every_parameter_gets_a_gradient(encoder):
     """No unused parameters: DistributedDataParallel would otherwise need find_unused_parameters."""

@@ -101,7 +101,14 @@ class MultimodalClassifier(nn.Module):
         return out
 
     def project_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frame encoder + projection to the BERT width: ``[B, T, H]`` (before position/type embeddings)."""
+        """Frame encoder + projection to the BERT width: ``[B, T, H]`` (before position/type embeddings).
+
+        A batch without any frame slot (``[B, 0]``: ``data.frames.source=none``, text-only training) gives
+        ``[B, 0, H]``, which the rest of the forward treats as a text-only sequence.
+        """
+        if frames.dim() >= 2 and frames.shape[1] == 0:
+            weight = self.frame_proj.weight
+            return weight.new_zeros(frames.shape[0], 0, weight.shape[0])
         features = self.frame_encoder(frames)
         return self.frame_proj(features.to(self.frame_proj.weight.dtype))
 
