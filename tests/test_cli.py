@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mmcls.data.annotations import load_records
 from mmcls.metrics import SCORE_KEYS
+
+from commands import child_env, mmcls_command
 
 FAST_TINY = [
     "train.epochs=2",
@@ -25,9 +25,8 @@ FAST_TINY = [
 
 
 def mmcls(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "mmcls", *args], capture_output=True, text=True, timeout=timeout, env=env
+        mmcls_command(*args), capture_output=True, text=True, timeout=timeout, env=child_env()
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"mmcls {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -26,6 +25,8 @@ import torch
 from safetensors.torch import load_file
 
 from mmcls.data.synthetic import make_synthetic_dataset
+
+from commands import child_env, mmcls_command, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -64,9 +65,8 @@ def _free_port() -> int:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
@@ -88,15 +88,8 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
-def _train_args(data_root: Path, out: Path, overrides: list[str]) -> list[str]:
-    args = ["train", "tiny", "--data-root", str(data_root), "--out", str(out)]
-    for item in overrides:
-        args += ["--set", item]
-    return args
-
-
 def train_single(data_root: Path, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "mmcls", *_train_args(data_root, out, overrides)])
+    return _run(mmcls_command(*train_args(data_root, out, overrides)))
 
 
 def train_torchrun(
@@ -113,7 +106,7 @@ def train_torchrun(
         str(nproc),
     ]
     launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
-    return _run([*launcher, "-m", "mmcls", *_train_args(data_root, out, overrides)])
+    return _run([*launcher, "-m", "mmcls", *train_args(data_root, out, overrides)])
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -302,7 +295,7 @@ def test_torchrun_predict_matches_single_process_and_rank0_writes(data_root: Pat
         ]
 
     single_csv, multi_csv = data_root.parent / "single.csv", data_root.parent / "multi.csv"
-    _run([sys.executable, "-m", "mmcls", *predict_args(single_csv)])
+    _run(mmcls_command(*predict_args(single_csv)))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     proc = _run([*launcher, "-m", "mmcls", *predict_args(multi_csv)])
 

@@ -17,7 +17,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmcls.engine.task import ClassificationTask
 from mmcls.engine.trainer import TrainingError, train
+
+from commands import child_env, mmcls_command, train_args
 
 # 200 labeled records, 10% held out for validation -> 180 training samples -> 22 steps of 8 per epoch.
 STEPS_PER_EPOCH = 22
@@ -56,23 +57,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def _train_args(data_root: Path, run_dir: Path, workers: int, resume: bool) -> list[str]:
     settings = [*RUN_SETTINGS, f"data.num_workers={workers}"]
-    return [
-        sys.executable,
-        "-m",
-        "mmcls",
-        "train",
-        "tiny",
-        "--data-root",
-        str(data_root),
-        "--out",
-        str(run_dir),
-        *[arg for item in settings for arg in ("--set", item)],
-        *(["--resume"] if resume else []),
-    ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return mmcls_command(*train_args(data_root, run_dir, settings), *(["--resume"] if resume else []))
 
 
 def run_training(data_root: Path, run_dir: Path, workers: int = 0, resume: bool = False) -> str:
@@ -82,7 +67,7 @@ def run_training(data_root: Path, run_dir: Path, workers: int = 0, resume: bool 
         capture_output=True,
         text=True,
         timeout=PROCESS_TIMEOUT,
-        env=_env(),
+        env=child_env(),
     )
     assert proc.returncode == 0, f"training exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -99,7 +84,7 @@ def start_training(data_root: Path, run_dir: Path, workers: int) -> subprocess.P
             _train_args(data_root, run_dir, workers, resume=False),
             stdout=out,
             stderr=err,
-            env=_env(),
+            env=child_env(),
             start_new_session=True,  # its own process group, so a test can signal it as a scheduler does
         )
 

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from mmcls.data.categories import official_categories
 from mmcls.data.frames import FrameError
 from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.trainer import train
+
+from commands import child_env, mmcls_command, train_args
 
 FEATURE_DIM = 16
 BATCH = 8
@@ -339,22 +340,11 @@ def test_cli_raise_with_workers_prints_one_clean_line(data_root, tmp_path):
         "train.tensorboard=false",
     ]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmcls",
-            "train",
-            "tiny",
-            "--data-root",
-            str(data_root),
-            "--out",
-            str(tmp_path / "run"),
-        ]
-        + [arg for item in settings for arg in ("--set", item)],
+        mmcls_command(*train_args(data_root, tmp_path / "run", settings)),
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        env=child_env(),
     )
     assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     lines = proc.stderr.strip().splitlines()
