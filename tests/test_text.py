@@ -90,6 +90,10 @@ def test_field_subset_and_order(bert_tokenizer):
     assert enc.encode(record("我", "一")) == [CLS, 671, SEP, 2769, SEP]
 
 
+def test_no_fields_gives_cls_alone_for_frames_only_models(bert_tokenizer):
+    assert encoder(bert_tokenizer, fields=[]).encode(record("我", "一", [(1.0, "零")])) == [CLS]
+
+
 @pytest.mark.parametrize(
     ("mode", "kept"), [("head", "零一二三四"), ("tail", "五六七八九"), ("head_tail", "零一二八九")]
 )

@@ -104,11 +104,14 @@ def _hub_offline() -> bool:
 
 
 class TextEncoder:
-    """Turns a :class:`Record` into token ids ``[CLS] f1 [SEP] f2 [SEP] ...`` under per-field budgets."""
+    """Turns a :class:`Record` into token ids ``[CLS] f1 [SEP] f2 [SEP] ...`` under per-field budgets.
+
+    ``fields: []`` gives ``[CLS]`` alone: a frames-only model (the demo's ablation), whose [CLS] still pools.
+    """
 
     def __init__(self, tokenizer: Any, cfg: TextConfig):
         unknown = [f for f in cfg.fields if f not in TEXT_FIELDS]
-        if unknown or not cfg.fields:
+        if unknown:
             raise ConfigError(f"data.text.fields: {cfg.fields!r}; each must be one of {TEXT_FIELDS}")
         if cfg.truncation not in TRUNCATION_MODES:
             raise ConfigError(f"data.text.truncation: {cfg.truncation!r}; use one of {TRUNCATION_MODES}")
@@ -131,6 +134,8 @@ class TextEncoder:
         return [self._field_text(record, name) for name in self.cfg.fields]
 
     def encode(self, record: Record) -> list[int]:
+        if not self.cfg.fields:
+            return [self.cls_id]
         tokens = self.tokenizer(
             self.field_texts(record),
             add_special_tokens=False,
