@@ -52,8 +52,8 @@ def data_root(clean_data, tmp_path) -> Path:
 
 
 def make_config(*overrides: str) -> Config:
-    """The tiny preset for 2 short epochs; its 8 frames per clip exceed the 2-6 a synthetic video has, so every
-    frame is read and a single bad frame is counted in every epoch."""
+    """The tiny preset for 2 short epochs, with 8 frames per clip: more than the 2-6 a synthetic video has, so
+    every frame is read and a single bad frame is counted in every epoch."""
     return Config.from_yaml(
         "tiny",
         [
@@ -63,6 +63,7 @@ def make_config(*overrides: str) -> Config:
             "train.tensorboard=false",
             "data.num_workers=0",
             "data.val_fraction=0.34",
+            "data.frames.max_frames=8",
             *overrides,
         ],
     )
