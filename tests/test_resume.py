@@ -183,6 +183,12 @@ class Reference:
             self.summary = summary_of(stdout)
         return self.run_dir, self.summary
 
+    def assert_reproduced_by(self, run_dir: Path, stdout: str) -> None:
+        """The interrupted-and-resumed ``run_dir`` ended exactly where this uninterrupted run did."""
+        reference_dir, reference_summary = self.finish()
+        assert_same_run(run_dir, reference_dir)
+        assert summary_of(stdout) == reference_summary
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -238,9 +244,7 @@ def test_kill9_in_first_epoch_then_resume_matches_uninterrupted(data_root, refer
     run_dir = tmp_path / "run"
     step, stdout = kill_and_resume(data_root, run_dir, workers=0, min_step=3, sig=signal.SIGKILL)
     assert 3 <= step < STEPS_PER_EPOCH, f"the resume should start mid-epoch 1, got step {step}"
-    reference_dir, reference_summary = reference.finish()
-    assert_same_run(run_dir, reference_dir)
-    assert summary_of(stdout) == reference_summary
+    reference.assert_reproduced_by(run_dir, stdout)
 
 
 @pytest.mark.slow
@@ -251,9 +255,7 @@ def test_kill9_in_second_epoch_with_workers_then_resume_matches(data_root, refer
         data_root, run_dir, workers=2, min_step=STEPS_PER_EPOCH + 2, sig=signal.SIGKILL
     )
     assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH, f"the resume should start mid-epoch 2, got {step}"
-    reference_dir, reference_summary = reference.finish()
-    assert_same_run(run_dir, reference_dir)
-    assert summary_of(stdout) == reference_summary
+    reference.assert_reproduced_by(run_dir, stdout)
 
 
 @pytest.mark.slow
@@ -264,9 +266,7 @@ def test_sigterm_to_the_process_group_saves_exits_cleanly_and_resume_matches(dat
         data_root, run_dir, workers=2, min_step=6, sig=signal.SIGTERM, whole_group=True
     )
     assert 6 < step < 2 * STEPS_PER_EPOCH  # the step in flight when the signal came was finished first
-    reference_dir, reference_summary = reference.finish()
-    assert_same_run(run_dir, reference_dir)
-    assert summary_of(stdout) == reference_summary
+    reference.assert_reproduced_by(run_dir, stdout)
 
 
 # ------------------------------------------------------------------------------- in-process checks
@@ -368,17 +368,7 @@ def test_run_dir_with_checkpoints_needs_resume(data_root, tmp_path, capsys):
 
     run_dir = tmp_path / "run"
     save_checkpoint(run_dir, 7, {"progress": {}}, keep_last=1)
-    args = [
-        "train",
-        "tiny",
-        "--data-root",
-        str(data_root),
-        "--out",
-        str(run_dir),
-        "--set",
-        "data.num_workers=0",
-    ]
-    assert main(args) == 2
+    assert main(train_args(data_root, run_dir, ["data.num_workers=0"])) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(run_dir) in err and "--resume" in err
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000007.pt"]  # untouched
