@@ -279,6 +279,14 @@ def test_ddp_trains_batches_without_frames_and_ema(text_only_runs: tuple[Path, P
     assert max_weight_difference(last_weights(single), last_weights(ddp)) < WEIGHT_ATOL
 
 
+def test_ddp_text_only_source_trains(text_only_root: Path) -> None:
+    """``data.frames.source=none`` leaves the frame encoder without gradients: DDP must be told so."""
+    out = text_only_root.parent / "source_none_ddp"
+    train_torchrun(text_only_root, out, [*FAST, "train.epochs=1", "data.frames.source=none"])
+    assert (out / "last" / "model.safetensors").is_file()
+    assert [v for (_, tag), v in val_metrics(out).items() if tag == "val/num_samples"] == [16]
+
+
 # ------------------------------------------------------------------------------------------------ prediction
 def test_torchrun_predict_matches_single_process_and_rank0_writes(data_root: Path, single_run: Path) -> None:
     def predict_args(out: Path) -> list[str]:

@@ -47,13 +47,19 @@ class ClassificationTask(nn.Module):
         self.is_sharded = False
 
     # ------------------------------------------------------------------ distribution
-    def wrap_distributed(self, info: DistInfo) -> None:
-        """Wrap the model for data-parallel training (no-op for a single process)."""
+    def wrap_distributed(self, info: DistInfo, find_unused_parameters: bool = False) -> None:
+        """Wrap the model for data-parallel training (no-op for a single process).
+
+        ``find_unused_parameters``: for DDP when some parameters never take part (a text-only run leaves the
+        frame encoder out); it costs a graph traversal per step, so it is off otherwise.
+        """
         if not info.enabled:
             return
         if self.cfg.distributed == "ddp":
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+            )
         elif self.cfg.distributed == "fsdp":
             try:
                 from torch.distributed.fsdp import fully_shard  # FSDP2, public since torch 2.6

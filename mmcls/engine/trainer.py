@@ -214,7 +214,8 @@ class Trainer:
         seed_everything(tcfg.seed)
         model = build_model(cfg, vocab_size=len(self.tokenizer))
         self.task = ClassificationTask(model, tcfg, self.device)
-        self.task.wrap_distributed(self.dist)
+        # Without frames (data.frames.source=none) the frame encoder and projection get no gradient.
+        self.task.wrap_distributed(self.dist, find_unused_parameters=cfg.data.frames.source == "none")
         self.optimizer = build_optimizer(self.task.model, tcfg)
         self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
