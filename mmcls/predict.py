@@ -10,10 +10,9 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DistributedSampler
 
 from mmcls.data.annotations import annotation_path, load_records
-from mmcls.data.builders import build_dataset, build_loader
+from mmcls.data.builders import build_dataset, build_eval_loader
 from mmcls.engine.distributed import init_distributed, resolve_device, world_info_from_env
 from mmcls.engine.inference import Predictions, gather_predictions, predict_loader
 from mmcls.models import load_model_dir
@@ -42,14 +41,13 @@ def predict_split(
     dataset = build_dataset(
         cfg, data_root, split, records, loaded.tokenizer, loaded.categories, train=False, on_error="text_only"
     )
-    loader = build_loader(
+    loader = build_eval_loader(
         dataset,
         batch_size,
-        DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=False)
-        if dist_info.enabled
-        else None,
         cfg.data.num_workers if num_workers is None else num_workers,
         loaded.tokenizer.pad_token_id or 0,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
     )
     preds = predict_loader(
         loaded.model, loader, torch_device, precision, progress=progress and dist_info.is_main

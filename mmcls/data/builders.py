@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from mmcls.config import Config
 from mmcls.data.annotations import Record
@@ -85,6 +85,24 @@ def build_loader(
         generator=torch.Generator().manual_seed(0),
         worker_init_fn=leave_stop_signals_to_main_process if num_workers > 0 else None,
     )
+
+
+def build_eval_loader(
+    dataset: VideoTextDataset,
+    batch_size: int,
+    num_workers: int,
+    pad_token_id: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """An in-order loader over this rank's shard of ``dataset`` (all of it for one process).
+
+    The sampler pads the last shard with repeats so every rank runs the same number of batches (collectives
+    stay matched); ``mmcls.engine.inference.gather_predictions`` drops the repeats again.
+    """
+    sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
+    return build_loader(dataset, batch_size, sampler, num_workers, pad_token_id)
 
 
 def leave_stop_signals_to_main_process(worker_id: int) -> None:

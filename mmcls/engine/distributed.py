@@ -66,18 +66,18 @@ def is_initialized() -> bool:
 
 
 def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (``[obj]`` without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return [obj]
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
@@ -90,7 +90,7 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     Used for "stop requested" and "loss was not finite": if one rank skipped a step or stopped while the
     others went on, the next collective would hang.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return flags
     tensor = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
@@ -103,7 +103,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     Used for the logged training losses, so that ``train/loss`` describes the global batch, as it does in a
     single process, and not rank 0's share of it.
     """
-    if not (dist.is_available() and dist.is_initialized()) or not values:
+    if not is_initialized() or not values:
         return values
     keys = sorted(values)
     tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)

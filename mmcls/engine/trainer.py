@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
-from mmcls.data.builders import build_dataset, build_loader, split_train_val
+from mmcls.data.builders import build_dataset, build_eval_loader, build_loader, split_train_val
 from mmcls.data.categories import official_categories
 from mmcls.data.text import load_tokenizer
 from mmcls.engine import checkpoint as ckpt
@@ -449,15 +449,13 @@ class Trainer:
     def _evaluate_with_errors(self) -> tuple[dict[str, float], Counter]:
         """:meth:`evaluate`'s scores and the frame problems of the validation split (all ranks together)."""
         assert self.val_set is not None
-        sampler = DistributedSampler(
-            self.val_set, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=False
-        )
-        loader = build_loader(
+        loader = build_eval_loader(
             self.val_set,
             self.cfg.train.eval_batch_size // self.dist.world_size or 1,
-            sampler,
             self.cfg.data.num_workers,
             self.pad_id,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         local = predict_loader(
             self.task.eval_model,
