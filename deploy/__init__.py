@@ -1,4 +1,4 @@
 """Deployment: ONNX/FP16 export, TensorRT engines, runtimes and the batching inference server.
 
-Imports ``mmcls``; ``mmcls`` never imports this package. Filled in by the deployment issue.
+Installed as ``mmcls.deploy``. Imports the core; the core never imports it (the CLI dispatches to it lazily).
 """

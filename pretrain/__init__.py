@@ -1,4 +1,4 @@
 """Pretraining on unlabeled videos (MLM, masked frame modeling, video-text matching).
 
-Imports ``mmcls``; ``mmcls`` never imports this package. Filled in by the pretraining issue.
+Installed as ``mmcls.pretrain``. Imports the core; the core never imports it (the CLI dispatches to it lazily).
 """

@@ -7,16 +7,11 @@ same data, which shows that the synthetic signal is split between the modalities
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
 from pathlib import Path
-
-from mmcls.config import Config
-from mmcls.data.synthetic import make_synthetic_dataset
-from mmcls.engine.trainer import train
-from mmcls.metrics import evaluate_files
-from mmcls.predict import predict_split, write_submission
 
 VARIANTS: dict[str, list[str]] = {
     "fusion": [],
@@ -25,6 +20,33 @@ VARIANTS: dict[str, list[str]] = {
     "frames_only": ["data.text.fields=[]"],
 }
 SCORE_KEYS = ("lv1_micro_f1", "lv1_macro_f1", "lv2_micro_f1", "lv2_macro_f1", "mean_f1")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "demo",
+        help="synthetic data -> train tiny on the CPU -> predict -> evaluate",
+        epilog="example: mmcls demo --out demo_runs --ablations",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_runs"), help="folder for data and runs")
+    p.add_argument("--ablations", action="store_true", help="also train text-only and frames-only models")
+    p.add_argument("--num-labeled", type=int, default=3000, help="labeled synthetic videos")
+    p.add_argument("--num-test", type=int, default=600, help="test synthetic videos")
+    p.add_argument("--epochs", type=int, default=None, help="override the tiny preset's epochs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(
+        args.out,
+        ablations=args.ablations,
+        num_labeled=args.num_labeled,
+        num_test=args.num_test,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    return 0
 
 
 def run_demo(
@@ -37,6 +59,8 @@ def run_demo(
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Run the demo under ``out`` (data in ``out/data``, one run directory per variant); returns the scores."""
+    from mmcls.data.synthetic import make_synthetic_dataset
+
     out = Path(out)
     data_root = out / "data"
     started = time.time()
@@ -57,6 +81,11 @@ def run_demo(
 def _run_variant(
     name: str, data_root: Path, run_dir: Path, epochs: int | None, seed: int
 ) -> dict[str, float]:
+    from mmcls.config import Config
+    from mmcls.engine.predict import predict_split, write_submission
+    from mmcls.engine.trainer import train
+    from mmcls.metrics import evaluate_files
+
     overrides = [*VARIANTS[name], f"train.seed={seed}"]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")

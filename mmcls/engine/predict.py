@@ -1,7 +1,7 @@
 """``mmcls predict``: a model folder + a data split -> the challenge's submission CSV.
 
 Under ``torchrun`` every rank predicts its share of the split; the predictions are gathered so that each
-rank returns the whole split, and only rank 0 writes the file (see ``mmcls.cli``).
+rank returns the whole split, and only rank 0 writes the file (see ``mmcls.cli.predict``).
 """
 
 from __future__ import annotations

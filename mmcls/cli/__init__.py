@@ -1,0 +1,78 @@
+"""The ``mmcls`` command line (also ``python -m mmcls``, which is what ``torchrun -m mmcls`` runs).
+
+A thin registry: :data:`COMMANDS` maps each sub-command to the module that defines it. Every such module has
+``add_parser(subparsers)`` (argparse only, cheap to import) and ``run(args) -> int``, whose heavy imports
+(torch, transformers, open_clip, onnxruntime, Triton) happen inside ``run``, so ``mmcls --help`` and
+``mmcls evaluate`` stay quick. A command whose body belongs to a feature package lives there (the deployment
+commands in ``mmcls.deploy``, pretraining in ``mmcls.pretrain``); the core never imports those packages except
+through this table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from mmcls import __version__
+
+# command name -> module with add_parser(sub) and run(args). Order = order in ``mmcls --help``.
+COMMANDS: dict[str, str] = {
+    "make-data": "mmcls.cli.make_data",
+    "train": "mmcls.cli.train",
+    "evaluate": "mmcls.cli.evaluate",
+    "predict": "mmcls.cli.predict",
+    "demo": "mmcls.cli.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmcls",
+        description="Multimodal short-video classification: frames + title/ASR/OCR -> hierarchical category.",
+        epilog="mmcls COMMAND --help shows a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"mmcls {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = module.add_parser(sub)
+        assert command_parser.prog.endswith(name), f"{module_name} registered {command_parser.prog!r}"
+        command_parser.set_defaults(run=module.run)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = os.environ.get("RANK")
+    prefix = f"[rank {rank}] " if rank is not None else ""
+    # Libraries (open_clip logs to the root logger) speak at WARNING; mmcls's own progress at INFO.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("mmcls").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # DataLoader workers fork after the fast tokenizer has run; its thread pool must not be inherited.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from mmcls.errors import USER_ERRORS
+
+    try:
+        return args.run(args)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        # Bad input (a malformed record, a missing file, a wrong config key): one clear line, no traceback.
+        print(f"mmcls {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
