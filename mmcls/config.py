@@ -88,6 +88,10 @@ class ModelConfig:
     num_classes: int = 200
     dropout: float = 0.1
     pooling: str = "cls_mean"  # cls | mean | cls_mean
+    # Start from the weights of another model folder or run directory (a finished classifier, a pretraining
+    # run, a larger teacher): every key present in both with the same shape is loaded, the rest keep their
+    # initialisation; the log names what was loaded and what was not. null = start from the pretrained sources.
+    init_from: str | None = None
 
 
 @dataclass

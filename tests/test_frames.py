@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from mmcls.config import CLIP_MEAN, CLIP_STD, ConfigError, FrameConfig
+from mmcls.config import ConfigError, FrameConfig
 from mmcls.data.frames import (
     FrameError,
     VideoFileSource,
@@ -33,8 +33,8 @@ def frame_cfg(**kw) -> FrameConfig:
 
 def grey_levels(clip) -> list[int]:
     """Recover the grey value (0-255) of each real frame of a clip made of uniform grey JPEGs."""
-    red = clip.frames[clip.mask][:, 0] * CLIP_STD[0] + CLIP_MEAN[0]
-    return [round(float(v) * 255) for v in red.mean(dim=(1, 2))]
+    red = clip.frames[clip.mask][:, 0].float()
+    return [round(float(v)) for v in red.mean(dim=(1, 2))]
 
 
 def value_of(i: int) -> int:
@@ -83,10 +83,10 @@ def test_train_sampling_is_random_sorted_and_seeded():
 # ---------------------------------------------------------------------------------------------- zip_frames
 
 
-def test_zip_frames_sorted_resized_normalised_and_padded(frames_root):
+def test_zip_frames_sorted_resized_uint8_and_padded(frames_root):
     video_id = frames_root(n=5, extra={"sub/": b"", "meta.txt": b"not a frame"})
     clip = ZipFramesSource(frame_cfg(), frames_root.root).read(video_id)
-    assert clip.frames.shape == (8, 3, SIZE, SIZE) and clip.frames.dtype == torch.float32
+    assert clip.frames.shape == (8, 3, SIZE, SIZE) and clip.frames.dtype == torch.uint8
     assert clip.mask.tolist() == [True] * 5 + [False] * 3
     assert torch.all(clip.frames[5:] == 0)
     assert clip.errors == []
@@ -101,11 +101,11 @@ def test_zip_frames_resize_matches_shorter_side_then_centre_crop(tmp_path, write
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     write_zip(tmp_path / "998" / f"{VIDEO_ID}.zip", {"0.png": buffer.getvalue()})
-    clip = ZipFramesSource(frame_cfg(mean=(0, 0, 0), std=(1, 1, 1)), tmp_path).read(VIDEO_ID)
-    expected = np.asarray(ImageOps.fit(image, (SIZE, SIZE), Image.Resampling.BICUBIC), dtype=np.float32) / 255
-    assert torch.allclose(clip.frames[0], torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6)
-    left, right = clip.frames[0, 0, :, :4].mean(), clip.frames[0, 0, :, -4:].mean()
-    assert left < 0.05 and right > 0.95
+    clip = ZipFramesSource(frame_cfg(), tmp_path).read(VIDEO_ID)
+    expected = np.array(ImageOps.fit(image, (SIZE, SIZE), Image.Resampling.BICUBIC))
+    assert torch.equal(clip.frames[0], torch.from_numpy(expected).permute(2, 0, 1))
+    left, right = clip.frames[0, 0, :, :4].float().mean(), clip.frames[0, 0, :, -4:].float().mean()
+    assert left < 0.05 * 255 and right > 0.95 * 255
 
 
 def test_zip_frames_eval_deterministic_train_random(frames_root):
@@ -309,7 +309,7 @@ def video_dir(tmp_path, shared_data):
 def test_video_file_eval_frames_match_decord(video_dir):
     import decord
 
-    source = VideoFileSource(frame_cfg(mean=(0, 0, 0), std=(1, 1, 1)), video_dir, ".mpg")
+    source = VideoFileSource(frame_cfg(), video_dir, ".mpg")
     clip = source.read(VIDEO_ID)
     assert clip.frames.shape == (8, 3, SIZE, SIZE) and clip.mask.all() and clip.errors == []
     indices = sample_frame_indices(190, 8, None)
@@ -319,8 +319,7 @@ def test_video_file_eval_frames_match_decord(video_dir):
     expected = np.stack(
         [np.asarray(ImageOps.fit(Image.fromarray(f), (SIZE, SIZE), Image.Resampling.BICUBIC)) for f in raw]
     )
-    expected = torch.from_numpy(expected).permute(0, 3, 1, 2).float() / 255
-    assert torch.allclose(clip.frames, expected, atol=1e-6)
+    assert torch.equal(clip.frames, torch.from_numpy(expected).permute(0, 3, 1, 2))
     assert torch.equal(source.read(VIDEO_ID).frames, clip.frames)  # deterministic
 
 

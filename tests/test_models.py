@@ -77,6 +77,16 @@ def test_frame_encoder_shapes(encoder, dim):
     assert frame_encoder(frames).shape == (2, 3, dim)
 
 
+def test_uint8_frames_are_normalised_on_the_model_side():
+    """uint8 pixels give what the same pixels normalised on the host with (x/255 - mean)/std give."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    encoder = build_frame_encoder(ENCODERS["open_clip"], IMAGE, pixel_mean=mean, pixel_std=std).eval()
+    pixels = torch.randint(0, 256, (2, 3, 3, IMAGE, IMAGE), dtype=torch.uint8)
+    normalised = (pixels.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    torch.testing.assert_close(encoder(pixels), encoder(normalised), atol=1e-5, rtol=1e-5)
+    assert "pixel_scale" not in encoder.state_dict()  # preprocessing, not weights: model folders unchanged
+
+
 def test_frame_encoder_rejects_wrong_shapes():
     with pytest.raises(ValueError, match=r"\[B, T, 3, H, W\]"):
         build_frame_encoder(ENCODERS["open_clip"], IMAGE)(torch.zeros(2, 3, 768))
@@ -419,3 +429,34 @@ def test_missing_timm_weights(offline_hub, tag):
     with pytest.raises(PretrainedWeightsError, match=match) as info:
         build_frame_encoder(cfg, IMAGE)
     assert "test_vit" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------- init_from
+def _saved_teacher(tmp_path, tokenizer) -> tuple[Path, MultimodalClassifier]:
+    config = Config()
+    config.model = tiny_cfg()
+    config.data.frames.image_size = IMAGE
+    teacher = build_model(config, vocab_size=len(tokenizer))
+    save_model_dir(tmp_path / "run" / "best", teacher, config, tokenizer, official_categories())
+    return tmp_path / "run", teacher
+
+
+def test_init_from_keeps_the_lowest_layers_of_a_deeper_model(tmp_path, tokenizer):
+    from mmcls.models import InitFromError, load_init_weights
+
+    run_dir, teacher = _saved_teacher(tmp_path, tokenizer)
+    student_cfg = tiny_cfg(bert_config={**TINY_BERT, "num_hidden_layers": 1})
+    student = MultimodalClassifier(student_cfg, IMAGE, vocab_size=len(tokenizer))
+    report = load_init_weights(student, run_dir)  # a run directory means its best/ model
+    teacher_sd, student_sd = teacher.state_dict(), student.state_dict()
+    assert report.missing == []
+    assert report.unexpected and all(k.startswith("text_encoder.encoder.layer.1.") for k in report.unexpected)
+    assert set(report.loaded) == set(student_sd)
+    for key in student_sd:
+        assert torch.equal(student_sd[key], teacher_sd[key]), key
+
+    wider = MultimodalClassifier(tiny_cfg(bert_config={**TINY_BERT, "intermediate_size": 96}), IMAGE, 21128)
+    with pytest.raises(InitFromError, match="differ in shape"):
+        load_init_weights(wider, run_dir)
+    with pytest.raises(InitFromError, match="does not exist"):
+        load_init_weights(student, tmp_path / "nowhere")

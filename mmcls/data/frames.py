@@ -1,8 +1,9 @@
 """Frame sources: JPEG frame zips, precomputed feature zips and plain video files, behind one interface.
 
-Every source returns a :class:`FrameClip` padded to ``cfg.max_frames``: images as normalised float32
-``[T, 3, S, S]`` (shorter side resized to ``S = cfg.image_size``, then centre-cropped), features as float32
-``[T, D]``. Which frames are taken is decided by :func:`sample_frame_indices`: uniform and deterministic for
+Every source returns a :class:`FrameClip` padded to ``cfg.max_frames``: images as uint8 pixels ``[T, 3, S, S]``
+(shorter side resized to ``S = cfg.image_size``, then centre-cropped), features as float32 ``[T, D]``. Images
+stay uint8 through worker processes, pinned memory and the copy to the device (a quarter of float32's bytes);
+the model's frame encoder scales and normalises them there (``data.frames.mean``/``std``). Which frames are taken is decided by :func:`sample_frame_indices`: uniform and deterministic for
 evaluation, a random sorted subset for training.
 
 Safety and robustness rules:
@@ -109,7 +110,9 @@ def _parse_frame_message(message: str) -> tuple[str, str, str, str | None]:
 
 @dataclass
 class FrameClip:
-    frames: torch.Tensor  # [max_frames, 3, H, W] or [max_frames, D] float32, zero padded
+    frames: (
+        torch.Tensor
+    )  # [max_frames, 3, H, W] uint8 pixels or [max_frames, D] float32 features, zero padded
     mask: torch.Tensor  # [max_frames] bool, True = real frame
     errors: list[str] = field(default_factory=list)  # kinds of non-fatal problems (e.g. one bad JPEG skipped)
 
@@ -143,6 +146,9 @@ class FrameSource(ABC):
     def item_shape(self) -> tuple[int, ...]:
         """Shape of one frame in the output: ``(3, S, S)`` or ``(D,)``."""
 
+    #: dtype of ``FrameClip.frames``: uint8 pixels for image sources, float32 for features.
+    dtype: torch.dtype = torch.float32
+
     @abstractmethod
     def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
         """The clip of ``video_id``; ``rng`` selects training sampling. Raises :class:`FrameError`."""
@@ -150,7 +156,7 @@ class FrameSource(ABC):
     def empty(self) -> FrameClip:
         """An all-padding clip (mask all False), used when a sample falls back to text only."""
         return FrameClip(
-            frames=torch.zeros((self.max_frames, *self.item_shape), dtype=torch.float32),
+            frames=torch.zeros((self.max_frames, *self.item_shape), dtype=self.dtype),
             mask=torch.zeros(self.max_frames, dtype=torch.bool),
             errors=[],
         )
@@ -165,13 +171,13 @@ class FrameSource(ABC):
 
 
 class _ImageSource(FrameSource):
-    """Shared resizing and normalisation for sources that yield RGB images."""
+    """Shared resizing for sources that yield RGB images (uint8; normalised later, on the model's device)."""
+
+    dtype = torch.uint8
 
     def __init__(self, cfg: FrameConfig):
         super().__init__(cfg)
         self.image_size = cfg.image_size
-        self._mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -182,9 +188,10 @@ class _ImageSource(FrameSource):
         size = (self.image_size, self.image_size)
         return np.asarray(ImageOps.fit(image.convert("RGB"), size, Image.Resampling.BICUBIC))
 
-    def _normalise(self, images: list[np.ndarray]) -> torch.Tensor:
-        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        return batch.sub_(self._mean).div_(self._std)
+    @staticmethod
+    def _to_chw(images: list[np.ndarray]) -> torch.Tensor:
+        """``[T, S, S, 3]`` uint8 arrays -> ``[T, 3, S, S]`` uint8 tensor (the layout the backbones take)."""
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
 
 class ZipFramesSource(_ImageSource):
@@ -220,7 +227,7 @@ class ZipFramesSource(_ImageSource):
                     errors.append(error)
         if not images:
             raise FrameError(errors[0], path, f"none of the {len(errors)} sampled frames could be read")
-        return self._pad(self._normalise(images), errors)
+        return self._pad(self._to_chw(images), errors)
 
     def _decode_member(
         self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path
@@ -346,7 +353,7 @@ class VideoFileSource(_ImageSource):
         except (RuntimeError, decord.DECORDError) as exc:
             raise FrameError("bad_video", path, f"cannot decode: {_first_line(exc)}") from None
         images = [self._fit(Image.fromarray(frame)) for frame in decoded]
-        return self._pad(self._normalise(images), [])
+        return self._pad(self._to_chw(images), [])
 
 
 def build_frame_source(cfg: FrameConfig, data_root: str | Path, split: str) -> FrameSource | None:

@@ -56,7 +56,7 @@ from mmcls.engine.optim import build_optimizer, build_scheduler
 from mmcls.engine.task import ClassificationTask, move_batch
 from mmcls.errors import MmclsError
 from mmcls.metrics import compute_scores_from_indices
-from mmcls.models import build_model, save_model_dir
+from mmcls.models import build_model, load_init_weights, save_model_dir
 
 log = logging.getLogger("mmcls.train")
 
@@ -213,6 +213,8 @@ class Trainer:
         # ---- model, task, optimisation. Same init on every rank; DDP also broadcasts rank 0's weights.
         seed_everything(tcfg.seed)
         model = build_model(cfg, vocab_size=len(self.tokenizer))
+        if cfg.model.init_from:
+            load_init_weights(model, cfg.model.init_from)  # logs what was loaded and what was not
         self.task = ClassificationTask(model, tcfg, self.device)
         # Without frames (data.frames.source=none) the frame encoder and projection get no gradient.
         self.task.wrap_distributed(self.dist, find_unused_parameters=cfg.data.frames.source == "none")

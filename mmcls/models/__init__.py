@@ -9,16 +9,20 @@ from mmcls.models.fusion import (
     lv1_probs,
     masked_mean,
 )
+from mmcls.models.init_from import InitFromError, InitFromReport, load_init_weights
 from mmcls.models.model_dir import LoadedModel, load_model_dir, resolve_model_dir, save_model_dir
 
 __all__ = [
     "FrameEncoder",
+    "InitFromError",
+    "InitFromReport",
     "LoadedModel",
     "MultimodalClassifier",
     "PretrainedWeightsError",
     "build_frame_encoder",
     "build_model",
     "build_text_encoder",
+    "load_init_weights",
     "load_model_dir",
     "load_pretrained_bert",
     "lv1_probs",

@@ -25,7 +25,7 @@ import open_clip
 import torch
 from torch import nn
 
-from mmcls.config import FrameEncoderConfig
+from mmcls.config import CLIP_MEAN, CLIP_STD, FrameEncoderConfig
 from mmcls.errors import MmclsError
 
 OPEN_CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "open_clip_configs"
@@ -47,6 +47,11 @@ class FrameEncoder(nn.Module):
     applied later (the backbones here treat every image independently in eval mode, so padding cannot leak
     into real frames; a BatchNorm backbone in train mode does see the padded frames in its batch statistics).
 
+    Images may arrive as uint8 pixels (what the data path delivers: a quarter of the bytes of float32 through
+    worker processes, pinned memory and PCIe); they are then scaled and normalised here, on the model's device,
+    with ``pixel_mean``/``pixel_std`` (``data.frames.mean``/``std``; not saved with the weights). Float frames
+    are taken as already normalised.
+
     ``build_kwargs`` holds the keyword arguments that shape the architecture (for example open_clip's
     ``force_quick_gelu`` for OpenAI weights); the model folder saves them so that a rebuild without
     pretrained weights gets the same network.
@@ -60,9 +65,16 @@ class FrameEncoder(nn.Module):
         *,
         freeze: bool = False,
         build_kwargs: dict[str, Any] | None = None,
+        pixel_mean: tuple[float, ...] = CLIP_MEAN,
+        pixel_std: tuple[float, ...] = CLIP_STD,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        # 1/(255*std) and mean/std, so normalising uint8 pixels is one fused multiply-add per element.
+        std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("pixel_scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("pixel_shift", mean / std, persistent=False)
         self.output_dim = int(output_dim)
         self.kind = kind
         self.frozen = bool(freeze) and backbone is not None
@@ -91,8 +103,15 @@ class FrameEncoder(nn.Module):
             )
         batch, num_frames = frames.shape[:2]
         dtype = next(self.backbone.parameters()).dtype
-        features = self.backbone(frames.flatten(0, 1).to(dtype))
+        images = frames.flatten(0, 1)
+        if images.dtype == torch.uint8:
+            images = self.normalize(images)
+        features = self.backbone(images.to(dtype))
         return features.reshape(batch, num_frames, -1)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, 3, H, W]`` pixels -> float32 ``(x / 255 - mean) / std``."""
+        return pixels.float() * self.pixel_scale - self.pixel_shift
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute backbone activations in the backward pass (both open_clip and timm support it)."""
@@ -100,10 +119,19 @@ class FrameEncoder(nn.Module):
             self.backbone.set_grad_checkpointing(enable)
 
 
-def build_frame_encoder(cfg: FrameEncoderConfig, image_size: int) -> FrameEncoder:
-    """Build the frame encoder described by ``cfg`` for square frames of ``image_size`` pixels."""
+def build_frame_encoder(
+    cfg: FrameEncoderConfig,
+    image_size: int,
+    pixel_mean: tuple[float, ...] = CLIP_MEAN,
+    pixel_std: tuple[float, ...] = CLIP_STD,
+) -> FrameEncoder:
+    """Build the frame encoder described by ``cfg`` for square frames of ``image_size`` pixels.
+
+    ``pixel_mean``/``pixel_std`` normalise uint8 frames (see :class:`FrameEncoder`).
+    """
+    norm = {"pixel_mean": pixel_mean, "pixel_std": pixel_std}
     if cfg.type == "identity":
-        return FrameEncoder(None, cfg.input_dim, "identity")
+        return FrameEncoder(None, cfg.input_dim, "identity", **norm)
     if cfg.type == "open_clip":
         backbone, kwargs = _open_clip_visual(cfg, image_size)
     elif cfg.type == "timm":
@@ -111,7 +139,7 @@ def build_frame_encoder(cfg: FrameEncoderConfig, image_size: int) -> FrameEncode
     else:
         raise ValueError(f"model.frame_encoder.type: unknown {cfg.type!r}; use open_clip, timm or identity")
     output_dim = _output_dim(backbone, image_size)
-    return FrameEncoder(backbone, output_dim, cfg.type, freeze=cfg.freeze, build_kwargs=kwargs)
+    return FrameEncoder(backbone, output_dim, cfg.type, freeze=cfg.freeze, build_kwargs=kwargs, **norm)
 
 
 # ---------------------------------------------------------------------------------------------- open_clip

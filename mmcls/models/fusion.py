@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from mmcls.config import Config, ConfigError, ModelConfig
+from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ConfigError, ModelConfig
 from mmcls.data.categories import CategoryMap
 from mmcls.models.frame_encoder import FrameEncoder, PretrainedWeightsError, build_frame_encoder
 
@@ -41,9 +41,18 @@ class MultimodalClassifier(nn.Module):
         image_size: frame size in pixels (``data.frames.image_size``); ignored by the identity encoder.
         vocab_size: tokenizer size, used for a randomly initialised BERT (``cfg.text_encoder`` null) unless
             ``cfg.bert_config`` sets ``vocab_size`` itself.
+        pixel_mean, pixel_std: normalisation of uint8 frames (``data.frames.mean``/``std``), applied on the
+            model's device by the frame encoder.
     """
 
-    def __init__(self, cfg: ModelConfig, image_size: int = 224, vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        image_size: int = 224,
+        vocab_size: int | None = None,
+        pixel_mean: tuple[float, ...] = CLIP_MEAN,
+        pixel_std: tuple[float, ...] = CLIP_STD,
+    ) -> None:
         super().__init__()
         if cfg.pooling not in POOLINGS:
             raise ValueError(f"model.pooling: unknown {cfg.pooling!r}; use one of {POOLINGS}")
@@ -57,7 +66,9 @@ class MultimodalClassifier(nn.Module):
                 f"type_vocab_size={bert_cfg.type_vocab_size}"
             )
         hidden = bert_cfg.hidden_size
-        self.frame_encoder: FrameEncoder = build_frame_encoder(cfg.frame_encoder, image_size)
+        self.frame_encoder: FrameEncoder = build_frame_encoder(
+            cfg.frame_encoder, image_size, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
         self.frame_proj = nn.Linear(self.frame_encoder.output_dim, hidden)
         self.frame_position = nn.Embedding(cfg.max_frames, hidden)
         self.frame_norm = nn.LayerNorm(hidden, eps=bert_cfg.layer_norm_eps)
@@ -78,7 +89,8 @@ class MultimodalClassifier(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Compute ``{"logits": [B, C], "video_logits": [B, C]}``.
 
-        ``input_ids``/``attention_mask``: ``[B, L]``; ``frames``: ``[B, T, 3, H, W]`` (or ``[B, T, D]`` features);
+        ``input_ids``/``attention_mask``: ``[B, L]``; ``frames``: ``[B, T, 3, H, W]`` uint8 pixels or normalised
+        floats (or ``[B, T, D]`` features);
         ``frame_mask``: ``[B, T]`` bool, True for real frames (may be all False: the sample is then text only).
         With ``return_hidden`` the dict also holds ``pooled`` ``[B, P]``, ``hidden_states`` ``[B, L+T, H]``
         (text positions first) and ``joint_mask`` ``[B, L+T]``.
@@ -215,7 +227,13 @@ def build_model(config: Config, vocab_size: int | None = None) -> MultimodalClas
             f"model.frame_encoder.input_dim={encoder.input_dim} differs from "
             f"data.frames.feature_dim={frames.feature_dim}"
         )
-    return MultimodalClassifier(model, image_size=frames.image_size, vocab_size=vocab_size)
+    return MultimodalClassifier(
+        model,
+        image_size=frames.image_size,
+        vocab_size=vocab_size,
+        pixel_mean=tuple(frames.mean),
+        pixel_std=tuple(frames.std),
+    )
 
 
 def build_text_encoder(cfg: ModelConfig, vocab_size: int | None = None) -> BertModel:

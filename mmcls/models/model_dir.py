@@ -123,7 +123,10 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
             f"{CONFIG_FILE} says model.num_classes={config.model.num_classes}"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = MultimodalClassifier(config.model, image_size=config.data.frames.image_size).to(device)
+    frames = config.data.frames
+    model = MultimodalClassifier(
+        config.model, image_size=frames.image_size, pixel_mean=tuple(frames.mean), pixel_std=tuple(frames.std)
+    ).to(device)
     try:
         load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))
     except RuntimeError as exc:
@@ -154,6 +157,7 @@ def portable_config(model: MultimodalClassifier, config: Config) -> Config:
     saved = config.copy()
     saved.model = copy.deepcopy(model.cfg)
     saved.model.text_encoder = None
+    saved.model.init_from = None  # the folder's own weights are what it starts from
     saved.model.bert_config = bert_config_dict(model.text_encoder.config)
     encoder = saved.model.frame_encoder
     encoder.pretrained = None
