@@ -3,12 +3,18 @@
 The loop in ``trainer.py`` only asks the task for a loss and tells it when an optimizer step happened;
 everything that depends on how the model is trained (auxiliary video-only loss, label smoothing, EMA,
 DDP/FSDP wrapping, later adversarial training and class weights) lives here, in one place.
+
+:class:`TrainingTask` holds what every kind of training shares (wrapping, ``no_sync``, EMA, the evaluated
+model, extra checkpoint state); a subclass adds its loss in ``forward``. :class:`ClassificationTask` is the
+fine-tuning task; pretraining (``mmcls.pretrain``) subclasses the same base. What a kind of run needs besides
+the loss (datasets, evaluation, the model folder) is in ``mmcls.engine.setup``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,20 +27,23 @@ from mmcls.engine.distributed import DistInfo
 from mmcls.engine.inference import MODEL_INPUTS
 
 
-def move_batch(batch: dict, device: torch.device) -> dict:
-    """Model inputs and labels moved to ``device`` (bookkeeping entries stay where they are)."""
+def move_batch(batch: dict, device: torch.device, keys: tuple[str, ...] = (*MODEL_INPUTS, "labels")) -> dict:
+    """The tensors named by ``keys`` moved to ``device`` (bookkeeping entries stay where they are)."""
     moved = dict(batch)
-    for key in (*MODEL_INPUTS, "labels"):
+    for key in keys:
         moved[key] = batch[key].to(device, non_blocking=True)
     return moved
 
 
-class ClassificationTask(nn.Module):
-    """Fused-classification training: cross-entropy on the fused logits + weighted video-only auxiliary loss.
+class TrainingTask(nn.Module):
+    """The model being trained, its EMA copy and its distributed wrapper; subclasses define the loss.
 
-    The auxiliary head sees only frames; without its loss the fused classifier learns to lean on the text
-    (the easier modality) and the frame branch stays under-trained.
+    ``forward(batch)`` returns ``(loss, parts)``: the scalar to back-propagate and detached scalars to log
+    (``{"loss_fused": ...}``). The trainer calls it inside autocast on this process's micro-batch, after
+    moving the batch entries named in ``device_keys`` to the device.
     """
+
+    device_keys: tuple[str, ...] = (*MODEL_INPUTS, "labels")
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
         super().__init__()
@@ -104,7 +113,36 @@ class ClassificationTask(nn.Module):
         else:
             yield
 
-    # ------------------------------------------------------------------ losses
+    # ------------------------------------------------------------------ loss
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ after each optimizer step
+    def after_optimizer_step(self, global_step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=global_step)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and released: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------ checkpoint
+    def extra_state(self) -> dict[str, Any]:
+        """Task state a checkpoint must carry besides the model, optimizer and EMA (tensors and plain values)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+
+class ClassificationTask(TrainingTask):
+    """Fused-classification training: cross-entropy on the fused logits + weighted video-only auxiliary loss.
+
+    The auxiliary head sees only frames; without its loss the fused classifier learns to lean on the text
+    (the easier modality) and the frame branch stays under-trained.
+    """
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outputs = self.train_model(**{k: batch[k] for k in MODEL_INPUTS})
         labels = batch["labels"]
@@ -126,13 +164,3 @@ class ClassificationTask(nn.Module):
             loss = loss + self.cfg.aux_loss_weight * video_loss
             parts["loss_video"] = video_loss.detach()  # 0 for a batch without any frames
         return loss, parts
-
-    # ------------------------------------------------------------------ after each optimizer step
-    def after_optimizer_step(self, global_step: int) -> None:
-        if self.ema is not None:
-            self.ema.update(self.model, step=global_step)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that are evaluated and released: the EMA copy when EMA is on."""
-        return self.ema.module if self.ema is not None else self.model

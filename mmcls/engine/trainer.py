@@ -4,6 +4,10 @@ Works the same for one process and under ``torchrun`` (DDP/FSDP): the global bat
 and split across ranks, the sampler shards a permutation that depends only on (seed, epoch), and frame
 sampling draws from a per-sample RNG, so the data a step sees does not depend on the world size, the number
 of DataLoader workers, or whether the run was resumed.
+
+What is trained is pluggable: a :class:`~mmcls.engine.setup.TaskSetup` supplies the datasets, the model, the
+loss (a :class:`~mmcls.engine.task.TrainingTask`), the validation scores with the one that selects ``best/``,
+and the model folder format. ``mmcls train`` uses classification; ``mmcls pretrain`` the same loop.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import random
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -33,10 +37,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mmcls.config import Config
-from mmcls.data.annotations import annotation_path, load_records
-from mmcls.data.builders import build_dataset, build_eval_loader, build_loader, split_train_val
-from mmcls.data.categories import official_categories
-from mmcls.data.text import load_tokenizer
+from mmcls.data.builders import build_eval_loader, build_loader
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
     DistInfo,
@@ -50,19 +51,40 @@ from mmcls.engine.distributed import (
     shutdown_distributed,
     world_info_from_env,
 )
-from mmcls.engine.inference import autocast, gather_predictions, predict_loader
+from mmcls.engine.inference import autocast
 from mmcls.engine.logger import RunLogger
 from mmcls.engine.optim import build_optimizer, build_scheduler
-from mmcls.engine.task import ClassificationTask, move_batch
+from mmcls.engine.setup import TaskSetup, build_task
+from mmcls.engine.task import move_batch
 from mmcls.errors import MmclsError
-from mmcls.metrics import compute_scores_from_indices
-from mmcls.models import build_model, load_init_weights, save_model_dir
+from mmcls.models import load_init_weights
 
 log = logging.getLogger("mmcls.train")
 
 
 class TrainingError(MmclsError, RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row)."""
+
+
+@dataclass
+class TrainState:
+    """The run's progress counters: what a checkpoint restores besides weights, optimizer and RNG streams."""
+
+    epoch: int = 0
+    samples_done: int = 0  # global samples consumed in the current epoch
+    global_step: int = 0
+    nonfinite_in_a_row: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    epoch_errors: Counter = field(default_factory=Counter)  # this process's frame problems this epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "epoch_errors": dict(self.epoch_errors)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "epoch_errors": Counter(values.get("epoch_errors", {}))})
 
 
 @dataclass
@@ -137,9 +159,19 @@ def _as_tuple(value: Any) -> Any:
 
 
 class Trainer:
-    """One training run: ``Trainer(cfg, data_root, run_dir, resume=...).fit()``."""
+    """One training run: ``Trainer(cfg, data_root, run_dir, resume=...).fit()``.
 
-    def __init__(self, cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False) -> None:
+    ``setup``: what is trained (default: classification, :func:`mmcls.engine.setup.build_task`).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        data_root: str | Path,
+        run_dir: str | Path,
+        resume: bool = False,
+        setup: TaskSetup | None = None,
+    ) -> None:
         self.cfg = cfg
         self.data_root = Path(data_root)
         self.run_dir = Path(run_dir)
@@ -171,28 +203,10 @@ class Trainer:
         barrier()
 
         # ---- data
-        self.categories = official_categories()
-        self.tokenizer = load_tokenizer(cfg.data.text.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id or 0
-        records = load_records(
-            annotation_path(self.data_root, cfg.data.train_split),
-            require_label=True,
-            categories=self.categories,
-        )
-        if cfg.data.limit_train:
-            records = records[: cfg.data.limit_train]
-        train_records, val_records = split_train_val(records, cfg.data.val_fraction, tcfg.seed)
-        split = cfg.data.train_split
-        self.train_set = build_dataset(
-            cfg, self.data_root, split, train_records, self.tokenizer, self.categories, train=True
-        )
-        self.val_set = (
-            build_dataset(
-                cfg, self.data_root, split, val_records, self.tokenizer, self.categories, train=False
-            )
-            if val_records
-            else None
-        )
+        self.setup = setup if setup is not None else build_task(cfg, self.data_root)
+        self.pad_id = self.setup.pad_id
+        data = self.setup.datasets()
+        self.train_set, self.val_set = data.train_set, data.val_set
         self.train_sampler = DistributedSampler(
             self.train_set,
             num_replicas=self.dist.world_size,
@@ -205,32 +219,25 @@ class Trainer:
         self.steps_per_epoch = batches // tcfg.grad_accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"{len(train_records)} training records give no full step of batch_size={tcfg.batch_size} "
+                f"{len(self.train_set)} training records give no full step of batch_size={tcfg.batch_size} "
                 f"x grad_accum_steps={tcfg.grad_accum_steps}"
             )
         self.total_steps = self.steps_per_epoch * tcfg.epochs
 
         # ---- model, task, optimisation. Same init on every rank; DDP also broadcasts rank 0's weights.
         seed_everything(tcfg.seed)
-        model = build_model(cfg, vocab_size=len(self.tokenizer))
+        model = self.setup.build_model()
         if cfg.model.init_from:
             load_init_weights(model, cfg.model.init_from)  # logs what was loaded and what was not
-        self.task = ClassificationTask(model, tcfg, self.device)
-        # Without frames (data.frames.source=none) the frame encoder and projection get no gradient.
-        self.task.wrap_distributed(self.dist, find_unused_parameters=cfg.data.frames.source == "none")
+        self.task = self.setup.build_task(model, self.device)
+        self.task.wrap_distributed(self.dist, find_unused_parameters=self.setup.find_unused_parameters)
         self.optimizer = build_optimizer(self.task.model, tcfg)
         self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
         seed_everything(tcfg.seed + self.dist.rank)  # dropout streams differ per rank
 
         # ---- progress (what a checkpoint restores)
-        self.epoch = 0
-        self.samples_done = 0  # global samples consumed in the current epoch
-        self.global_step = 0
-        self.nonfinite_in_a_row = 0
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
-        self.epoch_errors: Counter = Counter()
+        self.state = TrainState()
         self.last_metrics: dict[str, float] = {}
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=tcfg.tensorboard)
 
@@ -250,19 +257,13 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "ema": self.task.ema.state_dict() if self.task.ema is not None else None,
+                "task": self.task.extra_state(),
                 "rng": rng_states,
-                "progress": {
-                    "epoch": self.epoch,
-                    "samples_done": self.samples_done,
-                    "global_step": self.global_step,
-                    "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                    "best_score": self.best_score,
-                    "best_epoch": self.best_epoch,
-                    "epoch_errors": dict(self.epoch_errors),
-                    "world_size": self.dist.world_size,
-                },
+                "progress": {**self.state.to_dict(), "world_size": self.dist.world_size},
             }
-            ckpt.save_checkpoint(self.run_dir, self.global_step, state, self.cfg.train.keep_last_checkpoints)
+            ckpt.save_checkpoint(
+                self.run_dir, self.state.global_step, state, self.cfg.train.keep_last_checkpoints
+            )
         barrier()
 
     def load_checkpoint(self, path: Path) -> None:
@@ -278,20 +279,15 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.task.ema is not None and state["ema"] is not None:
             self.task.ema.load_state_dict(state["ema"])
+        self.task.load_extra_state(state.get("task") or {})
         progress = state["progress"]
-        self.epoch = progress["epoch"]
-        self.samples_done = progress["samples_done"]
-        self.global_step = progress["global_step"]
-        self.nonfinite_in_a_row = progress["nonfinite_in_a_row"]
-        self.best_score = progress["best_score"]
-        self.best_epoch = progress["best_epoch"]
-        self.epoch_errors = Counter(progress["epoch_errors"])
+        self.state = TrainState.from_dict(progress)
         rng = state["rng"]
         if progress["world_size"] == self.dist.world_size:
             _set_rng_state(rng[self.dist.rank])
         else:
             log.warning("resuming with a different world size: dropout streams are re-seeded")
-        log.info("resumed from %s (epoch %d, step %d)", path, self.epoch, self.global_step)
+        log.info("resumed from %s (epoch %d, step %d)", path, self.state.epoch, self.state.global_step)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
@@ -302,7 +298,7 @@ class Trainer:
             else:
                 self.load_checkpoint(latest)
         with StopRequest() as stop:
-            while self.epoch < self.cfg.train.epochs:
+            while self.state.epoch < self.cfg.train.epochs:
                 if self._train_epoch(stop):
                     self.save_checkpoint()
                     self.logger.close()
@@ -316,10 +312,10 @@ class Trainer:
 
     def _train_epoch(self, stop: StopRequest) -> bool:
         """Train the rest of the current epoch; True if a stop was requested."""
-        tcfg = self.cfg.train
-        self.train_sampler.set_epoch(self.epoch)
-        self.train_set.set_epoch(self.epoch)
-        skip = self.samples_done // self.dist.world_size
+        tcfg, state = self.cfg.train, self.state
+        self.train_sampler.set_epoch(state.epoch)
+        self.train_set.set_epoch(state.epoch)
+        skip = state.samples_done // self.dist.world_size
         loader = build_loader(
             self.train_set,
             self.local_batch,
@@ -328,12 +324,12 @@ class Trainer:
             self.pad_id,
             drop_last=True,
         )
-        step_in_epoch = self.samples_done // (tcfg.batch_size * tcfg.grad_accum_steps)
+        step_in_epoch = state.samples_done // (tcfg.batch_size * tcfg.grad_accum_steps)
         batches = iter(loader)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=step_in_epoch,
-            desc=f"epoch {self.epoch + 1}/{tcfg.epochs}",
+            desc=f"epoch {state.epoch + 1}/{tcfg.epochs}",
             disable=not (self.dist.is_main and tcfg.progress_bar),
             dynamic_ncols=True,
         )
@@ -342,22 +338,22 @@ class Trainer:
             micro_batches = [next(batches) for _ in range(tcfg.grad_accum_steps)]
             losses = self._train_step(micro_batches)
             step_in_epoch += 1
-            self.global_step += 1
-            self.samples_done += tcfg.batch_size * tcfg.grad_accum_steps
+            state.global_step += 1
+            state.samples_done += tcfg.batch_size * tcfg.grad_accum_steps
             bar.update(1)
             if losses:
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
-                if self.global_step % tcfg.log_every_steps == 0:
+                if state.global_step % tcfg.log_every_steps == 0:
                     # Every rank is here (skipped steps are agreed on by all ranks): average the losses so
                     # the log shows the global batch's loss, as a single process would.
                     losses = all_reduce_mean(losses, self.device)
                     lr = {f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}
-                    self.logger.log(self.global_step, self.epoch, {**losses, **lr}, prefix="train/")
+                    self.logger.log(state.global_step, state.epoch, {**losses, **lr}, prefix="train/")
             (stop_now,) = any_rank([stop.requested], self.device)
             if stop_now:
                 bar.close()
                 return True
-            if self.global_step % tcfg.checkpoint_every_steps == 0 and step_in_epoch < self.steps_per_epoch:
+            if state.global_step % tcfg.checkpoint_every_steps == 0 and step_in_epoch < self.steps_per_epoch:
                 self.save_checkpoint()
         bar.close()
         return False
@@ -368,9 +364,9 @@ class Trainer:
         totals: Counter = Counter()
         skip = False
         for i, batch in enumerate(micro_batches):
-            self.epoch_errors.update(batch["frame_errors"])
+            self.state.epoch_errors.update(batch["frame_errors"])
             if batch.get("dropped"):
-                self.epoch_errors["dropped_samples"] += batch["dropped"]
+                self.state.epoch_errors["dropped_samples"] += batch["dropped"]
             # Every rank must take part in every backward (DDP all-reduces inside it), so an empty batch
             # on one rank (all its samples dropped) makes every rank skip this micro-batch.
             (empty,) = any_rank([len(batch["index"]) == 0], self.device)
@@ -382,7 +378,7 @@ class Trainer:
             # in forward) but outside autocast.
             with self.task.no_sync() if not last else contextlib.nullcontext():
                 with autocast(self.device, tcfg.precision):
-                    loss, parts = self.task(move_batch(batch, self.device))
+                    loss, parts = self.task(move_batch(batch, self.device, self.task.device_keys))
                 self.scaler.scale(loss / len(micro_batches)).backward()
             totals["loss"] += loss.detach().float().item() / len(micro_batches)
             for key, value in parts.items():
@@ -393,7 +389,7 @@ class Trainer:
             if nonfinite:
                 self._count_nonfinite()
             return None
-        self.nonfinite_in_a_row = 0
+        self.state.nonfinite_in_a_row = 0
         if tcfg.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), tcfg.clip_grad_norm)
@@ -401,47 +397,49 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.task.after_optimizer_step(self.global_step + 1)
+        self.task.after_optimizer_step(self.state.global_step + 1)
         return dict(totals)
 
     def _count_nonfinite(self) -> None:
-        self.nonfinite_in_a_row += 1
+        state = self.state
+        state.nonfinite_in_a_row += 1
         limit = self.cfg.train.max_nonfinite_steps
         log.warning(
             "step %d: non-finite loss, step skipped (%d in a row, limit %d)",
-            self.global_step + 1,
-            self.nonfinite_in_a_row,
+            state.global_step + 1,
+            state.nonfinite_in_a_row,
             limit,
         )
-        if self.nonfinite_in_a_row >= limit:
+        if state.nonfinite_in_a_row >= limit:
             raise TrainingError(
-                f"stopping: {self.nonfinite_in_a_row} consecutive steps with a non-finite loss "
+                f"stopping: {state.nonfinite_in_a_row} consecutive steps with a non-finite loss "
                 f"(train.max_nonfinite_steps={limit}); lower the learning rate or check the data"
             )
 
     # ------------------------------------------------------------------ epoch end
     def _end_epoch(self) -> None:
+        state = self.state
         errors = Counter()
-        for part in all_gather_objects(dict(self.epoch_errors)):
+        for part in all_gather_objects(dict(state.epoch_errors)):
             errors.update(part)
         if errors and self.dist.is_main:
-            log.warning("epoch %d: data problems %s", self.epoch + 1, dict(errors))
+            log.warning("epoch %d: data problems %s", state.epoch + 1, dict(errors))
         self._write_data_report("train", errors)
-        if self.val_set is not None and (self.epoch + 1) % self.cfg.train.eval_every_epochs == 0:
+        if self.val_set is not None and (state.epoch + 1) % self.cfg.train.eval_every_epochs == 0:
             self.last_metrics, val_errors = self._evaluate_with_errors()
             if val_errors and self.dist.is_main:
-                log.warning("epoch %d: validation data problems %s", self.epoch + 1, dict(val_errors))
+                log.warning("epoch %d: validation data problems %s", state.epoch + 1, dict(val_errors))
             self._write_data_report("val", val_errors)
-            self.logger.log(self.global_step, self.epoch, self.last_metrics, prefix="val/")
-            score = self.last_metrics["mean_f1"]
-            if self.best_score is None or score > self.best_score:
-                self.best_score, self.best_epoch = score, self.epoch + 1
+            self.logger.log(state.global_step, state.epoch, self.last_metrics, prefix="val/")
+            score = self.last_metrics[self.setup.selection.metric]
+            if self.setup.selection.improves(score, state.best_score):
+                state.best_score, state.best_epoch = score, state.epoch + 1
                 self._release("best")
             if self.dist.is_main:
-                log.info("epoch %d: %s", self.epoch + 1, json.dumps(self.last_metrics))
-        self.epoch += 1
-        self.samples_done = 0
-        self.epoch_errors = Counter()
+                log.info("epoch %d: %s", state.epoch + 1, json.dumps(self.last_metrics))
+        state.epoch += 1
+        state.samples_done = 0
+        state.epoch_errors = Counter()
         self.save_checkpoint()
 
     def evaluate(self) -> dict[str, float]:
@@ -459,23 +457,8 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        local = predict_loader(
-            self.task.eval_model,
-            loader,
-            self.device,
-            self.cfg.train.precision,
-            progress=self.dist.is_main and self.cfg.train.progress_bar,
-            desc="evaluate",
-        )
-        preds = gather_predictions(local)
-        scores = compute_scores_from_indices(preds.labels, preds.pred, self.categories)
-        # Cross-entropy of the gathered probabilities, and how many samples were scored: both show at once
-        # whether a multi-process evaluation saw each validation sample exactly once.
-        known = np.flatnonzero(preds.labels >= 0)
-        true_probs = preds.probs[known, preds.labels[known]]
-        scores["loss"] = float(-np.log(np.clip(true_probs, 1e-12, None)).mean()) if len(known) else math.nan
-        scores["num_samples"] = len(preds.indices)
-        return scores, preds.frame_errors
+        progress = self.dist.is_main and self.cfg.train.progress_bar
+        return self.setup.evaluate(self.task, loader, self.device, progress)
 
     def _write_data_report(self, split: str, errors: Counter) -> None:
         """Record this epoch's frame problems of ``split`` ("train" or "val") in ``RUN_DIR/data_errors.json``.
@@ -489,7 +472,7 @@ class Trainer:
         report = json.loads(path.read_text()) if path.exists() else {}
         part = report.setdefault(split, {})
         part.pop("total", None)  # recomputed below, and kept last
-        part[f"epoch_{self.epoch + 1}"] = dict(errors)
+        part[f"epoch_{self.state.epoch + 1}"] = dict(errors)
         part["total"] = dict(sum((Counter(v) for v in part.values()), Counter()))
         path.write_text(json.dumps(report, indent=2))
 
@@ -500,23 +483,38 @@ class Trainer:
             # Gather the FSDP shards (a collective: every rank takes part) into a plain copy on rank 0.
             full = get_model_state_dict(model, options=self._state_dict_options())
             if self.dist.is_main:  # only rank 0 receives the full weights (cpu_offload=True)
-                model = build_model(self.cfg, vocab_size=len(self.tokenizer))
+                model = self.setup.build_model()
                 model.load_state_dict(full)
         if self.dist.is_main:
-            save_model_dir(self.run_dir / name, model, self.cfg, self.tokenizer, self.categories)
+            self.setup.save_model(self.run_dir / name, model)
         barrier()
 
     def _result(self, interrupted: bool) -> TrainResult:
+        state = self.state
         return TrainResult(
-            self.run_dir, self.global_step, self.best_score, self.best_epoch, self.last_metrics, interrupted
+            self.run_dir,
+            state.global_step,
+            state.best_score,
+            state.best_epoch,
+            self.last_metrics,
+            interrupted,
         )
 
 
-def train(cfg: Config, data_root: str | Path, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train ``cfg`` on ``data_root``, writing checkpoints, logs and model folders to ``run_dir``."""
+def train(
+    cfg: Config,
+    data_root: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    setup: TaskSetup | None = None,
+) -> TrainResult:
+    """Train ``cfg`` on ``data_root``, writing checkpoints, logs and model folders to ``run_dir``.
+
+    ``setup``: what is trained; default classification (``mmcls pretrain`` passes its own).
+    """
     start = time.time()
     owns_process_group = not is_initialized()  # a caller's own process group is left to the caller
-    result = Trainer(cfg, data_root, run_dir, resume=resume).fit()
+    result = Trainer(cfg, data_root, run_dir, resume=resume, setup=setup).fit()
     log.info("training took %.1f s", time.time() - start)
     if owns_process_group:
         shutdown_distributed()

@@ -1,0 +1,151 @@
+"""What a kind of training run needs besides its loss: datasets, evaluation, model selection, model folder.
+
+The loop in ``trainer.py`` is the same for every kind of run (resume, signals, DDP/FSDP, AMP, checkpoints).
+A :class:`TaskSetup` tells it what differs: which records it trains and validates on, which model to build
+and which :class:`~mmcls.engine.task.TrainingTask` computes the loss, how a validation pass is scored and
+which score selects ``best/``, and how a model folder is written. :class:`ClassificationSetup` is the
+fine-tuning run (labelled records, ``mean_f1``); ``mmcls.pretrain`` provides the pretraining one.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mmcls.config import Config
+from mmcls.data.annotations import annotation_path, load_records
+from mmcls.data.builders import build_dataset, split_train_val
+from mmcls.data.categories import official_categories
+from mmcls.data.text import load_tokenizer
+from mmcls.engine.inference import gather_predictions, predict_loader
+from mmcls.engine.task import ClassificationTask, TrainingTask
+from mmcls.metrics import compute_scores_from_indices
+from mmcls.models import build_model, save_model_dir
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which validation score picks the ``best/`` model folder."""
+
+    metric: str
+    higher_is_better: bool
+
+    def improves(self, score: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return score > best if self.higher_is_better else score < best
+
+
+@dataclass
+class TaskData:
+    train_set: Dataset
+    val_set: Dataset | None  # None: no validation, ``best/`` is the last model
+
+
+class TaskSetup(ABC):
+    """The parts of a training run that depend on what is trained (see the module docstring)."""
+
+    selection: Selection
+
+    def __init__(self, cfg: Config, data_root: str | Path) -> None:
+        self.cfg = cfg
+        self.data_root = Path(data_root)
+        self.tokenizer = load_tokenizer(cfg.data.text.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    @abstractmethod
+    def datasets(self) -> TaskData:
+        """The training and validation datasets (identical on every rank)."""
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (also used to gather FSDP shards into one copy for saving)."""
+        return build_model(self.cfg, vocab_size=len(self.tokenizer))
+
+    @abstractmethod
+    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+        """The training task around ``model`` (not yet wrapped for distributed training)."""
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        """For DDP: without frames (``data.frames.source=none``) the frame encoder and projection get no gradient."""
+        return self.cfg.data.frames.source == "none"
+
+    @abstractmethod
+    def evaluate(
+        self, task: TrainingTask, loader: DataLoader, device: torch.device, progress: bool
+    ) -> tuple[dict[str, float], Counter]:
+        """Scores of ``task.eval_model`` on this rank's shard ``loader``, combined over all ranks (every rank
+        calls it and gets the same result), and the frame problems of the whole validation split."""
+
+    @abstractmethod
+    def save_model(self, path: Path, model: nn.Module) -> None:
+        """Write ``model`` (plain, unwrapped, full weights) as a model folder at ``path`` (rank 0 only)."""
+
+
+class ClassificationSetup(TaskSetup):
+    """Fine-tuning: labelled records of ``data.train_split`` with a seeded hold-out, selected on ``mean_f1``."""
+
+    selection = Selection("mean_f1", higher_is_better=True)
+
+    def __init__(self, cfg: Config, data_root: str | Path) -> None:
+        super().__init__(cfg, data_root)
+        self.categories = official_categories()
+
+    def datasets(self) -> TaskData:
+        cfg = self.cfg
+        records = load_records(
+            annotation_path(self.data_root, cfg.data.train_split),
+            require_label=True,
+            categories=self.categories,
+        )
+        if cfg.data.limit_train:
+            records = records[: cfg.data.limit_train]
+        train_records, val_records = split_train_val(records, cfg.data.val_fraction, cfg.train.seed)
+        split = cfg.data.train_split
+        train_set = build_dataset(
+            cfg, self.data_root, split, train_records, self.tokenizer, self.categories, train=True
+        )
+        val_set = (
+            build_dataset(
+                cfg, self.data_root, split, val_records, self.tokenizer, self.categories, train=False
+            )
+            if val_records
+            else None
+        )
+        return TaskData(train_set, val_set)
+
+    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+        return ClassificationTask(model, self.cfg.train, device)
+
+    def evaluate(
+        self, task: TrainingTask, loader: DataLoader, device: torch.device, progress: bool
+    ) -> tuple[dict[str, float], Counter]:
+        local = predict_loader(
+            task.eval_model, loader, device, self.cfg.train.precision, progress=progress, desc="evaluate"
+        )
+        preds = gather_predictions(local)
+        scores = compute_scores_from_indices(preds.labels, preds.pred, self.categories)
+        # Cross-entropy of the gathered probabilities, and how many samples were scored: both show at once
+        # whether a multi-process evaluation saw each validation sample exactly once.
+        known = np.flatnonzero(preds.labels >= 0)
+        true_probs = preds.probs[known, preds.labels[known]]
+        scores["loss"] = float(-np.log(np.clip(true_probs, 1e-12, None)).mean()) if len(known) else math.nan
+        scores["num_samples"] = len(preds.indices)
+        return scores, preds.frame_errors
+
+    def save_model(self, path: Path, model: nn.Module) -> None:
+        save_model_dir(path, model, self.cfg, self.tokenizer, self.categories)
+
+
+def build_task(cfg: Config, data_root: str | Path) -> TaskSetup:
+    """The setup of an ``mmcls train`` run: classification. Other kinds of run (``mmcls pretrain``) pass their
+    own :class:`TaskSetup` to the trainer; the core does not know them."""
+    return ClassificationSetup(cfg, data_root)
