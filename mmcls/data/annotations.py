@@ -115,6 +115,15 @@ def iter_records(
         yield _parse_record(item, path, index, require_label, valid_ids)
 
 
+def parse_record(item: Any, path: str | Path, index: int, *, categories: CategoryMap | None = None) -> Record:
+    """Validate one decoded JSON record (``index`` in ``path``, for the error message) into a :class:`Record`.
+
+    For readers that find records themselves (an offset index); ``category_id`` is optional here.
+    """
+    valid_ids = frozenset((categories or official_categories()).category_ids)
+    return _parse_record(item, Path(path), index, False, valid_ids)
+
+
 def load_records(path: str | Path, **kw: Any) -> list[Record]:
     """All records of a file as a list (see :func:`iter_records` for the keyword arguments)."""
     return list(iter_records(path, **kw))

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from mmcls.config import Config
 from mmcls.data.annotations import Record
 from mmcls.data.categories import CategoryMap
-from mmcls.data.dataset import VideoTextDataset, collate_batch
+from mmcls.data.dataset import VideoTextDataset
 from mmcls.data.frames import build_frame_source
 from mmcls.data.text import TextEncoder
 
@@ -78,7 +78,7 @@ def build_loader(
         sampler=sampler,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=functools.partial(collate_batch, pad_token_id=pad_token_id),
+        collate_fn=functools.partial(dataset.collate_fn, pad_token_id=pad_token_id),
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,

@@ -60,6 +60,11 @@ class VideoTextDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self._warnings = 0
 
+    @staticmethod
+    def collate_fn(samples: list[dict[str, Any] | None], pad_token_id: int = 0) -> dict[str, Any]:
+        """What the loaders batch with (:func:`collate_batch`); a subclass with extra sample fields overrides it."""
+        return collate_batch(samples, pad_token_id)
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -89,19 +94,24 @@ class VideoTextDataset(torch.utils.data.Dataset):
     def _frames(
         self, record: Record, index: int
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
-        if self.frame_source is None:
+        source = self.frame_source_for(index)
+        if source is None:
             return torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool), []
         try:
-            clip = self.frame_source.read(record.id, self.rng(index))
+            clip = source.read(record.id, self.rng(index))
         except FrameError as exc:
             if self.on_error == "raise":
                 raise
             self._warn(exc)
             if self.on_error == "drop":
                 return None, None, [exc.kind]
-            clip = self.frame_source.empty()
+            clip = source.empty()
             clip.errors = [exc.kind]
         return clip.frames, clip.mask, list(clip.errors)
+
+    def frame_source_for(self, index: int) -> FrameSource | None:
+        """Where the frames of sample ``index`` come from (one source here; per split when splits are mixed)."""
+        return self.frame_source
 
     def _warn(self, exc: FrameError) -> None:
         self._warnings += 1

@@ -211,6 +211,19 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def build_model(config: Config, vocab_size: int | None = None) -> MultimodalClassifier:
     """The classifier for a full config (frame size from ``data.frames``); checks data/model consistency."""
+    check_model_config(config)
+    frames, model = config.data.frames, config.model
+    return MultimodalClassifier(
+        model,
+        image_size=frames.image_size,
+        vocab_size=vocab_size,
+        pixel_mean=tuple(frames.mean),
+        pixel_std=tuple(frames.std),
+    )
+
+
+def check_model_config(config: Config) -> None:
+    """Raise ConfigError where ``data.frames`` and ``model`` disagree (frame count, features vs. encoder)."""
     frames, model = config.data.frames, config.model
     if frames.source != "none" and frames.max_frames > model.max_frames:
         raise ConfigError(
@@ -227,13 +240,6 @@ def build_model(config: Config, vocab_size: int | None = None) -> MultimodalClas
             f"model.frame_encoder.input_dim={encoder.input_dim} differs from "
             f"data.frames.feature_dim={frames.feature_dim}"
         )
-    return MultimodalClassifier(
-        model,
-        image_size=frames.image_size,
-        vocab_size=vocab_size,
-        pixel_mean=tuple(frames.mean),
-        pixel_std=tuple(frames.std),
-    )
 
 
 def build_text_encoder(cfg: ModelConfig, vocab_size: int | None = None) -> BertModel:
