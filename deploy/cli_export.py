@@ -1,0 +1,47 @@
+"""``mmcls export MODEL_DIR --format onnx|aoti|tensorrt|triton --out ARTIFACT_DIR [--fp16]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "export",
+        help="compile a model folder into an artifact folder (ONNX, AOTInductor, TensorRT, Triton repository)",
+        epilog="example: mmcls export runs/tiny --format onnx --out artifacts/tiny-onnx",
+    )
+    p.add_argument("model_dir", type=Path, help="a model folder, or a run directory (its best model)")
+    p.add_argument("--format", required=True, choices=["onnx", "aoti", "tensorrt", "triton"], dest="fmt")
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to create (must not exist)")
+    p.add_argument("--fp16", action="store_true", help="FP16 weights and arithmetic (outputs stay FP32)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda: where an AOTI/TensorRT artifact will run")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch of a TensorRT profile / Triton")
+    p.add_argument(
+        "--backend",
+        default=None,
+        choices=["torch", "onnx", "aoti", "tensorrt"],
+        help="--format triton: the runtime inside the Triton model (default torch)",
+    )
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from mmcls.deploy.export import export_model
+
+    out = export_model(
+        args.model_dir,
+        args.out,
+        args.fmt,
+        fp16=args.fp16,
+        device=args.device,
+        max_batch=args.max_batch,
+        backend=args.backend,
+    )
+    info = out / "export.json"
+    summary = json.loads(info.read_text()) if info.is_file() else {"format": args.fmt}
+    print(f"wrote {summary['format']} artifact ({summary.get('precision', '')}) to {out}")
+    return 0

@@ -1,0 +1,46 @@
+"""``mmcls serve MODEL_OR_ARTIFACT``: the model behind NVIDIA Triton Inference Server (HTTP, gRPC, metrics)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model folder or artifact with Triton Inference Server (from the nvidia-pytriton wheel)",
+        epilog="example: mmcls serve artifacts/tiny-onnx --http-port 8000  (stop with Ctrl-C or SIGTERM)",
+    )
+    p.add_argument("model", type=Path, help="a model folder, a run directory or an artifact folder")
+    p.add_argument("--backend", default=None, choices=["torch", "onnx", "aoti", "tensorrt"])
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="torch backend only")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--host", default="127.0.0.1", help="address the HTTP and gRPC endpoints listen on")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--max-batch", type=int, default=64, help="Triton's max_batch_size (videos per execution)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher's wait for a batch")
+    p.add_argument("--instances", type=int, default=1, help="model instances (parallel executions)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime (default: all)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmcls.deploy.server import ServeOptions, serve
+
+    options = ServeOptions(
+        backend=args.backend,
+        precision=args.precision,
+        device=args.device,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        max_batch=args.max_batch,
+        max_queue_delay_us=args.max_queue_delay_us,
+        instances=args.instances,
+        threads=args.threads,
+    )
+    return serve(args.model, options)

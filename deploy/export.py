@@ -1,0 +1,224 @@
+"""``mmcls export``: a model folder -> an artifact folder (ONNX, AOTInductor, TensorRT engine, Triton repository).
+
+Every format compiles the same function, :class:`InferenceGraph`: the four named model inputs -> level-2
+probabilities ``probs`` and level-1 probabilities ``lv1_probs``. Softmax and the level-1 sums are inside the
+graph, so every runtime returns what ``predict`` writes, and FP16 graphs still return FP32 probabilities.
+
+Dimensions kept dynamic: ``batch``, ``text`` (token count) and ``frames`` (frame count). Their example sizes are
+all >= 2 because ``torch.export`` specialises a dimension traced at size 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmcls.data.categories import CategoryMap
+from mmcls.deploy.artifact import (
+    CATEGORIES_FILE,
+    CONFIG_FILE,
+    EXPORT_FILE,
+    INPUT_NAMES,
+    MODEL_FILES,
+    OUTPUT_NAMES,
+    ArtifactError,
+    build_export_info,
+)
+from mmcls.models.fusion import MultimodalClassifier, lv1_probs
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "aoti", "tensorrt", "triton")
+ONNX_OPSET = 18
+
+
+class InferenceGraph(nn.Module):
+    """What is exported: ``(input_ids, attention_mask, frames, frame_mask) -> (probs, lv1_probs)``, both FP32."""
+
+    def __init__(self, model: MultimodalClassifier, categories: CategoryMap):
+        super().__init__()
+        self.model = model
+        self.categories = categories
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        frames: torch.Tensor,
+        frame_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(input_ids, attention_mask, frames, frame_mask)["logits"].float()
+        return logits.softmax(dim=-1), lv1_probs(logits, self.categories)
+
+
+def export_model(
+    model_dir: str | Path,
+    out: str | Path,
+    fmt: str,
+    *,
+    fp16: bool = False,
+    device: str = "cpu",
+    max_batch: int = 64,
+    backend: str | None = None,
+) -> Path:
+    """Write the artifact folder ``out`` for ``model_dir`` in ``fmt``; returns ``out``.
+
+    ``out`` must not exist or be empty: a user's files are never overwritten. The folder is assembled under a
+    temporary name next to ``out`` and renamed at the end, so a failed export leaves nothing half-written.
+    ``backend`` is for ``fmt="triton"``: which runtime the Triton model runs (default: torch).
+    """
+    from mmcls.models import load_model_dir
+
+    if fmt not in FORMATS:
+        raise ArtifactError(f"--format {fmt!r}: use one of {FORMATS}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ArtifactError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if fmt == "triton":
+            from mmcls.deploy.triton_repo import write_triton_repository
+
+            write_triton_repository(model_dir, tmp, backend=backend or "torch", fp16=fp16, device=device)
+        else:
+            loaded = load_model_dir(model_dir, device="cpu")
+            _export_into(loaded, tmp, fmt, fp16=fp16, device=device, max_batch=max_batch)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max_batch: int) -> None:
+    """Compile ``loaded`` (a :class:`~mmcls.models.model_dir.LoadedModel`) into ``folder`` with its assets."""
+    config = loaded.config
+    if config.data.frames.source == "none":
+        raise ArtifactError(f"{loaded.path}: text-only models (data.frames.source=none) are not exportable")
+    frame_input = "features" if config.model.frame_encoder.type == "identity" else "pixels"
+    torch_device = torch.device(device)
+    if fp16 and fmt == "aoti" and torch_device.type == "cpu":
+        logger.warning("FP16 AOTInductor on the CPU is slow (emulated half arithmetic); meant for CUDA")
+    model = loaded.model.to(torch_device)
+    if fp16:
+        model = model.half()
+    graph = InferenceGraph(model, loaded.categories).eval()
+    example = example_inputs(config, frame_input, torch_device)
+    dims = dynamic_dims(config, max_batch)
+    model_file = MODEL_FILES[fmt]
+    if fmt == "onnx":
+        export_onnx(graph, example, dims, folder / model_file)
+    elif fmt == "aoti":
+        export_aoti(graph, example, dims, folder / model_file)
+    elif fmt == "tensorrt":
+        from mmcls.deploy.tensorrt import build_engine
+
+        onnx_path = folder / MODEL_FILES["onnx"]
+        export_onnx(graph, example, dims, onnx_path)
+        build_engine(onnx_path, folder / model_file, dims, fp16=fp16, frame_input=frame_input, config=config)
+    precision = "fp16" if fp16 else "fp32"
+    info = build_export_info(
+        config,
+        fmt=fmt,
+        precision=precision,
+        model_file=model_file,
+        device=torch_device.type,
+        frame_input=frame_input,
+        dynamic_dims=dims,
+    )
+    copy_assets(loaded.path, folder, loaded.tokenizer)
+    _write_json(folder / EXPORT_FILE, info)
+
+
+def copy_assets(model_folder: Path, folder: Path, tokenizer) -> None:
+    """The preprocessing files of a model folder: config, categories, tokenizer."""
+    for name in (CONFIG_FILE, CATEGORIES_FILE):
+        shutil.copy2(model_folder / name, folder / name)
+    tokenizer.save_pretrained(str(folder))
+
+
+def example_inputs(config, frame_input: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace with: batch 2, 2..8 tokens, 2 frames (no dimension of size 1, see the module doc)."""
+    g = torch.Generator().manual_seed(0)
+    batch, text, num_frames = 2, max(2, min(8, config.data.text.max_length)), 2
+    vocab = 100  # any ids below the vocabulary size
+    input_ids = torch.randint(1, vocab, (batch, text), generator=g)
+    attention_mask = torch.ones(batch, text, dtype=torch.long)
+    frames_cfg = config.data.frames
+    if frame_input == "pixels":
+        size = frames_cfg.image_size
+        frames = torch.randint(0, 256, (batch, num_frames, 3, size, size), generator=g, dtype=torch.uint8)
+    else:
+        frames = torch.randn(batch, num_frames, frames_cfg.feature_dim, generator=g)
+    frame_mask = torch.ones(batch, num_frames, dtype=torch.bool)
+    return tuple(t.to(device) for t in (input_ids, attention_mask, frames, frame_mask))
+
+
+def dynamic_dims(config, max_batch: int) -> dict[str, tuple[int, int]]:
+    """``name -> (min, max)`` for batch, text and frames: what the graph (and a TensorRT profile) accepts."""
+    return {
+        "batch": (1, max(2, max_batch)),
+        "text": (1, config.data.text.max_length),
+        "frames": (1, config.model.max_frames),
+    }
+
+
+def _torch_dynamic_shapes(dims: dict[str, tuple[int, int]]) -> dict[str, dict[int, object]]:
+    # Batch gets no upper bound in the graph itself (ONNX/AOTI need none); TensorRT's profile uses the max.
+    batch = torch.export.Dim("batch", min=1)
+    text = torch.export.Dim("text", min=1, max=dims["text"][1])
+    frames = torch.export.Dim("frames", min=1, max=dims["frames"][1])
+    return {
+        "input_ids": {0: batch, 1: text},
+        "attention_mask": {0: batch, 1: text},
+        "frames": {0: batch, 1: frames},
+        "frame_mask": {0: batch, 1: frames},
+    }
+
+
+def export_onnx(
+    graph: nn.Module, example: tuple[torch.Tensor, ...], dims: dict[str, tuple[int, int]], path: Path
+) -> None:
+    """``torch.onnx.export(dynamo=True)`` with named inputs/outputs and dynamic dims; checked with onnx.checker.
+
+    The dynamo exporter keeps the frame count dynamic (the legacy TorchScript exporter baked it into a Reshape).
+    """
+    import onnx
+
+    program = torch.onnx.export(
+        graph,
+        example,
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=_torch_dynamic_shapes(dims),
+        dynamo=True,
+        opset_version=ONNX_OPSET,
+        verbose=False,
+    )
+    program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_aoti(
+    graph: nn.Module, example: tuple[torch.Tensor, ...], dims: dict[str, tuple[int, int]], path: Path
+) -> None:
+    """``torch.export`` + ``aoti_compile_and_package``: a ``.pt2`` for the device the example lives on."""
+    from torch._inductor import aoti_compile_and_package
+
+    with torch.no_grad():
+        program = torch.export.export(graph, example, dynamic_shapes=_torch_dynamic_shapes(dims))
+        aoti_compile_and_package(program, package_path=str(path))
+
+
+def _write_json(path: Path, values: dict) -> None:
+    import json
+
+    path.write_text(json.dumps(values, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
