@@ -426,3 +426,31 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cfg: Fr
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def decode_image_clip(
+    images: list[bytes], image_size: int, max_pixels: int = 50_000_000
+) -> tuple[torch.Tensor, list[int]]:
+    """Encoded images (JPEG, PNG, ...) -> uint8 ``[n, 3, S, S]`` and the positions that could not be decoded.
+
+    The same resize as the frame sources (shorter side to ``image_size``, centre crop, bicubic; the JPEG
+    decoder's draft mode first), for callers that receive image bytes instead of a zip, such as the inference
+    server. An image is refused before its pixels are decoded when its header claims more than ``max_pixels``
+    (a small file can announce a huge image). ``n`` counts the decodable images only.
+    """
+    decoded, failed = [], []
+    for position, data in enumerate(images):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                if image.width * image.height > max_pixels:
+                    raise ValueError(f"{image.width}x{image.height} pixels")
+                image.draft("RGB", (image_size, image_size))
+                fitted = ImageOps.fit(
+                    image.convert("RGB"), (image_size, image_size), Image.Resampling.BICUBIC
+                )
+                decoded.append(np.asarray(fitted))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            failed.append(position)
+    if not decoded:
+        return torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8), failed
+    return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous(), failed

@@ -1,0 +1,164 @@
+"""Clients of ``mmcls serve`` (KServe v2 over HTTP or gRPC, through ``tritonclient``).
+
+:func:`classify_video` sends one video; :func:`predict_split_remote` sends a whole split with N requests in
+flight and returns what ``mmcls predict`` returns, so the two CSVs can be compared. Frames are sent as the
+original JPEG bytes (the server decodes and resizes them), chosen from each zip exactly as the zip frame source
+chooses them, and padded with empty elements to the server's frame count so that Triton can batch requests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from mmcls.data.annotations import Record, annotation_path, load_records
+from mmcls.data.frames import IMAGE_SUFFIXES, sample_frame_indices
+from mmcls.errors import MmclsError
+
+MODEL_NAME = "mmcls"
+
+
+class ClientError(MmclsError, RuntimeError):
+    """The server refused a request or could not be reached; names the video and the server's reason."""
+
+
+@dataclass
+class VideoResult:
+    category_id: str
+    lv1_id: str
+    probs: np.ndarray
+    errors: list[str]
+
+
+class Connection:
+    """One ``tritonclient`` client (HTTP or gRPC) plus the served model's frame settings."""
+
+    def __init__(self, url: str, protocol: str | None = None, timeout: float = 60.0):
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        self.protocol = protocol or ("grpc" if parsed.scheme == "grpc" else "http")
+        self.timeout = timeout
+        address = parsed.netloc
+        if self.protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        self.module = module
+        kwargs = (
+            {"network_timeout": timeout, "connection_timeout": timeout} if self.protocol == "http" else {}
+        )
+        try:
+            self.client = module.InferenceServerClient(address, **kwargs)
+            config = self.client.get_model_config(MODEL_NAME)
+        except Exception as exc:  # tritonclient raises its own exception types and socket errors
+            raise ClientError(f"{url}: cannot reach model {MODEL_NAME!r}: {_one_line(exc)}") from None
+        if self.protocol == "grpc":
+            config = config.config
+            params = {key: value.string_value for key, value in config.parameters.items()}
+        else:
+            params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        self.max_frames = int(params.get("max_frames", 8))
+        self.frame_input = params.get("frame_input", "pixels")
+
+    def infer(self, title: str, asr: str, ocr: str, frames: list[bytes], video: str = "video") -> VideoResult:
+        """Classify one video; ``ocr`` is the annotation's JSON list or plain text."""
+        inputs = [
+            self._bytes_input(name, [text.encode("utf-8")])
+            for name, text in (("title", title), ("asr", asr), ("ocr", ocr))
+        ]
+        padded = list(frames) + [b""] * max(0, self.max_frames - len(frames))
+        inputs.append(self._bytes_input("frames", padded))
+        outputs = [self.module.InferRequestedOutput(n) for n in ("category_id", "lv1_id", "probs", "errors")]
+        try:
+            kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+            result = self.client.infer(MODEL_NAME, inputs, outputs=outputs, **kwargs)
+        except Exception as exc:
+            raise ClientError(f"video {video}: the server answered: {_one_line(exc)}") from None
+        return VideoResult(
+            category_id=_first(result.as_numpy("category_id")),
+            lv1_id=_first(result.as_numpy("lv1_id")),
+            probs=result.as_numpy("probs")[0],
+            errors=json.loads(_first(result.as_numpy("errors"))),
+        )
+
+    def _bytes_input(self, name: str, values: list[bytes]) -> Any:
+        array = np.array([values], dtype=np.object_)
+        tensor = self.module.InferInput(name, list(array.shape), "BYTES")
+        tensor.set_data_from_numpy(array)
+        return tensor
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def classify_video(
+    url: str, *, title: str = "", asr: str = "", ocr: str = "", frames: list[bytes] = ()
+) -> VideoResult:
+    """One video to a running ``mmcls serve``: its text fields and JPEG frames -> category and probabilities."""
+    connection = Connection(url)
+    try:
+        return connection.infer(title, asr, ocr, list(frames))
+    finally:
+        connection.close()
+
+
+def read_frame_bytes(zip_path: Path, max_frames: int) -> list[bytes]:
+    """The encoded frames the zip frame source would pick for evaluation; [] if the zip is missing/unreadable."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            members = sorted(
+                (i for i in zf.infolist() if not i.is_dir() and i.filename.lower().endswith(IMAGE_SUFFIXES)),
+                key=lambda i: i.filename,
+            )
+            return [zf.read(members[k]) for k in sample_frame_indices(len(members), max_frames, None)]
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return []  # the server then classifies from the text, as `mmcls predict` falls back to text
+
+
+def predict_split_remote(
+    url: str,
+    data_root: str | Path,
+    split: str = "test",
+    *,
+    concurrency: int = 8,
+    protocol: str | None = None,
+    timeout: float = 60.0,
+) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """``(ids, category_ids, frame errors by id)`` for every record of ``split``, in annotation order."""
+    records = load_records(annotation_path(data_root, split))
+    frames_root = Path(data_root) / "zip_frames" / split
+    local = threading.local()
+    probe = Connection(url, protocol, timeout)
+    if probe.frame_input != "pixels":
+        raise ClientError(f"{url}: the served model takes frame features; this client sends JPEG frames")
+    max_frames = probe.max_frames
+    probe.close()
+
+    def classify(record: Record) -> VideoResult:
+        if not hasattr(local, "connection"):
+            local.connection = Connection(url, protocol, timeout)
+        frames = read_frame_bytes(frames_root / record.id[-3:] / f"{record.id}.zip", max_frames)
+        ocr = json.dumps([{"time": t, "text": s} for t, s in record.ocr], ensure_ascii=False)
+        return local.connection.infer(record.title, record.asr, ocr, frames, video=record.id)
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = list(pool.map(classify, records))
+    errors = {r.id: res.errors for r, res in zip(records, results) if res.errors}
+    return [r.id for r in records], [res.category_id for res in results], errors
+
+
+def _first(values: np.ndarray) -> str:
+    value = values.reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

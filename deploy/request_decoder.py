@@ -1,0 +1,125 @@
+"""Server-side preprocessing: one inference request (text fields + JPEG bytes) -> one model sample.
+
+The text goes through the core's :class:`~mmcls.data.text.TextEncoder` with a :class:`Record` built from the
+request, and the frames through :func:`mmcls.data.frames.decode_image_clip`, so the server feeds the model
+exactly what ``mmcls predict`` would for the same video. Problems the client must fix (non-UTF-8 text, too many
+frames, an empty request, a malformed OCR list, wrong feature shape) raise :class:`RequestError`, which the
+server answers with a 400 naming the input; an undecodable JPEG is not fatal: the video is classified from its
+other frames (or its text alone), and the response's ``errors`` output names the frame.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmcls.data.annotations import Record
+from mmcls.data.frames import decode_image_clip
+from mmcls.data.text import TextEncoder
+from mmcls.deploy.artifact import Assets
+from mmcls.errors import MmclsError
+
+TEXT_INPUTS = ("title", "asr", "ocr")
+
+
+class RequestError(MmclsError, ValueError):
+    """A request the server refuses (HTTP 400): the message names the input and the problem."""
+
+
+class RequestDecoder:
+    """Turns the per-request input arrays into the sample dicts that ``collate_batch`` stacks."""
+
+    def __init__(self, assets: Assets):
+        frames = assets.config.data.frames
+        self.text_encoder = TextEncoder(assets.tokenizer, assets.config.data.text)
+        self.pad_token_id = self.text_encoder.pad_token_id
+        self.frame_input = assets.frame_input
+        self.max_frames = frames.max_frames
+        self.image_size = frames.image_size
+        self.feature_dim = frames.feature_dim
+
+    @property
+    def frames_input_name(self) -> str:
+        return "frame_feats" if self.frame_input == "features" else "frames"
+
+    def decode(self, inputs: dict[str, np.ndarray], index: int = 0) -> dict[str, Any]:
+        """One request's inputs (without the batch dimension) -> a sample; raises :class:`RequestError`."""
+        texts = {name: _text(inputs.get(name), name) for name in TEXT_INPUTS}
+        ocr = _parse_ocr(texts["ocr"])
+        if self.frame_input == "features":
+            frames, mask, errors, count = self._features(inputs.get("frame_feats"))
+        else:
+            frames, mask, errors, count = self._images(inputs.get("frames"))
+        if count == 0 and not (texts["title"].strip() or texts["asr"].strip() or ocr):
+            raise RequestError("empty request: no title, asr, ocr text and no frames")
+        record = Record(id=f"request-{index}", title=texts["title"], asr=texts["asr"], ocr=ocr)
+        return {
+            "index": index,
+            "id": record.id,
+            "input_ids": torch.tensor(self.text_encoder.encode(record), dtype=torch.long),
+            "frames": frames,
+            "frame_mask": mask,
+            "label": -1,
+            "frame_errors": errors,
+        }
+
+    def _images(self, values: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+        # Empty elements are padding: clients pad to a common frame count so Triton can batch requests.
+        images = [bytes(v) for v in (values.reshape(-1) if values is not None else []) if len(v)]
+        if len(images) > self.max_frames:
+            raise RequestError(f"input 'frames': {len(images)} frames, at most {self.max_frames} per video")
+        pixels, failed = decode_image_clip(images, self.image_size)
+        frames = torch.zeros((self.max_frames, 3, self.image_size, self.image_size), dtype=torch.uint8)
+        mask = torch.zeros(self.max_frames, dtype=torch.bool)
+        frames[: len(pixels)] = pixels
+        mask[: len(pixels)] = True
+        errors = [f"frames[{i}]: undecodable image" for i in failed]
+        return frames, mask, errors, len(images)
+
+    def _features(self, values: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+        frames = torch.zeros((self.max_frames, self.feature_dim), dtype=torch.float32)
+        mask = torch.zeros(self.max_frames, dtype=torch.bool)
+        if values is None or values.size == 0:
+            return frames, mask, [], 0
+        values = np.asarray(values, dtype=np.float32).reshape(-1, values.shape[-1])
+        if values.shape[1] != self.feature_dim:
+            raise RequestError(f"input 'frame_feats': width {values.shape[1]}, expected {self.feature_dim}")
+        if len(values) > self.max_frames:
+            raise RequestError(
+                f"input 'frame_feats': {len(values)} frames, at most {self.max_frames} per video"
+            )
+        if not np.isfinite(values).all():
+            raise RequestError("input 'frame_feats': non-finite values")
+        frames[: len(values)] = torch.from_numpy(values)
+        mask[: len(values)] = True
+        return frames, mask, [], len(values)
+
+
+def _text(value: np.ndarray | None, name: str) -> str:
+    if value is None or value.size == 0:
+        return ""
+    raw = value.reshape(-1)[0]
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"input {name!r}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _parse_ocr(text: str) -> list[tuple[float, str]]:
+    """The annotation's OCR JSON list (``[{"time": t, "text": s}, ...]``) or plain text (one line at time 0)."""
+    stripped = text.strip()
+    if not stripped:
+        return []
+    if not stripped.startswith("["):
+        return [(0.0, stripped)]
+    try:
+        lines = json.loads(stripped)
+        pairs = [(float(line.get("time", 0.0)), str(line["text"])) for line in lines]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise RequestError(f"input 'ocr': not a JSON list of {{'time', 'text'}} objects: {exc}") from None
+    return sorted(pairs, key=lambda pair: pair[0])  # stable, as the annotation reader keeps equal times

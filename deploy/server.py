@@ -1,0 +1,236 @@
+"""``mmcls serve``: Triton Inference Server (the binary the ``nvidia-pytriton`` wheel ships) serving ``mmcls``.
+
+The server runs the Python-backend model of :mod:`mmcls.deploy.triton_model` from a model repository written
+into a private workspace. PyTriton's own Python API is not used for the model (see that module for why), but
+its wheel is what provides ``tritonserver``, the Python backend and the backend stub built for this Python.
+
+Traps handled here (measured, see DESIGN.md):
+
+* Under a pyenv Python the backend stub loads the system ``libpython`` instead of the running interpreter's
+  and fails with ``'_thread.RLock' object has no attribute '_recursion_count'``: ``LD_LIBRARY_PATH`` starts
+  with this interpreter's ``LIBDIR``.
+* The stub finds its Python environment through ``PATH``: this environment's ``bin`` goes first.
+* The workspace (repository + backend folder) lives under ``PYTRITON_HOME`` when set (a writable folder),
+  else the system temp folder, and is removed on exit.
+* SIGTERM and SIGINT both stop the server cleanly: Triton is asked to stop (it unloads the model and frees
+  the ports), then the workspace is removed; a second start on the same ports works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmcls.deploy.triton_repo import MODEL_NAME, TritonModelOptions, write_model_config
+from mmcls.errors import MmclsError
+
+logger = logging.getLogger(__name__)
+STOP_TIMEOUT_S = 30.0
+
+
+class ServeError(MmclsError, RuntimeError):
+    """The server could not start (missing package, port in use, model failed to load): names the cause."""
+
+
+@dataclass
+class ServeOptions:
+    backend: str | None = None
+    precision: str | None = None
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch: int = 64
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    threads: int | None = None
+    start_timeout_s: float = 300.0
+
+
+def triton_distribution() -> Path:
+    """The ``tritonserver`` folder inside the installed ``nvidia-pytriton`` wheel."""
+    try:
+        import pytriton
+    except ImportError:
+        raise ServeError(
+            "mmcls serve needs nvidia-pytriton (it ships tritonserver): pip install 'mmcls[serve]'"
+        ) from None
+    dist = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    if not (dist / "bin" / "tritonserver").is_file():
+        raise ServeError(f"{dist}: nvidia-pytriton is installed without its tritonserver binary")
+    return dist
+
+
+def triton_libs() -> Path:
+    """The shared libraries the wheel bundles for tritonserver and the stub (CUDA runtime, ...).
+
+    Not ``pytriton.utils.distribution.get_libs_path()``: it takes a package seen through another environment's
+    site-packages (an environment layered over a shared one) for an editable install and answers a wrong path.
+    """
+    dist = triton_distribution()
+    wheel_libs = dist.parent.parent / "nvidia_pytriton.libs"
+    return wheel_libs if wheel_libs.is_dir() else dist / "external_libs"
+
+
+def prepare_workspace(model: Path, options: ServeOptions) -> Path:
+    """A fresh folder with the model repository and a Python backend whose stub matches this interpreter."""
+    from mmcls.deploy.artifact import is_artifact
+    from mmcls.models.model_dir import resolve_model_dir
+
+    dist = triton_distribution()
+    home = os.environ.get("PYTRITON_HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+    workspace = Path(tempfile.mkdtemp(prefix="mmcls-serve-", dir=home or None))
+    backend_dir = workspace / "backends" / "python"
+    backend_dir.mkdir(parents=True)
+    for item in (dist / "backends" / "python").iterdir():
+        if item.is_file():
+            (backend_dir / item.name).symlink_to(item)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServeError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
+    shutil.copy2(stub, backend_dir / "triton_python_backend_stub")
+    model = model.resolve()
+    served = model if is_artifact(model) else resolve_model_dir(model)
+    model_options = TritonModelOptions(
+        max_batch=options.max_batch,
+        max_queue_delay_us=options.max_queue_delay_us,
+        instances=options.instances,
+        backend=options.backend,
+        device=options.device,
+        precision=options.precision,
+        threads=options.threads,
+    )
+    write_model_config(workspace / "repository", served, model_options)
+    return workspace
+
+
+def server_env() -> dict[str, str]:
+    """The environment Triton and its Python-backend stub need (see the module docstring)."""
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    paths = [libdir, str(triton_libs()), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in paths if p)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def server_command(workspace: Path, options: ServeOptions) -> list[str]:
+    dist = triton_distribution()
+    return [
+        str(dist / "bin" / "tritonserver"),
+        f"--model-repository={workspace / 'repository'}",
+        f"--backend-directory={workspace / 'backends'}",
+        f"--cache-directory={dist / 'caches'}",
+        "--model-control-mode=explicit",
+        f"--load-model={MODEL_NAME}",
+        "--exit-on-error=true",
+        "--strict-readiness=true",
+        f"--http-address={options.host}",
+        f"--http-port={options.http_port}",
+        f"--grpc-address={options.host}",
+        f"--grpc-port={options.grpc_port}",
+        "--allow-metrics=true",
+        f"--metrics-address={options.host}",
+        f"--metrics-port={options.metrics_port}",
+        "--log-info=false",
+        # Each Python-backend instance gets its own shared-memory region name; unique per server process.
+        f"--backend-config=python,shm-region-prefix-name={_shm_prefix()}",
+    ]
+
+
+def serve(model: str | Path, options: ServeOptions) -> int:
+    """Run Triton until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
+    workspace = prepare_workspace(Path(model), options)
+    process = None
+    stop_requested = []
+
+    def request_stop(signum: int, _frame) -> None:
+        stop_requested.append(signum)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        process = subprocess.Popen(
+            server_command(workspace, options), env=server_env(), start_new_session=True
+        )
+        _wait_ready(process, options, stop_requested)
+        if not stop_requested:
+            url = f"http://{options.host}:{options.http_port}"
+            print(
+                f"serving {MODEL_NAME} at {url} (gRPC {options.host}:{options.grpc_port}, metrics "
+                f"http://{options.host}:{options.metrics_port}/metrics); stop with Ctrl-C or SIGTERM",
+                flush=True,
+            )
+        while not stop_requested and process.poll() is None:
+            time.sleep(0.2)
+        if process.poll() is not None and not stop_requested:
+            raise ServeError(f"tritonserver exited unexpectedly with status {process.returncode}")
+        return 0
+    finally:
+        if process is not None:
+            _stop(process)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(workspace, ignore_errors=True)
+        _remove_shared_memory()
+        print("mmcls serve: stopped", flush=True)
+
+
+def _shm_prefix() -> str:
+    return f"mmcls{os.getpid()}_"
+
+
+def _remove_shared_memory() -> None:
+    """Shared-memory regions a crashed backend stub can leave in /dev/shm (Triton removes them on a clean stop)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        for region in shm.glob(f"{_shm_prefix()}*"):
+            region.unlink(missing_ok=True)
+
+
+def _wait_ready(process: subprocess.Popen, options: ServeOptions, stop_requested: list) -> None:
+    url = f"http://{options.host}:{options.http_port}/v2/models/{MODEL_NAME}/ready"
+    deadline = time.monotonic() + options.start_timeout_s
+    while time.monotonic() < deadline and not stop_requested:
+        if process.poll() is not None:
+            raise ServeError(
+                f"tritonserver exited with status {process.returncode} while starting (model load failed or "
+                f"a port of {options.http_port}/{options.grpc_port}/{options.metrics_port} is in use; "
+                "its log is above)"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    if not stop_requested:
+        raise ServeError(f"the model was not ready after {options.start_timeout_s:.0f} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to Triton (graceful: unload the model, close the ports), SIGKILL after a timeout."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            logger.warning("tritonserver did not stop within %.0f s; killing it", STOP_TIMEOUT_S)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,127 @@
+"""A Triton model repository for the model ``mmcls`` (Python backend running the mmcls Predictor).
+
+Layout::
+
+    REPO/mmcls/config.pbtxt      inputs title/asr/ocr (BYTES [1]) + frames (BYTES [-1], one JPEG each) or
+                                 frame_feats (FP32 [-1, D]); outputs category_id, lv1_id (BYTES [1]),
+                                 probs (FP32 [C]), errors (BYTES [1], a JSON list); dynamic batching
+    REPO/mmcls/1/model.py        re-exports mmcls.deploy.triton_model.TritonPythonModel
+    REPO/mmcls/1/model/          the model folder or artifact folder it serves (``export --format triton``);
+                                 ``mmcls serve`` points at the user's folder instead of copying it
+
+The Python backend runs in a stub process that imports ``mmcls``: the server needs the Python environment
+mmcls is installed in (``mmcls serve`` sets that up; see :mod:`mmcls.deploy.server`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmcls.deploy.artifact import is_artifact, load_assets
+
+MODEL_NAME = "mmcls"
+MODEL_PY = '''"""Triton Python-backend entry point written by mmcls; the model lives in mmcls.deploy.triton_model."""
+
+from mmcls.deploy.triton_model import TritonPythonModel  # noqa: F401
+'''
+
+
+@dataclass
+class TritonModelOptions:
+    max_batch: int = 64
+    max_queue_delay_us: int = 2000
+    instances: int = 1
+    backend: str | None = None  # None: torch for a model folder, the artifact's own format otherwise
+    device: str = "auto"
+    precision: str | None = None
+    threads: int | None = None
+
+
+def write_triton_repository(
+    model: str | Path,
+    repo: Path,
+    *,
+    backend: str = "torch",
+    fp16: bool = False,
+    device: str = "cpu",
+    options: TritonModelOptions | None = None,
+) -> Path:
+    """``export --format triton``: a self-contained repository with the model (exported for ``backend``) inside."""
+    from mmcls.models.model_dir import resolve_model_dir
+
+    options = options or TritonModelOptions()
+    version_dir = repo / MODEL_NAME / "1"
+    version_dir.mkdir(parents=True)
+    inner = version_dir / "model"
+    if backend == "torch":
+        shutil.copytree(resolve_model_dir(model), inner)
+    else:
+        from mmcls.deploy.export import export_model
+
+        export_model(model, inner, backend, fp16=fp16, device=device, max_batch=options.max_batch)
+    options.backend = backend
+    options.device = device
+    write_model_config(repo, Path("model"), options)
+    return repo
+
+
+def write_model_config(repo: Path, model_path: Path, options: TritonModelOptions) -> None:
+    """``config.pbtxt`` + ``1/model.py`` for serving ``model_path`` (relative: inside the version folder)."""
+    version_dir = repo / MODEL_NAME / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "model.py").write_text(MODEL_PY, encoding="utf-8")
+    source = model_path if model_path.is_absolute() else version_dir / model_path
+    assets = load_assets(source)
+    (repo / MODEL_NAME / "config.pbtxt").write_text(model_config_text(assets, model_path, options), "utf-8")
+
+
+def model_config_text(assets, model_path: Path, options: TritonModelOptions) -> str:
+    frames = assets.config.data.frames
+    if assets.frame_input == "features":
+        frame_input = f'  {{ name: "frame_feats" data_type: TYPE_FP32 dims: [ -1, {frames.feature_dim} ] }}'
+    else:
+        frame_input = '  { name: "frames" data_type: TYPE_STRING dims: [ -1 ] }'
+    num_classes = assets.config.model.num_classes
+    params = {
+        "mmcls_model": str(model_path),
+        "backend": options.backend or "",
+        "device": options.device,
+        "precision": options.precision or "",
+        "threads": str(options.threads or ""),
+        "max_frames": str(frames.max_frames),
+        "frame_input": assets.frame_input,
+    }
+    parameters = "\n".join(
+        f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}' for key, value in params.items()
+    )
+    kind = "KIND_GPU" if options.device == "cuda" else "KIND_CPU"
+    return f"""# Written by mmcls (mmcls.deploy.triton_repo). Python backend running the mmcls Predictor.
+name: "{MODEL_NAME}"
+backend: "python"
+max_batch_size: {options.max_batch}
+dynamic_batching {{
+  max_queue_delay_microseconds: {options.max_queue_delay_us}
+}}
+input [
+  {{ name: "title" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "asr" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "ocr" data_type: TYPE_STRING dims: [ 1 ] }},
+{frame_input}
+]
+output [
+  {{ name: "category_id" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "lv1_id" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "probs" data_type: TYPE_FP32 dims: [ {num_classes} ] }},
+  {{ name: "errors" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+instance_group [ {{ kind: {kind} count: {options.instances} }} ]
+{parameters}
+"""
+
+
+def describe(model: str | Path) -> str:
+    """One line for logs: what is served."""
+    kind = "artifact" if is_artifact(model) else "model folder"
+    return f"{kind} {model}"
