@@ -110,6 +110,7 @@ def build_export_info(
     device: str,
     frame_input: str,
     dynamic_dims: dict[str, tuple[int, int | None]],
+    num_lv1: int,
 ) -> dict[str, Any]:
     """The ``export.json`` dictionary (see the module docstring)."""
     frames = config.data.frames
@@ -128,7 +129,7 @@ def build_export_info(
     }
     outputs = {
         "probs": {"dtype": "float32", "shape": ["batch", config.model.num_classes]},
-        "lv1_probs": {"dtype": "float32", "shape": ["batch", "num_lv1"]},
+        "lv1_probs": {"dtype": "float32", "shape": ["batch", num_lv1]},
     }
     return {
         "format": fmt,

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="serve a model folder or artifact with Triton Inference Server (from the nvidia-pytriton wheel)",
         epilog="example: mmcls serve artifacts/tiny-onnx --http-port 8000  (stop with Ctrl-C or SIGTERM)",
     )
-    p.add_argument("model", type=Path, help="a model folder, a run directory or an artifact folder")
+    p.add_argument(
+        "model", type=Path, help="a model folder, a run directory, an artifact folder or a Triton repository"
+    )
     p.add_argument("--backend", default=None, choices=["torch", "onnx", "aoti", "tensorrt"])
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="torch backend only")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

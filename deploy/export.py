@@ -114,6 +114,10 @@ def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max
     example = example_inputs(config, frame_input, torch_device)
     dims = dynamic_dims(config, max_batch)
     model_file = MODEL_FILES[fmt]
+    if fmt == "tensorrt":
+        from mmcls.deploy.tensorrt import import_tensorrt
+
+        import_tensorrt()  # before the ONNX export: a missing TensorRT is reported in a second, not a minute
     if fmt == "onnx":
         export_onnx(graph, example, dims, folder / model_file)
     elif fmt == "aoti":
@@ -133,6 +137,7 @@ def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max
         device=torch_device.type,
         frame_input=frame_input,
         dynamic_dims=dims,
+        num_lv1=loaded.categories.num_lv1,
     )
     copy_assets(loaded.path, folder, loaded.tokenizer)
     _write_json(folder / EXPORT_FILE, info)

@@ -84,17 +84,46 @@ def triton_libs() -> Path:
     return wheel_libs if wheel_libs.is_dir() else dist / "external_libs"
 
 
-def prepare_workspace(model: Path, options: ServeOptions) -> Path:
-    """A fresh folder with the model repository and a Python backend whose stub matches this interpreter."""
+def is_triton_repository(path: Path) -> bool:
+    """A folder written by ``mmcls export --format triton`` (served as it is)."""
+    return (path / MODEL_NAME / "config.pbtxt").is_file()
+
+
+def prepare_workspace(model: Path, options: ServeOptions) -> tuple[Path, Path]:
+    """``(workspace, repository)``: a fresh folder with a Python backend whose stub matches this interpreter,
+    and the model repository: the given one for a Triton repository, else one written into the workspace."""
     from mmcls.deploy.artifact import is_artifact
     from mmcls.models.model_dir import resolve_model_dir
 
-    dist = triton_distribution()
     home = os.environ.get("PYTRITON_HOME")
     if home:
         Path(home).mkdir(parents=True, exist_ok=True)
     workspace = Path(tempfile.mkdtemp(prefix="mmcls-serve-", dir=home or None))
-    backend_dir = workspace / "backends" / "python"
+    try:
+        _prepare_python_backend(workspace / "backends" / "python")
+        model = model.resolve()
+        if is_triton_repository(model):
+            return workspace, model
+        served = model if is_artifact(model) else resolve_model_dir(model)
+        model_options = TritonModelOptions(
+            max_batch=options.max_batch,
+            max_queue_delay_us=options.max_queue_delay_us,
+            instances=options.instances,
+            backend=options.backend,
+            device=options.device,
+            precision=options.precision,
+            threads=options.threads,
+        )
+        write_model_config(workspace / "repository", served, model_options)
+    except BaseException:
+        shutil.rmtree(workspace, ignore_errors=True)
+        raise
+    return workspace, workspace / "repository"
+
+
+def _prepare_python_backend(backend_dir: Path) -> None:
+    """Triton's Python backend with the stub built for this Python version (the wheel ships one per version)."""
+    dist = triton_distribution()
     backend_dir.mkdir(parents=True)
     for item in (dist / "backends" / "python").iterdir():
         if item.is_file():
@@ -104,19 +133,6 @@ def prepare_workspace(model: Path, options: ServeOptions) -> Path:
     if not stub.is_file():
         raise ServeError(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
     shutil.copy2(stub, backend_dir / "triton_python_backend_stub")
-    model = model.resolve()
-    served = model if is_artifact(model) else resolve_model_dir(model)
-    model_options = TritonModelOptions(
-        max_batch=options.max_batch,
-        max_queue_delay_us=options.max_queue_delay_us,
-        instances=options.instances,
-        backend=options.backend,
-        device=options.device,
-        precision=options.precision,
-        threads=options.threads,
-    )
-    write_model_config(workspace / "repository", served, model_options)
-    return workspace
 
 
 def server_env() -> dict[str, str]:
@@ -130,11 +146,11 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def server_command(workspace: Path, options: ServeOptions) -> list[str]:
+def server_command(workspace: Path, repository: Path, options: ServeOptions) -> list[str]:
     dist = triton_distribution()
     return [
         str(dist / "bin" / "tritonserver"),
-        f"--model-repository={workspace / 'repository'}",
+        f"--model-repository={repository}",
         f"--backend-directory={workspace / 'backends'}",
         f"--cache-directory={dist / 'caches'}",
         "--model-control-mode=explicit",
@@ -156,7 +172,7 @@ def server_command(workspace: Path, options: ServeOptions) -> list[str]:
 
 def serve(model: str | Path, options: ServeOptions) -> int:
     """Run Triton until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
-    workspace = prepare_workspace(Path(model), options)
+    workspace, repository = prepare_workspace(Path(model), options)
     process = None
     stop_requested = []
 
@@ -166,7 +182,7 @@ def serve(model: str | Path, options: ServeOptions) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         process = subprocess.Popen(
-            server_command(workspace, options), env=server_env(), start_new_session=True
+            server_command(workspace, repository, options), env=server_env(), start_new_session=True
         )
         _wait_ready(process, options, stop_requested)
         if not stop_requested:

@@ -111,11 +111,13 @@ class TritonPythonModel:
 
     def _classify(self, samples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         batch = collate_batch(samples, pad_token_id=self.decoder.pad_token_id)
-        probs, lv1 = self.predictor(batch)
+        probs, _ = self.predictor(batch)
         category_ids = [self.categories.category_id(int(i)) for i in probs.argmax(axis=1)]
         return {
             "category_id": np.array([[c.encode()] for c in category_ids], dtype=object),
-            "lv1_id": np.array([[f"{int(i):02d}".encode()] for i in lv1.argmax(axis=1)], dtype=object),
+            # The level-1 id is the parent of the predicted category (as the challenge scores it), so an answer
+            # never names a level-1 class that does not contain its level-2 class.
+            "lv1_id": np.array([[c[:2].encode()] for c in category_ids], dtype=object),
             "probs": probs.astype(np.float32),
             "errors": np.array([[json.dumps(s["frame_errors"]).encode()] for s in samples], dtype=object),
         }

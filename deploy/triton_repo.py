@@ -8,6 +8,11 @@ Layout::
     REPO/mmcls/1/model.py        re-exports mmcls.deploy.triton_model.TritonPythonModel
     REPO/mmcls/1/model/          the model folder or artifact folder it serves (``export --format triton``);
                                  ``mmcls serve`` points at the user's folder instead of copying it
+    REPO/mmcls_graph/            with --backend onnx|tensorrt only: the bare graph for Triton's own
+                                 ``onnxruntime``/``tensorrt`` backends (tensor inputs as in export.json, no JPEG
+                                 decoding or tokenizing), for clients that preprocess themselves. The
+                                 nvidia-pytriton wheel ships only the Python backend, so ``mmcls serve`` loads
+                                 ``mmcls`` alone; a full Triton (NGC container) loads both.
 
 The Python backend runs in a stub process that imports ``mmcls``: the server needs the Python environment
 mmcls is installed in (``mmcls serve`` sets that up; see :mod:`mmcls.deploy.server`).
@@ -64,7 +69,44 @@ def write_triton_repository(
     options.backend = backend
     options.device = device
     write_model_config(repo, Path("model"), options)
+    if backend in GRAPH_PLATFORMS:
+        write_graph_model(repo, inner, backend, options)
     return repo
+
+
+GRAPH_PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+_TRITON_TYPES = {"int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
+
+
+def write_graph_model(repo: Path, artifact: Path, backend: str, options: TritonModelOptions) -> None:
+    """``mmcls_graph``: the exported graph as a model of Triton's native backend (see the module docstring)."""
+    assets = load_assets(artifact)
+    info = assets.export_info
+    platform, filename = GRAPH_PLATFORMS[backend]
+    version_dir = repo / "mmcls_graph" / "1"
+    version_dir.mkdir(parents=True)
+    shutil.copy2(artifact / filename, version_dir / filename)
+
+    def entries(specs: dict) -> str:
+        rows = []
+        for name, spec in specs.items():
+            dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in spec["shape"][1:])
+            rows.append(f'  {{ name: "{name}" data_type: {_TRITON_TYPES[spec["dtype"]]} dims: [ {dims} ] }}')
+        return ",\n".join(rows)
+
+    text = f"""# Written by mmcls: the bare exported graph (inputs/outputs as in export.json of mmcls/1/model).
+name: "mmcls_graph"
+platform: "{platform}"
+max_batch_size: {options.max_batch}
+dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}
+input [
+{entries(info["inputs"])}
+]
+output [
+{entries(info["outputs"])}
+]
+"""
+    (repo / "mmcls_graph" / "config.pbtxt").write_text(text, encoding="utf-8")
 
 
 def write_model_config(repo: Path, model_path: Path, options: TritonModelOptions) -> None:

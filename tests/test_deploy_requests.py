@@ -63,3 +63,69 @@ def test_refused_requests_name_the_input(decoder, request_inputs, message):
 def test_too_many_frames(decoder, jpeg_bytes):
     with pytest.raises(RequestError, match="input 'frames': 5 frames, at most 4"):
         decoder.decode(inputs(frames=[jpeg_bytes(1)] * 5))
+
+
+def test_triton_repository_layout(tmp_path):
+    """`export --format triton` (torch backend): a self-contained repository whose config names the inputs."""
+    from mmcls.deploy.export import export_model
+
+    model = tiny_model_dir(tmp_path / "model")
+    repo = export_model(model, tmp_path / "repo", "triton")
+    config = (repo / "mmcls" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "dynamic_batching" in config
+    for name in ("title", "asr", "ocr", "frames", "category_id", "lv1_id", "probs", "errors"):
+        assert f'name: "{name}"' in config
+    assert 'key: "mmcls_model" value { string_value: "model" }' in config
+    assert "TritonPythonModel" in (repo / "mmcls" / "1" / "model.py").read_text()
+    assert load_assets(repo / "mmcls" / "1" / "model").backend == "torch"
+
+
+def test_tensorrt_profile_and_missing_tensorrt(tmp_path):
+    from mmcls.config import Config
+    from mmcls.deploy.export import dynamic_dims, export_model
+    from mmcls.deploy.tensorrt import TensorRTUnavailable, profile_shapes
+
+    config = Config.from_yaml("tiny")
+    shapes = profile_shapes(dynamic_dims(config, 32), "pixels", config)
+    assert shapes["frames"] == ((1, 1, 3, 32, 32), (16, 4, 3, 32, 32), (32, 8, 3, 32, 32))
+    assert shapes["input_ids"] == ((1, 1), (16, 64), (32, 64))
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError):
+        model = tiny_model_dir(tmp_path / "model")
+        with pytest.raises(TensorRTUnavailable, match="pip install tensorrt"):
+            export_model(model, tmp_path / "plan", "tensorrt")
+        assert not (tmp_path / "plan").exists()
+        assert not list(tmp_path.glob(".plan.tmp-*"))
+
+
+def test_graph_model_config_for_native_triton_backends(tmp_path):
+    """With an ONNX file, the repository also describes the bare graph for Triton's onnxruntime backend."""
+    import json
+    import shutil
+
+    from mmcls.deploy.triton_repo import TritonModelOptions, write_graph_model
+
+    artifact = tmp_path / "artifact"
+    tiny_model_dir(artifact)
+    (artifact / "model.onnx").write_bytes(b"stand-in: only copied, never parsed here")
+    info = {
+        "format": "onnx",
+        "model_file": "model.onnx",
+        "inputs": {
+            "input_ids": {"dtype": "int64", "shape": ["batch", "text"]},
+            "frames": {"dtype": "uint8", "shape": ["batch", "frames", 3, 32, 32]},
+            "frame_mask": {"dtype": "bool", "shape": ["batch", "frames"]},
+        },
+        "outputs": {"lv1_probs": {"dtype": "float32", "shape": ["batch", 23]}},
+    }
+    (artifact / "export.json").write_text(json.dumps(info))
+    (artifact / "model.safetensors").unlink()
+    write_graph_model(tmp_path / "repo", artifact, "onnx", TritonModelOptions(max_batch=8))
+    config = (tmp_path / "repo" / "mmcls_graph" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 8" in config
+    assert '{ name: "frames" data_type: TYPE_UINT8 dims: [ -1, 3, 32, 32 ] }' in config
+    assert '{ name: "frame_mask" data_type: TYPE_BOOL dims: [ -1 ] }' in config
+    assert '{ name: "lv1_probs" data_type: TYPE_FP32 dims: [ 23 ] }' in config
+    assert (tmp_path / "repo" / "mmcls_graph" / "1" / "model.onnx").is_file()
+    shutil.rmtree(tmp_path / "repo")

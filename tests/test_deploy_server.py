@@ -183,3 +183,29 @@ def test_server_end_to_end(tmp_path):
         again.wait_ready()
     finally:
         assert again.stop() == 0
+
+
+def test_triton_repository_from_export_loads_in_tritonserver(tmp_path):
+    """`mmcls export --format triton` -> a repository that the wheel's tritonserver loads as it is and answers."""
+    from mmcls.deploy.client import classify_video
+
+    model = tiny_model_dir(tmp_path / "model")
+    repo = tmp_path / "repo"
+    result = subprocess.run(
+        mmcls_command("export", str(model), "--format", "triton", "--out", str(repo)),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    server = Server(repo, free_ports(3), tmp_path / "home")
+    try:
+        server.wait_ready()
+        answer = classify_video(server.url, title="标题", ocr="字幕", frames=[jpeg(), jpeg()])
+        assert answer.probs.shape == (200,)
+        assert abs(float(answer.probs.sum()) - 1.0) < 1e-4
+        assert answer.category_id[:2] == answer.lv1_id  # the parent of the predicted category
+        assert answer.errors == []
+    finally:
+        assert server.stop() == 0
