@@ -43,11 +43,13 @@ def build_inputs(args) -> tuple[Path, Path]:
 
     model_dir, data = args.work / f"model_{args.preset}", args.work / "data"
     if not model_dir.exists():
-        overrides = (
-            []
-            if args.preset == "tiny"
-            else ["model.text_encoder=null", "model.frame_encoder.pretrained=null"]
-        )
+        overrides = []
+        if args.preset != "tiny":  # random init, nothing downloaded: speed does not depend on the weights
+            overrides = [
+                "model.text_encoder=null",
+                "model.frame_encoder.pretrained=null",
+                "data.text.tokenizer=builtin:bert-base-chinese",
+            ]
         config = Config.from_yaml(args.preset, overrides=overrides)
         tokenizer = load_tokenizer("builtin:bert-base-chinese")
         torch.manual_seed(0)

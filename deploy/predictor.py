@@ -127,16 +127,7 @@ class Predictor:
         from mmcls.engine.distributed import resolve_device, world_info_from_env
 
         assets = load_assets(path)
-        backend = backend or assets.backend
-        if backend not in BACKENDS:
-            raise ArtifactError(f"--backend {backend!r}: use one of {BACKENDS}")
-        if backend != assets.backend:
-            hint = (
-                f"`mmcls export {path} --format {backend}` first"
-                if backend != "torch"
-                else "pass the model folder instead"
-            )
-            raise ArtifactError(f"{path}: holds a {assets.backend} model, not {backend}: {hint}")
+        backend = check_backend(path, assets, backend)
         torch_device = resolve_device(device, world_info_from_env())
         info = assets.export_info
         if info is not None and precision not in (None, info["precision"]):
@@ -209,6 +200,21 @@ class Predictor:
         order = np.argsort(preds.indices)
         category_ids = [categories.category_id(int(i)) for i in preds.pred[order]]
         return [r.id for r in records], preds, category_ids
+
+
+def check_backend(path: str | Path, assets: Assets, backend: str | None) -> str:
+    """The backend that runs ``path``: ``backend`` if the folder holds that kind of model, else an error."""
+    backend = backend or assets.backend
+    if backend not in BACKENDS:
+        raise ArtifactError(f"--backend {backend!r}: use one of {BACKENDS}")
+    if backend != assets.backend:
+        hint = (
+            f"`mmcls export {path} --format {backend}` first"
+            if backend != "torch"
+            else "pass the model folder"
+        )
+        raise ArtifactError(f"{path}: holds a {assets.backend} model, not {backend}: {hint}")
+    return backend
 
 
 def _numpy(value: Any, dtype: np.dtype) -> np.ndarray:

@@ -92,7 +92,8 @@ def is_triton_repository(path: Path) -> bool:
 def prepare_workspace(model: Path, options: ServeOptions) -> tuple[Path, Path]:
     """``(workspace, repository)``: a fresh folder with a Python backend whose stub matches this interpreter,
     and the model repository: the given one for a Triton repository, else one written into the workspace."""
-    from mmcls.deploy.artifact import is_artifact
+    from mmcls.deploy.artifact import is_artifact, load_assets
+    from mmcls.deploy.predictor import check_backend
     from mmcls.models.model_dir import resolve_model_dir
 
     home = os.environ.get("PYTRITON_HOME")
@@ -105,6 +106,7 @@ def prepare_workspace(model: Path, options: ServeOptions) -> tuple[Path, Path]:
         if is_triton_repository(model):
             return workspace, model
         served = model if is_artifact(model) else resolve_model_dir(model)
+        check_backend(model, load_assets(served), options.backend)  # fail here, not inside Triton
         model_options = TritonModelOptions(
             max_batch=options.max_batch,
             max_queue_delay_us=options.max_queue_delay_us,
