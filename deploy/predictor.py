@@ -134,6 +134,11 @@ class Predictor:
             raise ArtifactError(
                 f"{path}: exported in {info['precision']}; --precision {precision} needs another export"
             )
+        if backend == "torch" and precision == "fp16" and torch_device.type != "cuda":
+            raise ArtifactError(
+                "--precision fp16 with the torch backend needs CUDA; on the CPU use bf16 or fp32, "
+                "or an FP16 ONNX export (mmcls export --format onnx --fp16)"
+            )
         if backend == "torch":
             runner: Backend = TorchBackend(assets.folder, torch_device, precision or "fp32")
         else:

@@ -184,7 +184,10 @@ def serve(model: str | Path, options: ServeOptions) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         process = subprocess.Popen(
-            server_command(workspace, repository, options), env=server_env(), start_new_session=True
+            server_command(workspace, repository, options),
+            env=server_env(),
+            start_new_session=True,  # Ctrl-C reaches mmcls only; mmcls then stops Triton in order
+            preexec_fn=_die_with_parent,
         )
         _wait_ready(process, options, stop_requested)
         if not stop_requested:
@@ -207,6 +210,15 @@ def serve(model: str | Path, options: ServeOptions) -> int:
         shutil.rmtree(workspace, ignore_errors=True)
         _remove_shared_memory()
         print("mmcls serve: stopped", flush=True)
+
+
+def _die_with_parent() -> None:
+    """Linux: Triton gets SIGTERM if mmcls itself is killed (SIGKILL leaves no chance to stop it)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _shm_prefix() -> str:

@@ -129,3 +129,16 @@ def test_graph_model_config_for_native_triton_backends(tmp_path):
     assert '{ name: "lv1_probs" data_type: TYPE_FP32 dims: [ 23 ] }' in config
     assert (tmp_path / "repo" / "mmcls_graph" / "1" / "model.onnx").is_file()
     shutil.rmtree(tmp_path / "repo")
+
+
+def test_predictor_refuses_what_it_cannot_run(tmp_path):
+    from mmcls.deploy.artifact import ArtifactError
+    from mmcls.deploy.predictor import Predictor
+
+    model = tiny_model_dir(tmp_path / "model")
+    with pytest.raises(ArtifactError, match="fp16 with the torch backend needs CUDA"):
+        Predictor.from_path(model, precision="fp16", device="cpu")
+    with pytest.raises(ArtifactError, match="--backend 'tflite'"):
+        Predictor.from_path(model, "tflite", device="cpu")
+    with pytest.raises(ArtifactError, match="holds a torch model, not aoti"):
+        Predictor.from_path(model, "aoti", device="cpu")
