@@ -16,20 +16,45 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
     p.add_argument("--split", default="test", help="annotation split to predict (default: test)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
-    p.add_argument("--batch-size", type=int, default=64, help="videos per batch and process")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="videos per batch and process")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     p.add_argument(
         "--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="inference precision"
     )
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
-    from mmcls.engine.predict import predict_split, write_submission
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--batch-size 0`` is refused before anything is loaded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
-    ids, _, category_ids = predict_split(
+
+def error_report_path(out: Path) -> Path:
+    """Where the problem totals of a prediction go: ``result.csv`` -> ``result.data_errors.json``."""
+    return out.with_name(f"{out.stem}.data_errors.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmcls.data.annotations import annotation_path
+    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
+    from mmcls.engine.predict import (
+        check_submission_path,
+        predict_split,
+        write_error_report,
+        write_submission,
+    )
+
+    inputs = [annotation_path(args.data_root, args.split), args.model_dir]
+    check_submission_path(args.out, inputs)
+    check_submission_path(error_report_path(args.out), inputs)
+    ids, preds, category_ids = predict_split(
         args.model_dir,
         args.data_root,
         args.split,
@@ -40,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if world_info_from_env().is_main:  # under torchrun every rank holds all predictions; one file
         write_submission(args.out, ids, category_ids)
+        errors = dict(preds.frame_errors)
+        write_error_report(error_report_path(args.out), errors)
         print(f"wrote {len(ids)} predictions to {args.out}")
+        if errors:
+            totals = ", ".join(f"{kind}: {count}" for kind, count in sorted(errors.items()))
+            print(f"data problems (predicted from the text alone where frames were unreadable): {totals}")
     shutdown_distributed()
     return 0
