@@ -33,6 +33,7 @@ from mmcls.errors import MmclsError
 DATA_MARKER = ".mmcls-data"
 RUN_MARKER = ".mmcls-run"
 DEMO_MARKER = ".mmcls-demo"
+REPORT_MARKER = ".mmcls-report"
 
 
 class OutputError(MmclsError, OSError):

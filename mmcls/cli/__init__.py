@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "mmcls.cli.evaluate",
     "predict": "mmcls.cli.predict",
     "demo": "mmcls.cli.demo",
+    "info": "mmcls.cli.info",
 }
 
 

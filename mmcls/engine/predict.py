@@ -16,6 +16,7 @@ from mmcls.data.annotations import AnnotationError, annotation_path, first_dupli
 from mmcls.data.builders import build_dataset, build_eval_loader
 from mmcls.engine.distributed import check_precision, init_distributed, resolve_device, world_info_from_env
 from mmcls.engine.inference import Predictions, gather_predictions, predict_loader
+from mmcls.engine.logger import show_progress
 from mmcls.files import OutputError, atomic_write_json, atomic_writer, same_file
 from mmcls.models import load_model_dir
 
@@ -66,7 +67,7 @@ def predict_split(
         world_size=dist_info.world_size,
     )
     preds = predict_loader(
-        loaded.model, loader, torch_device, precision, progress=progress and dist_info.is_main
+        loaded.model, loader, torch_device, precision, progress=show_progress(progress) and dist_info.is_main
     )
     preds = gather_predictions(preds)  # all ranks' shares, each record once (a no-op in one process)
     order = np.argsort(preds.indices)

@@ -54,9 +54,10 @@ from mmcls.engine.distributed import (
     world_info_from_env,
 )
 from mmcls.engine.inference import autocast
-from mmcls.engine.logger import RunLogger
+from mmcls.engine.logger import RunLogger, show_progress
 from mmcls.engine.optim import build_optimizer, build_scheduler
 from mmcls.engine.run_dir import check_run_dir, start_run_dir
+from mmcls.engine.run_report import write_run_report
 from mmcls.engine.setup import TaskSetup, build_task
 from mmcls.engine.task import move_batch
 from mmcls.errors import MmclsError
@@ -332,7 +333,7 @@ class Trainer:
             total=self.steps_per_epoch,
             initial=step_in_epoch,
             desc=f"epoch {state.epoch + 1}/{tcfg.epochs}",
-            disable=not (self.dist.is_main and tcfg.progress_bar),
+            disable=not (self.dist.is_main and show_progress(tcfg.progress_bar)),
             dynamic_ncols=True,
         )
         self.task.train()
@@ -459,7 +460,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        progress = self.dist.is_main and self.cfg.train.progress_bar
+        progress = self.dist.is_main and show_progress(self.cfg.train.progress_bar)
         return self.setup.evaluate(self.task, loader, self.device, progress)
 
     def _write_data_report(self, split: str, errors: Counter) -> None:
@@ -524,8 +525,15 @@ def train(
     """
     start = time.time()
     owns_process_group = not is_initialized()  # a caller's own process group is left to the caller
-    result = Trainer(cfg, data_root, run_dir, resume=resume, setup=setup, overwrite=overwrite).fit()
-    log.info("training took %.1f s", time.time() - start)
+    trainer = Trainer(cfg, data_root, run_dir, resume=resume, setup=setup, overwrite=overwrite)
+    result = trainer.fit()
+    seconds = time.time() - start
+    log.info("training took %.1f s", seconds)
+    if trainer.dist.is_main and not result.interrupted:
+        try:
+            write_run_report(run_dir, cfg, result, seconds)
+        except Exception:  # the model is saved; a failed plot must not turn a finished run into a failure
+            log.exception("could not write curves.png / summary.md")
     if owns_process_group:
         shutdown_distributed()
     return result
