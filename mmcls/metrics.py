@@ -19,6 +19,7 @@ from sklearn.metrics import f1_score
 
 from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError
+from mmcls.files import check_regular_file
 
 SCORE_KEYS = ("lv1_micro_f1", "lv1_macro_f1", "lv2_micro_f1", "lv2_macro_f1", "mean_f1")
 
@@ -80,6 +81,7 @@ def _read_prediction_lines(
     path = Path(pred_csv)
     predictions: dict[str, tuple[str, int]] = {}
     try:
+        check_regular_file(path, what="prediction file")  # a FIFO would hang the read, a device never end
         handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise EvaluationError(f"{path}: cannot open prediction file: {exc}") from exc
@@ -128,6 +130,10 @@ def read_labels(ann_json: str | Path, categories: CategoryMap | None = None) -> 
     categories = categories or official_categories()
     known = set(categories.category_ids)
     path = Path(ann_json)
+    try:
+        check_regular_file(path, what="annotation file")
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot open annotation file: {exc.strerror or exc}") from exc
     if _looks_like_csv(path):
         labels = {
             video_id: cid

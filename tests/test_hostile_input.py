@@ -255,3 +255,16 @@ def test_frames_without_an_image_suffix_are_tried(tmp_path, write_zip, jpeg_byte
     write_zip(zip_path(tmp_path), {"frame_0": jpeg_bytes(10), "frame_1": jpeg_bytes(200)})
     clip = frames_source(tmp_path).read(VIDEO_ID)
     assert int(clip.mask.sum()) == 2 and clip.errors == []
+
+
+def test_evaluate_refuses_a_fifo_without_hanging(data_root, tmp_path, capsys):
+    fifo = tmp_path / "pred.csv"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    assert (
+        main(["evaluate", "--pred", str(fifo), "--ann", str(annotation_path(data_root, "test_labels"))]) == 2
+    )
+    assert "pred.csv: prediction file is a FIFO" in one_line(capsys)
+    assert main(["evaluate", "--pred", str(tmp_path / "x.csv"), "--ann", str(fifo)]) == 2
+    assert "annotation file is a FIFO" in one_line(capsys)
+    assert time.perf_counter() - start < 10
