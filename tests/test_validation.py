@@ -43,6 +43,8 @@ BAD_SETTINGS = [
     ("data.text.budgets={title: -5}", "data.text.budgets"),
     ("train.betas=[0.9, 1.5]", "train.betas"),
     ("train.ema_decay=1", "train.ema_decay"),
+    ("data.frames.max_frames=16", "data.frames.max_frames"),  # more than the tiny model's 8 positions
+    ("data.frames.source=zip_feats", "data.frames.source"),  # features need model.frame_encoder.type=identity
 ]
 
 

@@ -20,6 +20,7 @@ from mmcls.config import Config, ConfigError, flatten, resume_safe_keys, validat
 from mmcls.engine import checkpoint as ckpt
 from mmcls.errors import MmclsError
 from mmcls.files import RUN_MARKER, check_output_dir, claim_output_dir
+from mmcls.models.fusion import check_model_config
 
 log = logging.getLogger("mmcls.train")
 
@@ -51,10 +52,12 @@ def check_run_dir(
     Read-only, so every rank of a distributed run can call it before the process group exists.
     """
     validate(cfg)  # a config built or changed in code gets the same checks as one loaded from YAML
-    if num_classes is not None and cfg.model.num_classes != num_classes:
-        raise ConfigError(
-            f"model.num_classes={cfg.model.num_classes} does not match the {num_classes} categories"
-        )
+    if num_classes is not None:
+        if cfg.model.num_classes != num_classes:
+            raise ConfigError(
+                f"model.num_classes={cfg.model.num_classes} does not match the {num_classes} categories"
+            )
+        check_model_config(cfg)  # data/model consistency, which building the model would only find later
     if resume and overwrite:
         raise RunDirError("--resume continues a run and --overwrite starts it again: pass only one of them")
     latest = ckpt.latest_checkpoint(run_dir)
