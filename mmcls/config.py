@@ -383,11 +383,12 @@ def _describe(hint: Any) -> str:
     return " or ".join(names.get(a, str(a).replace("typing.", "")) for a in arms)
 
 
-def resume_safe_keys(cls: type = None) -> set[str]:  # type: ignore[assignment]
+def resume_safe_keys(cls: type | None = None) -> set[str]:
     """Dotted keys marked ``resume_safe`` (see :func:`setting`): what ``train --resume`` may change."""
+    cls = cls or Config
     keys: set[str] = set()
-    hints = typing.get_type_hints(cls or Config)
-    for f in dataclasses.fields(cls or Config):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             keys |= {f"{f.name}.{k}" for k in resume_safe_keys(hints[f.name])}
         elif f.metadata.get("resume_safe"):
