@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from mmcls.errors import MmclsError
+from mmcls.files import atomic_write_text
 
 # CLIP's normalisation constants (open_clip.constants.OPENAI_DATASET_MEAN/STD); repeated here so that the
 # data pipeline does not have to import open_clip.
@@ -28,33 +31,61 @@ class ConfigError(MmclsError, ValueError):
     """A configuration key or value is wrong; the message names the key."""
 
 
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Any = dataclasses.MISSING,
+    min: float | None = None,  # noqa: A002 - reads as the rule it is
+    max: float | None = None,  # noqa: A002
+    above: float | None = None,
+    below: float | None = None,
+    resume_safe: bool = False,
+) -> Any:
+    """A config field with its rules, checked when a config is loaded (see :func:`check_field`).
+
+    ``min``/``max`` are inclusive bounds, ``above``/``below`` exclusive ones; for a list, tuple or dict they
+    apply to every element. ``resume_safe``: the value may change when a run is resumed (``train --resume``
+    refuses any other change). The type comes from the annotation (``Literal[...]`` for a fixed set of
+    choices), so a field without rules can stay a plain ``name: type = default``.
+    """
+    rules = {"min": min, "max": max, "above": above, "below": below, "resume_safe": resume_safe}
+    rules = {k: v for k, v in rules.items() if v is not None and v is not False}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=rules)
+    return field(default=default, metadata=rules)
+
+
 @dataclass
 class TextConfig:
     # A HF tokenizer directory or hub name, or a WordPiece ``vocab.txt`` path. ``builtin:bert-base-chinese``
     # is the bert-base-chinese vocabulary shipped in the package (works offline).
     tokenizer: str = "builtin:bert-base-chinese"
-    fields: list[str] = field(default_factory=lambda: ["title", "asr", "ocr"])
+    fields: list[Literal["title", "asr", "ocr"]] = field(default_factory=lambda: ["title", "asr", "ocr"])
     # Per-field token budgets (without special tokens). Budget a field leaves unused goes to the next fields.
-    budgets: dict[str, int] = field(default_factory=lambda: {"title": 64, "asr": 96, "ocr": 92})
-    max_length: int = 256  # total, including [CLS] and one [SEP] per field
-    truncation: str = "head_tail"  # head | tail | head_tail
+    budgets: dict[str, int] = setting(factory=lambda: {"title": 64, "asr": 96, "ocr": 92}, min=0)
+    max_length: int = setting(256, min=2)  # total, including [CLS] and one [SEP] per field
+    truncation: Literal["head", "tail", "head_tail"] = "head_tail"
 
 
 @dataclass
 class FrameConfig:
-    source: str = "zip_frames"  # zip_frames | zip_feats | video | none
-    max_frames: int = 8
-    image_size: int = 224
+    source: Literal["zip_frames", "zip_feats", "video", "none"] = "zip_frames"
+    max_frames: int = setting(8, min=1)
+    image_size: int = setting(224, min=1)
     mean: tuple[float, float, float] = CLIP_MEAN
-    std: tuple[float, float, float] = CLIP_STD
-    feature_dim: int = 768  # width of zip_feats vectors
+    std: tuple[float, float, float] = setting(CLIP_STD, above=0)
+    feature_dim: int = setting(768, min=1)  # width of zip_feats vectors
     video_dir: str | None = None  # for source=video; default DATA_ROOT/videos/{split}
     video_ext: str = ".mp4"
     # What to do with a sample whose frames cannot be read: fall back to text only (empty frame mask),
     # drop the sample, or raise.
-    on_error: str = "text_only"  # text_only | drop | raise
-    max_member_bytes: int = 32 * 1024 * 1024  # refuse larger zip members (zip-bomb guard)
-    max_compression_ratio: float = 200.0
+    on_error: Literal["text_only", "drop", "raise"] = "text_only"
+    max_member_bytes: int = setting(32 * 1024 * 1024, min=1)  # refuse larger zip members (zip-bomb guard)
+    max_compression_ratio: float = setting(200.0, min=1)
+    # Refuse larger frame zips / feature zips / videos (a symlink to /dev/zero must not fill the memory).
+    max_file_bytes: int = setting(1024**3, min=1)
+    # Refuse images with more pixels, checked from the header before decoding (a tiny PNG can claim 12000^2).
+    max_image_pixels: int = setting(4096 * 4096, min=1)
 
 
 @dataclass
@@ -63,17 +94,17 @@ class DataConfig:
     frames: FrameConfig = field(default_factory=FrameConfig)
     train_split: str = "labeled"
     # Labeled records held out for validation (deterministic by seed); 0 disables evaluation.
-    val_fraction: float = 0.1
-    num_workers: int = 2
-    limit_train: int | None = None  # use only the first N labeled records (debugging)
+    val_fraction: float = setting(0.1, min=0, below=1)
+    num_workers: int = setting(2, min=0, resume_safe=True)
+    limit_train: int | None = setting(None, min=1)  # use only the first N labeled records (debugging)
 
 
 @dataclass
 class FrameEncoderConfig:
-    type: str = "open_clip"  # open_clip | timm | identity
+    type: Literal["open_clip", "timm", "identity"] = "open_clip"
     name: str = "ViT-B-16"  # open_clip model name or timm model name
     pretrained: str | None = "openai"  # open_clip tag / timm True-ish tag; null = random init
-    input_dim: int = 768  # identity: feature width; ignored otherwise
+    input_dim: int = setting(768, min=1)  # identity: feature width; ignored otherwise
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra kwargs for timm.create_model
     freeze: bool = False
 
@@ -84,10 +115,10 @@ class ModelConfig:
     text_encoder: str | None = "hfl/chinese-macbert-base"
     bert_config: dict[str, Any] = field(default_factory=dict)
     frame_encoder: FrameEncoderConfig = field(default_factory=FrameEncoderConfig)
-    max_frames: int = 32  # size of the frame position table (>= data.frames.max_frames)
-    num_classes: int = 200
-    dropout: float = 0.1
-    pooling: str = "cls_mean"  # cls | mean | cls_mean
+    max_frames: int = setting(32, min=1)  # size of the frame position table (>= data.frames.max_frames)
+    num_classes: int = setting(200, min=2)
+    dropout: float = setting(0.1, min=0, below=1)
+    pooling: Literal["cls", "mean", "cls_mean"] = "cls_mean"
     # Start from the weights of another model folder or run directory (a finished classifier, a pretraining
     # run, a larger teacher): every key present in both with the same shape is loaded, the rest keep their
     # initialisation; the log names what was loaded and what was not. null = start from the pretrained sources.
@@ -96,32 +127,35 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 32  # global batch (all processes together, before gradient accumulation)
-    eval_batch_size: int = 64
-    lr: float = 5e-5
-    frame_encoder_lr: float | None = 1e-5  # null = same as lr
-    head_lr: float | None = 5e-4  # classifier heads and projection; null = same as lr
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.06
-    min_lr_ratio: float = 0.0
-    grad_accum_steps: int = 1
-    clip_grad_norm: float | None = 1.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a grad scaler)
-    aux_loss_weight: float = 0.5  # weight of the video-only auxiliary loss
-    label_smoothing: float = 0.0
-    ema_decay: float | None = None  # e.g. 0.999; the EMA weights are evaluated and exported
-    seed: int = 42
-    eval_every_epochs: int = 1
-    log_every_steps: int = 10
-    checkpoint_every_steps: int = 200  # plus one at every epoch end
-    keep_last_checkpoints: int = 2
-    max_nonfinite_steps: int = 5  # stop after this many consecutive NaN/inf losses
-    distributed: str = "ddp"  # ddp | fsdp (only used under torchrun with world size > 1)
-    device: str = "auto"  # auto | cpu | cuda
-    progress_bar: bool = True
-    tensorboard: bool = True
+    epochs: int = setting(5, min=1, resume_safe=True)
+    # global batch (all processes together, before gradient accumulation)
+    batch_size: int = setting(32, min=1)
+    eval_batch_size: int = setting(64, min=1, resume_safe=True)
+    lr: float = setting(5e-5, above=0)
+    frame_encoder_lr: float | None = setting(1e-5, min=0)  # null = same as lr
+    head_lr: float | None = setting(5e-4, min=0)  # classifier heads and projection; null = same as lr
+    weight_decay: float = setting(0.01, min=0)
+    betas: tuple[float, float] = setting((0.9, 0.999), min=0, below=1)
+    warmup_ratio: float = setting(0.06, min=0, max=1)
+    min_lr_ratio: float = setting(0.0, min=0, max=1)
+    grad_accum_steps: int = setting(1, min=1)
+    clip_grad_norm: float | None = setting(1.0, above=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses a grad scaler
+    aux_loss_weight: float = setting(0.5, min=0)  # weight of the video-only auxiliary loss
+    label_smoothing: float = setting(0.0, min=0, below=1)
+    ema_decay: float | None = setting(None, above=0, below=1)  # e.g. 0.999; the EMA weights are evaluated
+    seed: int = setting(42, min=0)
+    eval_every_epochs: int = setting(1, min=1, resume_safe=True)
+    log_every_steps: int = setting(10, min=1, resume_safe=True)
+    checkpoint_every_steps: int = setting(200, min=1, resume_safe=True)  # plus one at every epoch end
+    keep_last_checkpoints: int = setting(2, min=1, resume_safe=True)
+    max_nonfinite_steps: int = setting(
+        5, min=1, resume_safe=True
+    )  # stop after this many NaN/inf losses in a row
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # only used under torchrun with world size > 1
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", resume_safe=True)
+    progress_bar: bool = setting(True, resume_safe=True)  # also off whenever stderr is not a terminal
+    tensorboard: bool = setting(True, resume_safe=True)
 
 
 @dataclass
@@ -142,7 +176,9 @@ class Config:
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(values).__name__}")
         values = apply_overrides(values, overrides or [])
@@ -155,21 +191,33 @@ class Config:
         return _to_plain(dataclasses.asdict(self))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
     def copy(self) -> Config:
         return copy.deepcopy(self)
 
 
 def resolve_preset(spec: str | Path) -> Path:
-    """``spec`` itself if it is a file, else the packaged preset ``configs/<spec>.yaml``."""
+    """``spec`` itself if it is a file, else the packaged preset ``configs/<spec>.yaml`` for a bare name.
+
+    Only a bare name (``tiny``, no folder, no suffix) can mean a preset: a path such as ``myexp/tiny.yaml`` that
+    does not exist is an error, never silently the preset of the same stem.
+    """
     path = Path(spec)
     if path.is_file():
         return path
-    preset = resources.files("mmcls.configs").joinpath(f"{path.stem}.yaml")
-    if path.suffix in ("", ".yaml") and preset.is_file():
-        return Path(str(preset))
-    raise ConfigError(f"{spec}: no such config file or preset (presets: tiny, base, feats)")
+    if path.exists():
+        raise ConfigError(f"{spec}: not a config file (a folder or a special file)")
+    presets = sorted(
+        p.name[: -len(".yaml")]
+        for p in resources.files("mmcls.configs").iterdir()
+        if p.name.endswith(".yaml")
+    )
+    is_name = path.name == str(spec) and not path.suffix
+    if is_name and str(spec) in presets:
+        return Path(str(resources.files("mmcls.configs").joinpath(f"{spec}.yaml")))
+    hint = f"; did you mean the preset {path.stem!r}?" if path.stem in presets and not is_name else ""
+    raise ConfigError(f"{spec}: no such config file or preset (presets: {', '.join(presets)}){hint}")
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -224,33 +272,139 @@ def _coerce_number(hint: Any, value: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected a number, got {value!r}") from None
 
 
-_CHOICES = {
-    "data.text.truncation": ("head", "tail", "head_tail"),
-    "data.frames.source": ("zip_frames", "zip_feats", "video", "none"),
-    "data.frames.on_error": ("text_only", "drop", "raise"),
-    "model.frame_encoder.type": ("open_clip", "timm", "identity"),
-    "model.pooling": ("cls", "mean", "cls_mean"),
-    "train.precision": ("fp32", "bf16", "fp16"),
-    "train.distributed": ("ddp", "fsdp"),
-    "train.device": ("auto", "cpu", "cuda"),
-}
-
-
+# ------------------------------------------------------------------------------------------------ validation
 def validate(cfg: Config) -> Config:
-    """Check enumerated settings and cross-field constraints; raise ConfigError naming the key."""
-    for key, choices in _CHOICES.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+    """Check every field's type and rules, then the cross-field constraints; raise ConfigError naming the key.
+
+    Called when a config is loaded and again by the commands that take a ``Config`` object (a config built or
+    changed in code gets the same checks), so a wrong value fails in well under a second, before any work.
+    """
+    _check_section(cfg, "")
     if cfg.data.frames.max_frames > cfg.model.max_frames:
         raise ConfigError(
             f"data.frames.max_frames={cfg.data.frames.max_frames} exceeds model.max_frames={cfg.model.max_frames}"
         )
-    if cfg.train.grad_accum_steps < 1:
-        raise ConfigError("train.grad_accum_steps must be >= 1")
     return cfg
+
+
+def _check_section(section: Any, prefix: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        key, value, hint = f"{prefix}{f.name}", getattr(section, f.name), hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            _check_section(value, f"{key}.")
+        else:
+            check_field(key, value, hint, f.metadata)
+
+
+def check_field(key: str, value: Any, hint: Any, rules: typing.Mapping[str, Any]) -> None:
+    """Raise ConfigError unless ``value`` has the type ``hint`` and follows ``rules`` (see :func:`setting`)."""
+    problem = _type_problem(value, hint)
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}")
+    for item in _elements(value):
+        problem = _range_problem(item, rules)
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}" + ("" if item is value else f" (in {value!r})"))
+
+
+def _elements(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
+
+
+def _range_problem(value: Any, rules: typing.Mapping[str, Any]) -> str | None:
+    if value is None or isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
+        return None
+    if "min" in rules and value < rules["min"]:
+        return f"{value!r} is below the minimum {rules['min']}"
+    if "max" in rules and value > rules["max"]:
+        return f"{value!r} is above the maximum {rules['max']}"
+    if "above" in rules and not value > rules["above"]:
+        return f"{value!r} must be greater than {rules['above']}"
+    if "below" in rules and not value < rules["below"]:
+        return f"{value!r} must be less than {rules['below']}"
+    return None
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """None if ``value`` fits ``hint``, else what is wrong (used for every config field)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        problems = [_type_problem(value, arm) for arm in args]
+        if any(p is None for p in problems):
+            return None
+        return f"expected {_describe(hint)}, got {value!r}"
+    if origin is Literal:
+        return None if value in args else f"{value!r} is not one of {list(args)}"
+    if hint is type(None):
+        return None if value is None else f"expected null, got {value!r}"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"expected an integer, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else f"expected a finite number, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"expected a string, got {value!r}"
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list, got {value!r}"
+        if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+            return f"expected a list of {len(args)} values, got {len(value)}: {list(value)!r}"
+        item_hints = [args[0]] * len(value) if origin is list or args[-1:] == (Ellipsis,) else list(args)
+        for item, item_hint in zip(value, item_hints):
+            problem = _type_problem(item, item_hint)
+            if problem is not None:
+                return f"{problem} (in {list(value)!r})"
+        return None
+    if origin is dict:
+        if not isinstance(value, dict):
+            return f"expected a mapping, got {value!r}"
+        key_hint, value_hint = args or (Any, Any)
+        for k, v in value.items():
+            problem = _type_problem(k, key_hint) or _type_problem(v, value_hint)
+            if problem is not None:
+                return f"{problem} (at {k!r})"
+        return None
+    return None  # a type these rules do not know: accepted as is
+
+
+def _describe(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return " or ".join(names.get(a, str(a).replace("typing.", "")) for a in arms)
+
+
+def resume_safe_keys(cls: type | None = None) -> set[str]:
+    """Dotted keys marked ``resume_safe`` (see :func:`setting`): what ``train --resume`` may change."""
+    cls = cls or Config
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys |= {f"{f.name}.{k}" for k in resume_safe_keys(hints[f.name])}
+        elif f.metadata.get("resume_safe"):
+            keys.add(f.name)
+    return keys
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for comparing two configs key by key)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _to_plain(value: Any) -> Any:

@@ -11,7 +11,15 @@ class MmclsError(Exception):
     """Bad input: the message says which file, record, field or key, and what is wrong with it."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (MmclsError, FileNotFoundError)
+# Besides MmclsError: file-system problems of the user's paths (a missing input, a folder where a file is
+# expected, no permission to write the output) are reported the same way.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    MmclsError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 def unwrap_worker_report(text: str, class_name: str) -> tuple[str, str | None]:

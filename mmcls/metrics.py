@@ -8,9 +8,10 @@ default). Category ids are strings throughout: ``"0103"`` keeps its leading zero
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from sklearn.metrics import f1_score
 
 from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError
+from mmcls.files import check_regular_file
 
 SCORE_KEYS = ("lv1_micro_f1", "lv1_macro_f1", "lv2_micro_f1", "lv2_macro_f1", "mean_f1")
 
@@ -72,17 +74,18 @@ def read_predictions(pred_csv: str | Path, categories: CategoryMap | None = None
 
 
 def _read_prediction_lines(
-    pred_csv: str | Path, categories: CategoryMap | None = None
+    pred_csv: str | Path, categories: CategoryMap | None = None, allow_header: bool = False
 ) -> dict[str, tuple[str, int]]:
-    """``{id: (category_id, line number)}``, validating every line."""
+    """``{id: (category_id, line number)}``, validating every line (``allow_header``: skip ``id,category_id``)."""
     known = set((categories or official_categories()).category_ids)
     path = Path(pred_csv)
     predictions: dict[str, tuple[str, int]] = {}
     try:
+        check_regular_file(path, what="prediction file")  # a FIFO would hang the read, a device never end
         handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise EvaluationError(f"{path}: cannot open prediction file: {exc}") from exc
-    with handle:
+    with handle, _utf8_errors(path):
         for line_no, row in enumerate(csv.reader(handle), start=1):
             if not row or all(not cell.strip() for cell in row):
                 continue  # blank lines (e.g. a trailing one) carry nothing
@@ -91,6 +94,8 @@ def _read_prediction_lines(
                     f"{path}: line {line_no}: expected 2 fields 'id,category_id', got {len(row)}: {row!r}"
                 )
             video_id, category_id = row[0].strip(), row[1].strip()
+            if allow_header and line_no == 1 and (video_id, category_id) == ("id", "category_id"):
+                continue
             if not video_id:
                 raise EvaluationError(f"{path}: line {line_no}: empty id")
             if category_id not in known:
@@ -108,13 +113,37 @@ def _read_prediction_lines(
     return predictions
 
 
+@contextlib.contextmanager
+def _utf8_errors(path: Path) -> Iterator[None]:
+    """Report bytes that are not UTF-8 as one line naming the file and the byte offset."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise EvaluationError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a chunk)"
+        ) from None
+
+
 def read_labels(ann_json: str | Path, categories: CategoryMap | None = None) -> dict[str, str]:
-    """Read ``{id: category_id}`` from a labeled annotation JSON (``labeled.json`` or ``test_labels.json``)."""
+    """Read ``{id: category_id}`` from labeled annotations: a JSON list (``labeled.json``, ``test_labels.json``)
+    or the official ground-truth CSV (``id,category_id`` lines, the submission format)."""
     categories = categories or official_categories()
     known = set(categories.category_ids)
     path = Path(ann_json)
     try:
-        with path.open(encoding="utf-8") as handle:
+        check_regular_file(path, what="annotation file")
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot open annotation file: {exc.strerror or exc}") from exc
+    if _looks_like_csv(path):
+        labels = {
+            video_id: cid
+            for video_id, (cid, _) in _read_prediction_lines(path, categories, allow_header=True).items()
+        }
+        if not labels:
+            raise EvaluationError(f"{path}: no records")
+        return labels
+    try:
+        with path.open(encoding="utf-8") as handle, _utf8_errors(path):
             records = json.load(handle)
     except OSError as exc:
         raise EvaluationError(f"{path}: cannot open annotation file: {exc}") from exc
@@ -141,6 +170,19 @@ def read_labels(ann_json: str | Path, categories: CategoryMap | None = None) -> 
     if not labels:
         raise EvaluationError(f"{path}: no records")
     return labels
+
+
+def _looks_like_csv(path: Path) -> bool:
+    """A ``.csv`` name, or content that does not start like JSON (after a BOM and whitespace)."""
+    if path.suffix.lower() == ".csv":
+        return True
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False  # read_labels reports the file in its own words
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return bool(head) and head[:1] not in (b"[", b"{")
 
 
 def evaluate_files(pred_csv: str | Path, ann_json: str | Path) -> dict[str, float]:

@@ -66,6 +66,15 @@ def test_require_label_and_bom_and_whitespace(tmp_path):
     assert (info.value.index, info.value.field) == (0, "category_id")
 
 
+def test_missing_asr_and_ocr_read_as_empty_like_the_official_baseline(tmp_path):
+    # Issue 12: the official baseline ignores asr/ocr, so a record without them is valid data (a record without
+    # ocr used to be an error here; a wrong type still is, see BAD_FIELDS).
+    record = good_record(0)
+    del record["asr"], record["ocr"]
+    loaded = load_records(write_json(tmp_path / "labeled.json", [record]))[0]
+    assert (loaded.asr, loaded.ocr, loaded.title) == ("", [], record["title"])
+
+
 BAD_FIELDS = [
     ("id", lambda r: r.update(id=123)),
     ("id", lambda r: r.update(id="12a4")),
@@ -75,7 +84,6 @@ BAD_FIELDS = [
     ("title", lambda r: r.update(title=["x"])),
     ("asr", lambda r: r.update(asr=None)),
     ("ocr", lambda r: r.update(ocr="text")),
-    ("ocr", lambda r: r.pop("ocr")),
     ("ocr[1]", lambda r: r["ocr"].__setitem__(1, "text")),
     ("ocr[0].time", lambda r: r["ocr"][0].update(time="0")),
     ("ocr[0].time", lambda r: r["ocr"][0].update(time=True)),

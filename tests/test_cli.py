@@ -57,7 +57,7 @@ def data_root(tmp_path_factory) -> Path:
 
 def test_help_lists_the_commands():
     out = mmcls("--help").stdout
-    for command in ("make-data", "train", "evaluate", "predict", "demo"):
+    for command in ("make-data", "train", "evaluate", "predict", "demo", "info"):
         assert command in out
 
 
@@ -81,6 +81,8 @@ def test_train_predict_evaluate_through_the_cli(data_root, tmp_path):
         "data_errors.json",
         "best/model.safetensors",
         "last/config.yaml",
+        "curves.png",
+        "summary.md",
     ):
         assert (run_dir / name).exists(), name
 

@@ -45,6 +45,7 @@ def test_layout_is_exactly_the_official_one(small):
     root, summary = small
     splits = {split: _records(root, split) for split in ("labeled", "unlabeled", "test")}
     expected = {f"annotations/{s}.json" for s in ("labeled", "unlabeled", "test", "test_labels")}
+    expected.add(".mmcls-data")  # the marker that lets make-data recognise (and only replace) its own output
     for split, records in splits.items():
         expected.add(f"zip_feats/{split}.zip")
         expected |= {f"zip_frames/{split}/{r['id'][-3:]}/{r['id']}.zip" for r in records}

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "mmcls.cli.evaluate",
     "predict": "mmcls.cli.predict",
     "demo": "mmcls.cli.demo",
+    "info": "mmcls.cli.info",
     "export": "mmcls.deploy.cli_export",
     "serve": "mmcls.deploy.cli_serve",
     "client": "mmcls.deploy.cli_client",

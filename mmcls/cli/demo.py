@@ -8,8 +8,6 @@ same data, which shows that the synthetic signal is split between the modalities
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-test", type=int, default=600, help="test synthetic videos")
     p.add_argument("--epochs", type=int, default=None, help="override the tiny preset's epochs")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="use an --out folder that the demo did not create (only the demo's own outputs are replaced)",
+    )
     return p
 
 
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         num_test=args.num_test,
         epochs=args.epochs,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -57,13 +61,20 @@ def run_demo(
     num_test: int = 600,
     epochs: int | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Run the demo under ``out`` (data in ``out/data``, one run directory per variant); returns the scores."""
+    """Run the demo under ``out`` (data in ``out/data``, one run directory per variant); returns the scores.
+
+    ``out`` must be new, empty or an earlier demo's folder (``overwrite`` allows any folder). Re-running the demo
+    replaces its own outputs only: files a user put into ``out`` or its run folders stay.
+    """
     from mmcls.data.synthetic import make_synthetic_dataset
+    from mmcls.files import DEMO_MARKER, atomic_write_json, claim_output_dir
 
     out = Path(out)
     data_root = out / "data"
     started = time.time()
+    claim_output_dir(out, DEMO_MARKER, overwrite=overwrite, command="demo")
     if not (data_root / "annotations" / "test_labels.json").exists():
         print(f"[demo] writing synthetic data to {data_root}")
         make_synthetic_dataset(data_root, num_labeled, 200, num_test, seed=seed)
@@ -72,7 +83,7 @@ def run_demo(
     for name in names:
         results[name] = _run_variant(name, data_root, out / name, epochs, seed)
     results_path = out / "results.json"
-    results_path.write_text(json.dumps(results, indent=2))
+    atomic_write_json(results_path, results)
     _print_table(results)
     print(f"[demo] total wall time {time.time() - started:.0f} s; scores in {results_path}")
     return results
@@ -90,10 +101,10 @@ def _run_variant(
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     cfg = Config.from_yaml("tiny", overrides)
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo owns its run directories
     start = time.time()
     print(f"[demo] training {name} ({cfg.train.epochs} epochs)")
-    result = train(cfg, data_root, run_dir)
+    # overwrite: a re-run replaces the run's own outputs (never the folder as a whole, nor a user's files in it)
+    result = train(cfg, data_root, run_dir, overwrite=True)
     ids, _, category_ids = predict_split(run_dir, data_root, "test", progress=False)
     submission = run_dir / "result.csv"
     write_submission(submission, ids, category_ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -11,15 +12,47 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate",
         help="score a submission CSV against labeled annotations (JSON)",
-        epilog="example: mmcls evaluate --pred runs/tiny/result.csv --ann data/annotations/test_labels.json",
+        epilog="example: mmcls evaluate --pred runs/tiny/result.csv --ann data/annotations/test_labels.json "
+        "--report runs/tiny/report",
     )
     p.add_argument("--pred", type=Path, required=True, help="submission CSV: id,category_id lines")
-    p.add_argument("--ann", type=Path, required=True, help="annotations with category_id")
+    p.add_argument(
+        "--ann",
+        type=Path,
+        required=True,
+        help="ground truth: annotations JSON with category_id, or the official id,category_id CSV",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write an HTML report with plots, per_class.csv and summary.json to DIR",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="let --report write into a folder it did not create"
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmcls.metrics import evaluate_files
+    from mmcls.metrics import evaluate_files, read_labels, read_predictions
 
-    print(json.dumps(evaluate_files(args.pred, args.ann), indent=2))
+    if args.report is not None:  # refuse a foreign report folder before any work
+        from mmcls.files import REPORT_MARKER, check_output_dir
+
+        check_output_dir(args.report, REPORT_MARKER, overwrite=args.overwrite)
+    scores = evaluate_files(args.pred, args.ann)  # validates both files completely
+    if args.report is not None:
+        from mmcls.report import load_titles, write_evaluation_report
+
+        write_evaluation_report(
+            args.report,
+            read_labels(args.ann),
+            read_predictions(args.pred),
+            titles=load_titles(args.ann),
+            sources={"predictions": str(args.pred), "ground truth": str(args.ann)},
+            overwrite=args.overwrite,
+        )
+        print(f"report: {args.report / 'index.html'}", file=sys.stderr)
+    print(json.dumps(scores, indent=2))
     return 0

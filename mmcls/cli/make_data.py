@@ -20,6 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     p.add_argument("--num-frames", type=int, default=8, help="most frames per video")
     p.add_argument("--image-size", type=int, default=64, help="frame size in pixels")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder that make-data did not create (files of the same names are replaced)",
+    )
     return p
 
 
@@ -34,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_frames=args.num_frames,
         image_size=args.image_size,
+        overwrite=args.overwrite,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

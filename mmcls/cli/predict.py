@@ -20,9 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
     p.add_argument("--split", default="test", help="annotation split to predict (default: test)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
-    p.add_argument("--batch-size", type=int, default=64, help="videos per batch and process")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="videos per batch and process")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     p.add_argument(
         "--precision",
         default=None,
@@ -38,13 +38,33 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--batch-size 0`` is refused before anything is loaded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def error_report_path(out: Path) -> Path:
+    """Where the problem totals of a prediction go: ``result.csv`` -> ``result.data_errors.json``."""
+    return out.with_name(f"{out.stem}.data_errors.json")
+
+
 def run(args: argparse.Namespace) -> int:
+    from mmcls.data.annotations import annotation_path
+    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
+    from mmcls.engine.predict import check_submission_path, predict_split
+
+    inputs = [annotation_path(args.data_root, args.split), args.model_dir]
+    check_submission_path(args.out, inputs)
+    check_submission_path(error_report_path(args.out), inputs)
     if args.backend not in (None, "torch") or (args.model_dir / "export.json").is_file():
         return _run_deployed(args)
-    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
-    from mmcls.engine.predict import predict_split, write_submission
-
-    ids, _, category_ids = predict_split(
+    ids, preds, category_ids = predict_split(
         args.model_dir,
         args.data_root,
         args.split,
@@ -54,16 +74,26 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision or "fp32",
     )
     if world_info_from_env().is_main:  # under torchrun every rank holds all predictions; one file
-        write_submission(args.out, ids, category_ids)
-        print(f"wrote {len(ids)} predictions to {args.out}")
+        _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))
     shutdown_distributed()
     return 0
+
+
+def _write_outputs(out: Path, ids: list[str], category_ids: list[str], errors: dict[str, int]) -> None:
+    """The submission CSV and the data-problem totals beside it (both atomically), and one summary line."""
+    from mmcls.engine.predict import write_error_report, write_submission
+
+    write_submission(out, ids, category_ids)
+    write_error_report(error_report_path(out), errors)
+    print(f"wrote {len(ids)} predictions to {out}")
+    if errors:
+        totals = ", ".join(f"{kind}: {count}" for kind, count in sorted(errors.items()))
+        print(f"data problems (predicted from the text alone where frames were unreadable): {totals}")
 
 
 def _run_deployed(args: argparse.Namespace) -> int:
     """An exported artifact (ONNX, AOTI, TensorRT) through ``mmcls.deploy``'s Predictor; one process."""
     from mmcls.deploy.predictor import Predictor
-    from mmcls.engine.predict import write_submission
 
     predictor = Predictor.from_path(
         args.model_dir, args.backend, device=args.device, precision=args.precision
@@ -71,6 +101,6 @@ def _run_deployed(args: argparse.Namespace) -> int:
     ids, preds, category_ids = predictor.predict_split(
         args.data_root, args.split, batch_size=args.batch_size, num_workers=args.num_workers
     )
-    write_submission(args.out, ids, category_ids)
-    print(f"wrote {len(ids)} predictions to {args.out} ({predictor.backend_name}, {predictor.precision})")
+    print(f"backend {predictor.backend_name}, precision {predictor.precision}")
+    _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))
     return 0

@@ -26,6 +26,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="override a config key (value parsed as YAML); repeatable",
     )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an --out that holds a run or that mmcls did not create "
+        "(mmcls's outputs there are replaced, other files kept)",
+    )
     return p
 
 
@@ -34,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from mmcls.engine.trainer import train
 
     cfg = Config.from_yaml(args.config, args.overrides)
-    result = train(cfg, args.data_root, args.out, resume=args.resume)
+    result = train(cfg, args.data_root, args.out, resume=args.resume, overwrite=args.overwrite)
     if result.interrupted:
         print(
             f"stopped at step {result.global_step}; continue with: mmcls train ... --out {args.out} --resume"

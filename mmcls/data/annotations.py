@@ -20,6 +20,7 @@ import ijson
 
 from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError, unwrap_worker_report
+from mmcls.files import InputFileError, open_regular
 
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
@@ -129,6 +130,26 @@ def load_records(path: str | Path, **kw: Any) -> list[Record]:
     return list(iter_records(path, **kw))
 
 
+def count_duplicate_ids(records: Iterable[Record]) -> int:
+    """How many records repeat the id of an earlier one (training counts them; prediction refuses them)."""
+    seen: set[str] = set()
+    repeats = 0
+    for record in records:
+        repeats += record.id in seen
+        seen.add(record.id)
+    return repeats
+
+
+def first_duplicate_id(records: list[Record]) -> tuple[int, str] | None:
+    """``(index, id)`` of the first record whose id appeared before, or None."""
+    seen: set[str] = set()
+    for index, record in enumerate(records):
+        if record.id in seen:
+            return index, record.id
+        seen.add(record.id)
+    return None
+
+
 def write_records(path: str | Path, records: Iterable[Record | dict[str, Any]]) -> None:
     """Write records as the official JSON list (UTF-8, ``ensure_ascii=False``), one record per line.
 
@@ -176,9 +197,11 @@ def load_labels(path: str | Path, *, categories: CategoryMap | None = None) -> d
 def _iter_items(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, item)`` for each element of the top-level JSON list, streaming."""
     try:
-        fh = path.open("rb")
+        fh = open_regular(path, what="annotation file")  # a FIFO or a device would hang or never end
     except FileNotFoundError:
         raise AnnotationError(path, "file not found") from None
+    except InputFileError as exc:
+        raise AnnotationError(path, exc.problem) from None
     with fh:
         _seek_to_list(fh, path)
         index = -1
@@ -222,8 +245,9 @@ def _parse_record(
         raise AnnotationError(path, f"expected a JSON object, got {_type_name(item)}", index)
     video_id = _check_id(item, path, index)
     title = _check_str(item, "title", path, index)
-    asr = _check_str(item, "asr", path, index)
-    ocr = _check_ocr(item, path, index)
+    # The official baseline ignores asr/ocr; records without them are valid there, so they read as empty here.
+    asr = _check_str(item, "asr", path, index) if "asr" in item else ""
+    ocr = _check_ocr(item, path, index) if "ocr" in item else []
     category_id = _check_category(item, path, index, valid_ids, required=require_label)
     return Record(id=video_id, title=title, asr=asr, ocr=ocr, category_id=category_id)
 

@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 
 from mmcls.config import ConfigError, FrameConfig
 from mmcls.errors import MmclsError, unwrap_worker_report
+from mmcls.files import InputFileError, check_regular_file, open_regular
 
 FRAME_ERROR_KINDS = (
     "missing_file",
@@ -211,8 +212,8 @@ class ZipFramesSource(_ImageSource):
 
     def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
         path = self.path(video_id)
-        with _open_zip(path) as zf:
-            members = sorted((i for i in zf.infolist() if _is_image_member(i)), key=lambda i: i.filename)
+        with _open_zip(path, self.cfg) as zf:
+            members, guessed = _frame_members(zf)
             if not members:
                 raise FrameError("no_frames", path, "the zip holds no image member")
             # One refused member makes the whole zip untrusted, whichever frames the sampler picks.
@@ -226,6 +227,8 @@ class ZipFramesSource(_ImageSource):
                 else:
                     errors.append(error)
         if not images:
+            if guessed:  # members without an image suffix were tried and none was an image
+                raise FrameError("no_frames", path, f"none of the {len(members)} members is a readable image")
             raise FrameError(errors[0], path, f"none of the {len(errors)} sampled frames could be read")
         return self._pad(self._to_chw(images), errors)
 
@@ -239,6 +242,7 @@ class ZipFramesSource(_ImageSource):
             return None, "bad_zip"
         try:
             with Image.open(io.BytesIO(data)) as image:
+                _check_pixels(image, self.cfg)  # from the header, before any pixel is decoded
                 # Let the JPEG decoder downscale by 1/2..1/8 while staying >= the target size: much faster.
                 image.draft("RGB", (self.image_size, self.image_size))
                 return self._fit(image), None
@@ -315,7 +319,7 @@ class ZipFeatsSource(FrameSource):
         pid = os.getpid()
         if self._zip is None or self._pid != pid:
             # A handle inherited through fork is dropped, not closed: it belongs to the parent.
-            zf = _open_zip(self.zip_path)
+            zf = _open_zip(self.zip_path, self.cfg)
             members: dict[str, zipfile.ZipInfo] = {}
             for info in zf.infolist():
                 name = info.filename
@@ -341,8 +345,12 @@ class VideoFileSource(_ImageSource):
         import decord  # lazy: decord wheels are missing on some platforms that only use zips
 
         path = self.path(video_id)
-        if not path.is_file():
-            raise FrameError("missing_file", path, "no such video file")
+        try:
+            check_regular_file(path, self.cfg.max_file_bytes, what="video file")
+        except FileNotFoundError:
+            raise FrameError("missing_file", path, "no such video file") from None
+        except InputFileError as exc:
+            raise FrameError("bad_video", path, exc.problem) from None
         try:
             # One decoding thread: DataLoader workers already provide the parallelism.
             reader = decord.VideoReader(str(path), num_threads=1)
@@ -382,17 +390,61 @@ def _check_video_id(video_id: str) -> None:
         raise ValueError(f"invalid video id {video_id!r}: expected letters, digits, '_' or '-'")
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def _open_zip(path: Path, cfg: FrameConfig) -> zipfile.ZipFile:
+    """Open a zip that is a regular file of at most ``cfg.max_file_bytes`` (not a FIFO, not ``/dev/zero``)."""
     try:
-        return zipfile.ZipFile(path)
+        handle = open_regular(path, cfg.max_file_bytes, what="zip file")
     except FileNotFoundError:
         raise FrameError("missing_file", path, "no such zip file") from None
+    except InputFileError as exc:
+        raise FrameError("bad_zip", path, exc.problem) from None
+    except OSError as exc:
+        raise FrameError("bad_zip", path, f"cannot open: {exc.strerror or exc}") from None
+    try:
+        return _OwnedZipFile(handle)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        handle.close()
         raise FrameError("bad_zip", path, f"not a readable zip file: {exc}") from None
+
+
+class _OwnedZipFile(zipfile.ZipFile):
+    """A ZipFile that closes the file object it was opened on (a plain ZipFile leaves a given file open)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle  # first: a failed __init__ still runs close() from __del__
+        super().__init__(handle)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._handle.close()
 
 
 def _is_image_member(info: zipfile.ZipInfo) -> bool:
     return not info.is_dir() and info.filename.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _frame_members(zf: zipfile.ZipFile) -> tuple[list[zipfile.ZipInfo], bool]:
+    """The frame members in name order, and whether they were guessed.
+
+    Members with an image suffix when there are any (other members, e.g. a ``meta.txt``, are left out);
+    otherwise every file member is tried, as the official baseline does (it decodes every member), so frames
+    stored without a suffix still count.
+    """
+    files = [i for i in zf.infolist() if not i.is_dir()]
+    images = [i for i in files if _is_image_member(i)]
+    chosen, guessed = (images, False) if images else (files, True)
+    return sorted(chosen, key=lambda i: i.filename), guessed
+
+
+def _check_pixels(image: Image.Image, cfg: FrameConfig) -> None:
+    """Refuse an image whose header claims more than ``cfg.max_image_pixels`` (a decompression bomb)."""
+    width, height = image.size
+    if width * height > cfg.max_image_pixels:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} pixels > max_image_pixels={cfg.max_image_pixels}"
+        )
 
 
 def _check_member_safe(info: zipfile.ZipInfo, path: Path, cfg: FrameConfig) -> None:

@@ -60,6 +60,8 @@ import numpy as np
 from PIL import Image
 
 from mmcls.data.categories import official_categories
+from mmcls.errors import MmclsError
+from mmcls.files import DATA_MARKER, atomic_writer, claim_output_dir
 
 SPLITS = ("labeled", "unlabeled", "test")
 WORLD_SEED = 2022  # fixes the task (codes, keywords, prototypes); ``seed`` only drives sampling
@@ -167,12 +169,15 @@ def make_synthetic_dataset(
     *,
     text_noise: float = 0.1,
     visual_noise: float = 0.1,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the official layout under ``out`` and return a summary.
 
     Videos have between ``ceil(num_frames / 2)`` and ``1.5 * num_frames`` frames (at most 32). ``videos`` > 0
-    also writes that many ``.mp4`` files per split (needs PyAV, ``pip install av``). Existing files of the
-    same names are overwritten; nothing else under ``out`` is touched. ``text_noise``/``visual_noise``: the
+    also writes that many ``.mp4`` files per split (needs PyAV, ``pip install av``). ``out`` must be new, empty
+    or an earlier synthetic dataset (it holds a ``.mmcls-data`` marker); any other non-empty folder is refused
+    unless ``overwrite`` (a user's real data root must not be replaced by accident). Files of the same names are
+    then replaced; nothing else under ``out`` is touched. ``text_noise``/``visual_noise``: the
     per-modality label noise (see the module docstring).
 
     Returns ``{"root", "seed", "counts": {split: videos}, "frames": {split: frames written},
@@ -185,6 +190,7 @@ def make_synthetic_dataset(
     encoder = _video_encoder() if videos > 0 else None
     start = time.perf_counter()
     out = Path(out)
+    claim_output_dir(out, DATA_MARKER, overwrite=overwrite, command="make-data")
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "zip_feats").mkdir(parents=True, exist_ok=True)
     task = synthetic_task()
@@ -220,6 +226,10 @@ def make_synthetic_dataset(
     return summary
 
 
+class SyntheticDataError(MmclsError, ValueError):
+    """An argument of the synthetic data generator is out of range; the message names it."""
+
+
 def _check_args(
     counts: dict[str, int],
     num_frames: int,
@@ -231,20 +241,20 @@ def _check_args(
 ) -> None:
     for name, value in counts.items():
         if value < 0:
-            raise ValueError(f"num_{name} must be >= 0, got {value}")
+            raise SyntheticDataError(f"num_{name} must be >= 0, got {value}")
     if not 1 <= num_frames <= _MAX_FEATURE_FRAMES:
-        raise ValueError(f"num_frames must be in [1, {_MAX_FEATURE_FRAMES}], got {num_frames}")
+        raise SyntheticDataError(f"num_frames must be in [1, {_MAX_FEATURE_FRAMES}], got {num_frames}")
     if image_size < 16:
-        raise ValueError(f"image_size must be >= 16, got {image_size}")
+        raise SyntheticDataError(f"image_size must be >= 16, got {image_size}")
     if feature_dim < 1:
-        raise ValueError(f"feature_dim must be >= 1, got {feature_dim}")
+        raise SyntheticDataError(f"feature_dim must be >= 1, got {feature_dim}")
     if videos < 0:
-        raise ValueError(f"videos must be >= 0, got {videos}")
+        raise SyntheticDataError(f"videos must be >= 0, got {videos}")
     if videos > 0 and image_size % 2:
-        raise ValueError(f"videos need an even image_size (yuv420p), got {image_size}")
+        raise SyntheticDataError(f"videos need an even image_size (yuv420p), got {image_size}")
     for name, value in (("text_noise", text_noise), ("visual_noise", visual_noise)):
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
+            raise SyntheticDataError(f"{name} must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -409,7 +419,7 @@ def _write_frame_zip(path: Path, frames: np.ndarray) -> None:
 
 
 def _write_json(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
+    with atomic_writer(path, "w", encoding="utf-8") as handle:
         json.dump(list(records), handle, ensure_ascii=False)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mmcls.errors import MmclsError
+from mmcls.files import file_mode
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
@@ -56,6 +57,7 @@ def save_checkpoint(run_dir: str | Path, global_step: int, state: dict[str, Any]
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, file_mode())  # mkstemp's 0600 would hide checkpoints from a team's shared storage
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from mmcls.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,13 +40,24 @@ def world_info_from_env() -> DistInfo:
     )
 
 
-def resolve_device(requested: str, info: DistInfo) -> torch.device:
+def resolve_device(requested: str, info: DistInfo, setting: str = "train.device") -> torch.device:
+    """The device for ``auto | cpu | cuda``; ``setting`` is how the user chose it (named in errors)."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{setting}={requested!r}: use auto, cpu or cuda")
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+        raise ConfigError(f"{setting}=cuda but no CUDA device is visible; use {setting}=cpu (or auto)")
     torch.cuda.set_device(info.local_rank)
     return torch.device("cuda", info.local_rank)
+
+
+def check_precision(precision: str, device: torch.device, setting: str = "train.precision") -> None:
+    """Refuse a precision the device cannot run: fp16 needs a GPU (the CPU has no fp16 kernels for training)."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"{setting}=fp16 needs a GPU, and this run is on the {device.type}; use bf16 or fp32"
+        )
 
 
 def init_distributed(device: torch.device) -> DistInfo:

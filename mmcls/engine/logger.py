@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from pathlib import Path
+
+
+def show_progress(requested: bool) -> bool:
+    """Progress bars only when asked for and stderr is a terminal: in a log file each redraw is a line."""
+    return requested and sys.stderr.isatty()
 
 
 class RunLogger:

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mmcls.data.annotations import annotation_path, load_records
+from mmcls.config import ConfigError
+from mmcls.data.annotations import AnnotationError, annotation_path, first_duplicate_id, load_records
 from mmcls.data.builders import build_dataset, build_eval_loader
-from mmcls.engine.distributed import init_distributed, resolve_device, world_info_from_env
+from mmcls.engine.distributed import check_precision, init_distributed, resolve_device, world_info_from_env
 from mmcls.engine.inference import Predictions, gather_predictions, predict_loader
+from mmcls.engine.logger import show_progress
+from mmcls.files import OutputError, atomic_write_json, atomic_writer, same_file
 from mmcls.models import load_model_dir
 
 
@@ -33,11 +36,25 @@ def predict_split(
 
     ``batch_size`` is per process.
     """
-    torch_device = resolve_device(device, world_info_from_env())
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size}: must be at least 1")
+    if num_workers is not None and num_workers < 0:
+        raise ConfigError(f"--num-workers={num_workers}: must be at least 0")
+    torch_device = resolve_device(device, world_info_from_env(), setting="--device")
+    check_precision(precision, torch_device, setting="--precision")
     dist_info = init_distributed(torch_device)
     loaded = load_model_dir(model_dir, device=torch_device)
     cfg = loaded.config
-    records = load_records(annotation_path(data_root, split), categories=loaded.categories)
+    ann_path = annotation_path(data_root, split)
+    records = load_records(ann_path, categories=loaded.categories)
+    if not records:
+        raise AnnotationError(ann_path, "no records to predict")
+    duplicate = first_duplicate_id(records)
+    if duplicate is not None:
+        # A submission needs one line per id: a repeated id would make it invalid (evaluate refuses it).
+        raise AnnotationError(
+            ann_path, f"duplicate id {duplicate[1]!r} (ids must be unique)", duplicate[0], "id"
+        )
     dataset = build_dataset(
         cfg, data_root, split, records, loaded.tokenizer, loaded.categories, train=False, on_error="text_only"
     )
@@ -50,7 +67,7 @@ def predict_split(
         world_size=dist_info.world_size,
     )
     preds = predict_loader(
-        loaded.model, loader, torch_device, precision, progress=progress and dist_info.is_main
+        loaded.model, loader, torch_device, precision, progress=show_progress(progress) and dist_info.is_main
     )
     preds = gather_predictions(preds)  # all ranks' shares, each record once (a no-op in one process)
     order = np.argsort(preds.indices)
@@ -60,9 +77,27 @@ def predict_split(
     return [r.id for r in records], preds, category_ids
 
 
-def write_submission(path: str | Path, ids: list[str], category_ids: list[str]) -> None:
-    """``id,category_id`` lines, no header, in annotation order (the challenge's submission format)."""
+def check_submission_path(path: str | Path, inputs: list[Path]) -> None:
+    """Refuse, before predicting, an output path that is a folder or one of the command's own input files."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; --out takes the path of the CSV file to write")
+    for item in inputs:
+        if same_file(path, item) or path.resolve() == item.resolve():
+            raise OutputError(
+                f"{path}: is an input of this command ({item}); write the predictions elsewhere"
+            )
+
+
+def write_submission(path: str | Path, ids: list[str], category_ids: list[str]) -> None:
+    """``id,category_id`` lines, no header, in annotation order (the challenge's submission format).
+
+    Written atomically: a failure (a full disk, a kill) leaves the previous file as it was.
+    """
+    with atomic_writer(path, "w", encoding="utf-8", newline="") as handle:
         csv.writer(handle, lineterminator="\n").writerows(zip(ids, category_ids))
+
+
+def write_error_report(path: str | Path, errors: dict[str, int]) -> None:
+    """``{"frames": {kind: count}, "total": n}``: the problems of a prediction run, like training's report."""
+    atomic_write_json(path, {"frames": dict(sorted(errors.items())), "total": int(sum(errors.values()))})

@@ -9,6 +9,7 @@ fine-tuning run (labelled records, ``mean_f1``); ``mmcls.pretrain`` provides the
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mmcls.config import Config
-from mmcls.data.annotations import annotation_path, load_records
+from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
 from mmcls.data.builders import build_dataset, split_train_val
 from mmcls.data.categories import official_categories
 from mmcls.data.text import load_tokenizer
@@ -29,6 +30,8 @@ from mmcls.engine.inference import gather_predictions, predict_loader
 from mmcls.engine.task import ClassificationTask, TrainingTask
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
+
+log = logging.getLogger("mmcls.train")
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,13 @@ class ClassificationSetup(TaskSetup):
         )
         if cfg.data.limit_train:
             records = records[: cfg.data.limit_train]
+        path = annotation_path(self.data_root, cfg.data.train_split)
+        if not records:
+            raise AnnotationError(path, "no labeled records to train on")
+        # Kept (each is a training sample) but counted: the trainer reports them in data_errors.json.
+        self.duplicate_ids = count_duplicate_ids(records)
+        if self.duplicate_ids:
+            log.warning("%s: %d records repeat an earlier id", path, self.duplicate_ids)
         train_records, val_records = split_train_val(records, cfg.data.val_fraction, cfg.train.seed)
         split = cfg.data.train_split
         train_set = build_dataset(

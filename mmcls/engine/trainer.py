@@ -36,8 +36,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.data import DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from mmcls.config import Config
+from mmcls.config import Config, ConfigError
 from mmcls.data.builders import build_eval_loader, build_loader
+from mmcls.data.categories import official_categories
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
     DistInfo,
@@ -45,6 +46,7 @@ from mmcls.engine.distributed import (
     all_reduce_mean,
     any_rank,
     barrier,
+    check_precision,
     init_distributed,
     is_initialized,
     resolve_device,
@@ -52,11 +54,14 @@ from mmcls.engine.distributed import (
     world_info_from_env,
 )
 from mmcls.engine.inference import autocast
-from mmcls.engine.logger import RunLogger
+from mmcls.engine.logger import RunLogger, show_progress
 from mmcls.engine.optim import build_optimizer, build_scheduler
+from mmcls.engine.run_dir import check_run_dir, start_run_dir
+from mmcls.engine.run_report import write_run_report
 from mmcls.engine.setup import TaskSetup, build_task
 from mmcls.engine.task import move_batch
 from mmcls.errors import MmclsError
+from mmcls.files import atomic_write_json
 from mmcls.models import load_init_weights
 
 log = logging.getLogger("mmcls.train")
@@ -171,35 +176,33 @@ class Trainer:
         run_dir: str | Path,
         resume: bool = False,
         setup: TaskSetup | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.cfg = cfg
         self.data_root = Path(data_root)
         self.run_dir = Path(run_dir)
         self.resume = resume
-        if not resume and ckpt.latest_checkpoint(self.run_dir) is not None:
-            raise TrainingError(
-                f"{self.run_dir} already holds checkpoints: pass --resume to continue that run, "
-                "or choose a new --out"
-            )
+        # Everything that can be refused is refused here, before any data is read or any file written.
+        # model.num_classes must match the official categories for classification (the default setup).
+        num_classes = official_categories().num_lv2 if setup is None else None
+        check_run_dir(cfg, self.run_dir, resume=resume, overwrite=overwrite, num_classes=num_classes)
         tcfg = cfg.train
-        if tcfg.precision == "fp16" and tcfg.device == "cpu":
-            raise ValueError("train.precision=fp16 needs a GPU; use bf16 or fp32 on the CPU")
 
         # ---- processes and devices
         self.device = resolve_device(tcfg.device, world_info_from_env())
+        check_precision(tcfg.precision, self.device)
         self.dist: DistInfo = init_distributed(self.device)
         if not self.dist.is_main:
             # One voice in the log: the other ranks report warnings and errors only.
             logging.getLogger("mmcls").setLevel(logging.WARNING)
         if tcfg.batch_size % (self.dist.world_size) != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size={tcfg.batch_size} (global) must be divisible by the world size "
                 f"{self.dist.world_size}"
             )
         self.local_batch = tcfg.batch_size // self.dist.world_size
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.yaml")
+            start_run_dir(cfg, self.run_dir, resume=resume, overwrite=overwrite)
         barrier()
 
         # ---- data
@@ -218,7 +221,7 @@ class Trainer:
         batches = len(self.train_sampler) // self.local_batch
         self.steps_per_epoch = batches // tcfg.grad_accum_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(self.train_set)} training records give no full step of batch_size={tcfg.batch_size} "
                 f"x grad_accum_steps={tcfg.grad_accum_steps}"
             )
@@ -330,7 +333,7 @@ class Trainer:
             total=self.steps_per_epoch,
             initial=step_in_epoch,
             desc=f"epoch {state.epoch + 1}/{tcfg.epochs}",
-            disable=not (self.dist.is_main and tcfg.progress_bar),
+            disable=not (self.dist.is_main and show_progress(tcfg.progress_bar)),
             dynamic_ncols=True,
         )
         self.task.train()
@@ -457,7 +460,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        progress = self.dist.is_main and self.cfg.train.progress_bar
+        progress = self.dist.is_main and show_progress(self.cfg.train.progress_bar)
         return self.setup.evaluate(self.task, loader, self.device, progress)
 
     def _write_data_report(self, split: str, errors: Counter) -> None:
@@ -474,7 +477,12 @@ class Trainer:
         part.pop("total", None)  # recomputed below, and kept last
         part[f"epoch_{self.state.epoch + 1}"] = dict(errors)
         part["total"] = dict(sum((Counter(v) for v in part.values()), Counter()))
-        path.write_text(json.dumps(report, indent=2))
+        duplicate_ids = getattr(
+            self.setup, "duplicate_ids", 0
+        )  # counted by the setup when it read the records
+        if duplicate_ids:
+            report["annotations"] = {"duplicate_ids": duplicate_ids}
+        atomic_write_json(path, report)
 
     def _release(self, name: str) -> None:
         """Write the evaluated weights as a model folder (run_dir/best or run_dir/last)."""
@@ -507,15 +515,25 @@ def train(
     run_dir: str | Path,
     resume: bool = False,
     setup: TaskSetup | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train ``cfg`` on ``data_root``, writing checkpoints, logs and model folders to ``run_dir``.
 
-    ``setup``: what is trained; default classification (``mmcls pretrain`` passes its own).
+    ``setup``: what is trained; default classification (``mmcls pretrain`` passes its own). ``overwrite``
+    starts a run again in a folder that holds one (or that mmcls did not create); see
+    :mod:`mmcls.engine.run_dir`.
     """
     start = time.time()
     owns_process_group = not is_initialized()  # a caller's own process group is left to the caller
-    result = Trainer(cfg, data_root, run_dir, resume=resume, setup=setup).fit()
-    log.info("training took %.1f s", time.time() - start)
+    trainer = Trainer(cfg, data_root, run_dir, resume=resume, setup=setup, overwrite=overwrite)
+    result = trainer.fit()
+    seconds = time.time() - start
+    log.info("training took %.1f s", seconds)
+    if trainer.dist.is_main and not result.interrupted:
+        try:
+            write_run_report(run_dir, cfg, result, seconds)
+        except Exception:  # the model is saved; a failed plot must not turn a finished run into a failure
+            log.exception("could not write curves.png / summary.md")
     if owns_process_group:
         shutdown_distributed()
     return result

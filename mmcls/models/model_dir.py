@@ -26,12 +26,15 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mmcls.config import Config
 from mmcls.data.categories import CategoryMap
+from mmcls.errors import MmclsError
+from mmcls.files import check_regular_file, file_mode
 from mmcls.models.fusion import MultimodalClassifier
 
 CONFIG_FILE = "config.yaml"
@@ -50,6 +53,10 @@ _BERT_META_KEYS = (
     "dtype",
     "torch_dtype",
 )
+
+
+class ModelDirError(MmclsError, ValueError):
+    """A model folder's files are unusable (corrupt weights, a broken category map, a mismatched config)."""
 
 
 @dataclass
@@ -99,6 +106,9 @@ def save_model_dir(
     categories_dict = {**categories.to_dict(), "labeled_counts": list(categories.labeled_counts)}
     _write_json(tmp / CATEGORIES_FILE, categories_dict)
     _write_json(tmp / INFO_FILE, _model_info(model, config))
+    for item in tmp.iterdir():  # safetensors writes 0600: give the folder ordinary, shareable permissions
+        if item.is_file():
+            item.chmod(file_mode())
     _replace_dir(tmp, path)
 
 
@@ -112,27 +122,74 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
     ]
     if missing:
         raise FileNotFoundError(f"{folder}: incomplete model folder, missing {missing}")
+    for name in (CONFIG_FILE, WEIGHTS_FILE, CATEGORIES_FILE):
+        check_regular_file(folder / name, what=name)
     config = Config.from_yaml(folder / CONFIG_FILE)
-    try:
-        categories = CategoryMap.from_dict(json.loads((folder / CATEGORIES_FILE).read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{folder / CATEGORIES_FILE}: not a valid category map: {exc}") from exc
+    categories = _load_categories(folder / CATEGORIES_FILE)
     if categories.num_lv2 != config.model.num_classes:
-        raise ValueError(
+        raise ModelDirError(
             f"{folder}: {CATEGORIES_FILE} has {categories.num_lv2} categories, "
             f"{CONFIG_FILE} says model.num_classes={config.model.num_classes}"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    frames = config.data.frames
-    model = MultimodalClassifier(
-        config.model, image_size=frames.image_size, pixel_mean=tuple(frames.mean), pixel_std=tuple(frames.std)
-    ).to(device)
     try:
-        load_model(model, str(folder / WEIGHTS_FILE), strict=True, device=str(device))
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelDirError(f"{folder}: the tokenizer files cannot be loaded: {_first_line(exc)}") from exc
+    frames = config.data.frames
+    try:
+        model = MultimodalClassifier(
+            config.model,
+            image_size=frames.image_size,
+            pixel_mean=tuple(frames.mean),
+            pixel_std=tuple(frames.std),
+        ).to(device)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise ModelDirError(
+            f"{folder / CONFIG_FILE}: does not describe a model that can be built: {_first_line(exc)}"
+        ) from exc
+    weights = folder / WEIGHTS_FILE
+    try:
+        load_model(model, str(weights), strict=True, device=str(device))
+    except SafetensorError as exc:
+        raise ModelDirError(
+            f"{weights}: not a readable safetensors file (empty, truncated or another format): {_first_line(exc)}"
+        ) from exc
     except RuntimeError as exc:
-        raise RuntimeError(f"{folder / WEIGHTS_FILE}: weights do not match {CONFIG_FILE}: {exc}") from exc
+        raise ModelDirError(
+            f"{weights}: weights do not match {CONFIG_FILE}: {_mismatch_summary(exc)}"
+        ) from exc
     model.eval()
     return LoadedModel(model=model, config=config, tokenizer=tokenizer, categories=categories, path=folder)
+
+
+def _load_categories(path: Path) -> CategoryMap:
+    """The folder's category map, checked enough that a hand-edited or corrupt file fails here, in one line."""
+    try:
+        values = json.loads(path.read_bytes().decode("utf-8"))
+        ids, lv1 = values["category_ids"], values.get("lv1_of_lv2")
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(c, str) and c[:2].isdigit() for c in ids)
+        ):
+            raise ValueError("category_ids must be a non-empty list of id strings like '0103'")
+        if lv1 is not None and (not isinstance(lv1, list) or len(lv1) != len(ids)):
+            raise ValueError("lv1_of_lv2 must be a list as long as category_ids")
+        return CategoryMap.from_dict(values)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        detail = f"missing key {exc}" if isinstance(exc, KeyError) else _first_line(exc)
+        raise ModelDirError(f"{path}: not a valid category map: {detail}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _mismatch_summary(exc: RuntimeError) -> str:
+    """torch's 70-line key/shape mismatch report cut to its first few names."""
+    text = " ".join(str(exc).split())
+    return text[:300] + (" ..." if len(text) > 300 else "")
 
 
 def resolve_model_dir(path: str | Path) -> Path:
