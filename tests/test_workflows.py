@@ -218,6 +218,29 @@ def test_distillation_kl_is_zero_for_a_matching_student_and_scales_with_t_square
     torch.testing.assert_close(distillation_kl(student, teacher, 1.0), kl_t1, rtol=1e-4, atol=1e-5)
 
 
+def test_a_class_subset_restricts_the_loss_to_the_groups_classes():
+    from mmcls.engine.soft_targets import TrainingTargets
+
+    mask = torch.tensor([lv1 == 3 for lv1 in LV1])
+    logits = torch.randn(6, 200)
+    in_group = torch.nonzero(mask).flatten()
+    labels = in_group[torch.randint(0, len(in_group), (6,))]
+    loss = TrainingTargets(class_mask=mask).cross_entropy(logits, labels, torch.arange(6), 0.0)
+    subset_labels = torch.searchsorted(in_group, labels)
+    expected = F.cross_entropy(logits[:, in_group], subset_labels, reduction="none")
+    torch.testing.assert_close(loss, expected)
+
+
+def test_probability_files_are_looked_up_by_id(tmp_path):
+    from mmcls.engine.prob_files import ProbFileError, rows_for, save_probs
+
+    probs = np.random.default_rng(0).random((3, 200)).astype(np.float32)
+    save_probs(tmp_path / "p.npy", probs, ["7", "8", "9"], CATEGORIES, split="labeled")
+    np.testing.assert_array_equal(rows_for(tmp_path / "p.npy", ["9", "7"], CATEGORIES), probs[[2, 0]])
+    with pytest.raises(ProbFileError, match="no probabilities for 1 of the 2 records"):
+        rows_for(tmp_path / "p.npy", ["9", "6"], CATEGORIES)
+
+
 def _pseudo_labels(data_root: Path, path: Path, soft: bool) -> Path:
     """The unlabeled records with arbitrary labels, as one-hot soft targets or as hard labels."""
     records = load_records(annotation_path(data_root, "unlabeled"))[:32]

@@ -80,7 +80,11 @@ def run_kfold(
     cfg = kfold_config(cfg, num_folds, seed)
     owns_process_group = not is_initialized()
     info = init_distributed(resolve_device(cfg.train.device, world_info_from_env()))
-    _check_plan(out_dir, cfg, resume, info.is_main)
+    fresh = _check_plan(out_dir, cfg, resume)
+    barrier()  # every rank has looked before rank 0 writes the plan
+    if fresh and info.is_main:
+        write_json(out_dir / KFOLD_FILE, _plan(cfg))
+    barrier()
 
     categories = official_categories()
     records = load_records(
@@ -137,8 +141,8 @@ def _plan(cfg: Config) -> dict[str, Any]:
     return {"num_folds": cfg.data.num_folds, "fold_seed": cfg.data.fold_seed, "config": values}
 
 
-def _check_plan(out_dir: Path, cfg: Config, resume: bool, is_main: bool) -> None:
-    """A new kfold needs a fresh directory; a resumed one must have the same folds and config."""
+def _check_plan(out_dir: Path, cfg: Config, resume: bool) -> bool:
+    """A new kfold needs a fresh directory; a resumed one must have the same folds and config. True: new."""
     plan_path = out_dir / KFOLD_FILE
     plan = _plan(cfg)
     if plan_path.is_file():
@@ -152,12 +156,10 @@ def _check_plan(out_dir: Path, cfg: Config, resume: bool, is_main: bool) -> None
             raise KFoldError(
                 f"{plan_path}: --resume with other settings than the saved run: {', '.join(differences[:5])}"
             )
-        return
+        return False
     if out_dir.exists() and any(out_dir.iterdir()):
         raise KFoldError(f"{out_dir} is not empty and holds no kfold run ({KFOLD_FILE}): choose a new --out")
-    if is_main:
-        write_json(plan_path, plan)
-    barrier()
+    return True
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
