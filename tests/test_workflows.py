@@ -95,7 +95,7 @@ def test_fold_selection_covers_the_labeled_split_once(data_root):
     records = labeled_records(data_root)
     cfg = tiny_config("data.num_folds=3", "data.fold=0")
     seen: list[str] = []
-    for k in range(2):
+    for k in range(3):
         cfg.data.fold = k
         train, val = split_labeled(records, cfg.data, cfg.train.seed, CATEGORIES)
         assert not {r.id for r in train} & {r.id for r in val}
