@@ -131,6 +131,11 @@ class ConcatTrainingSets(torch.utils.data.Dataset):
         for part in self.parts:
             part.set_epoch(epoch)
 
+    @property
+    def collate_fn(self):
+        """The parts' collate function (they are all plain video-text datasets)."""
+        return self.parts[0].collate_fn
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         which = int(np.searchsorted(self.offsets, index, side="right")) - 1
         sample = self.parts[which][index - int(self.offsets[which])]
