@@ -369,3 +369,18 @@ def test_kfold_oof_lines_up_with_record_ids_resumes_and_feeds_the_other_workflow
         "--min-confidence", "0", "--num-workers", "0",
     )  # fmt: skip
     assert len(load_records(labels_json, require_label=True)) == 60
+
+
+@pytest.mark.slow
+def test_an_exported_onnx_artifact_is_a_member_like_its_model(data_root, tmp_path):
+    from mmcls.deploy.export import export_model
+    from mmcls.workflows.members import load_member
+
+    model = random_model_dir(tmp_path / "model", seed=3)
+    artifact = export_model(model, tmp_path / "onnx", "onnx")
+    ids, torch_probs = load_member(model).predict(data_root, "test", OPTIONS)
+    onnx_member = load_member(artifact)
+    assert type(onnx_member).__name__ == "ExportedArtifact"
+    onnx_ids, onnx_probs = onnx_member.predict(data_root, "test", OPTIONS)
+    assert onnx_ids == ids
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)

@@ -8,9 +8,10 @@ in turn whether it recognises that path. Three kinds exist in the core:
 - a ``mmcls group-finetune`` directory: its base model, with each level-1 group's fine-tuned model replacing
   the base's distribution inside the group it routes a record to.
 
-Another backend (an exported ONNX/TensorRT artifact served by ``mmcls.deploy``) slots in as one more entry:
-a class with ``accepts(path)`` and ``predict(...)``, imported lazily by its dotted name so the core does not
-import ``mmcls.deploy``.
+An exported artifact (ONNX, AOTInductor, TensorRT; ``mmcls export``) is the last entry,
+``mmcls.deploy.ensemble_member.ExportedArtifact``, named as a string: it is imported only when a path is none of
+the kinds above, so the workflows do not import ``mmcls.deploy`` otherwise. Another backend slots in the same
+way: a class with ``accepts(path)``, ``predict(...)`` and ``oof_path()``.
 """
 
 from __future__ import annotations
@@ -176,7 +177,12 @@ class GroupFinetuned:
 
 # Tried in order; the first whose ``accepts(path)`` is true loads the member. A "module:Class" string is
 # imported only when reached (how an exported-artifact backend from mmcls.deploy would be added).
-MEMBER_TYPES: list[type | str] = [KFoldMean, GroupFinetuned, TorchModel]
+MEMBER_TYPES: list[type | str] = [
+    KFoldMean,
+    GroupFinetuned,
+    TorchModel,
+    "mmcls.deploy.ensemble_member:ExportedArtifact",
+]
 
 
 def load_member(path: str | Path) -> Member:
@@ -188,8 +194,8 @@ def load_member(path: str | Path) -> Member:
         if kind.accepts(path):
             return kind(path)
     raise MemberError(
-        f"{path}: not a model folder, a run directory (best/), a kfold directory ({KFOLD_FILE}) "
-        f"or a group-finetune directory ({GROUPS_FILE})"
+        f"{path}: not a model folder, a run directory (best/), a kfold directory ({KFOLD_FILE}), "
+        f"a group-finetune directory ({GROUPS_FILE}) or an exported artifact (export.json)"
     )
 
 
