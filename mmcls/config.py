@@ -97,6 +97,19 @@ class DataConfig:
     val_fraction: float = setting(0.1, min=0, below=1)
     num_workers: int = setting(2, min=0, resume_safe=True)
     limit_train: int | None = setting(None, min=1)  # use only the first N labeled records (debugging)
+    # K-fold selection (``mmcls kfold`` sets these): with ``num_folds`` set, the validation records are fold
+    # ``fold`` of a split stratified by level-2 class (seeded by ``fold_seed``) instead of the random
+    # ``val_fraction`` hold-out. The same (records, num_folds, fold_seed) give the same folds in every run.
+    num_folds: int | None = setting(None, min=2)
+    fold: int | None = setting(None, min=0)
+    fold_seed: int = setting(0, min=0)
+    # Extra training records: annotation files (e.g. written by ``mmcls pseudo-label``) whose records are
+    # appended to the training records (never to validation). A record may carry soft targets
+    # (``soft_label``) and the split its frames come from (``source_split``, default ``unlabeled``).
+    extra_train: list[str] = field(default_factory=list)
+    # Train and validate on these level-1 groups only (``mmcls group-finetune``); the split is made first,
+    # so the validation records are the full run's, and the loss is restricted to the groups' classes.
+    lv1_groups: list[int] | None = setting(None, min=0)
 
 
 @dataclass
@@ -144,6 +157,13 @@ class TrainConfig:
     aux_loss_weight: float = setting(0.5, min=0)  # weight of the video-only auxiliary loss
     label_smoothing: float = setting(0.0, min=0, below=1)
     ema_decay: float | None = setting(None, above=0, below=1)  # e.g. 0.999; the EMA weights are evaluated
+    # Knowledge distillation: teacher probabilities for every training record, from a probabilities file
+    # (``ensemble --save-probs P.npy`` or a kfold ``oof.npy``, with its ``.json`` of ids) or a teacher model
+    # folder / run directory (predicted once at start). The fused loss becomes
+    # (1 - distill_weight) * CE(labels) + distill_weight * T^2 * KL(teacher_T || student_T).
+    distill_from: str | None = None
+    distill_weight: float = setting(0.5, min=0, max=1)
+    distill_temperature: float = setting(2.0, above=0)
     seed: int = setting(42, min=0)
     eval_every_epochs: int = setting(1, min=1, resume_safe=True)
     log_every_steps: int = setting(10, min=1, resume_safe=True)
@@ -284,7 +304,22 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"data.frames.max_frames={cfg.data.frames.max_frames} exceeds model.max_frames={cfg.model.max_frames}"
         )
+    _check_workflow_settings(cfg)
     return cfg
+
+
+def _check_workflow_settings(cfg: Config) -> None:
+    """Cross-field rules of the multi-model workflows' settings (folds, extra records, level-1 groups)."""
+    data = cfg.data
+    if (data.num_folds is None) != (data.fold is None):
+        raise ConfigError("data.num_folds and data.fold go together: set both or neither")
+    if data.num_folds is not None and data.fold >= data.num_folds:
+        raise ConfigError(f"data.fold must be in [0, {data.num_folds}), got {data.fold}")
+    if data.lv1_groups is not None and not data.lv1_groups:
+        raise ConfigError("data.lv1_groups must name at least one level-1 group (or be null)")
+    if data.lv1_groups is not None and data.extra_train:
+        # The loss is restricted to the groups' classes; extra records of other groups would be unlearnable.
+        raise ConfigError("data.lv1_groups cannot be combined with data.extra_train")
 
 
 def _check_section(section: Any, prefix: str) -> None:

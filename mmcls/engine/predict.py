@@ -7,6 +7,7 @@ rank returns the whole split, and only rank 0 writes the file (see ``mmcls.cli.p
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,12 @@ def predict_split(
     device: str = "auto",
     precision: str = "fp32",
     progress: bool = True,
+    ids: Collection[str] | None = None,
 ) -> tuple[list[str], Predictions, list[str]]:
     """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids).
 
-    ``batch_size`` is per process.
+    ``batch_size`` is per process. ``ids``: predict only these records (e.g. one fold's validation records
+    for out-of-fold predictions); every one must be in the split.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size={batch_size}: must be at least 1")
@@ -55,6 +58,11 @@ def predict_split(
         raise AnnotationError(
             ann_path, f"duplicate id {duplicate[1]!r} (ids must be unique)", duplicate[0], "id"
         )
+    if ids is not None:
+        wanted = set(ids)
+        records = [r for r in records if r.id in wanted]
+        if len(records) != len(wanted):
+            raise ValueError(f"{len(wanted) - len(records)} of the requested ids are not in split {split!r}")
     dataset = build_dataset(
         cfg, data_root, split, records, loaded.tokenizer, loaded.categories, train=False, on_error="text_only"
     )

@@ -23,10 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmcls.config import Config
 from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
-from mmcls.data.builders import build_dataset, split_train_val
+from mmcls.data.builders import build_dataset
 from mmcls.data.categories import official_categories
+from mmcls.data.extra_train import ConcatTrainingSets, load_extra_train
+from mmcls.data.folds import split_labeled
 from mmcls.data.text import load_tokenizer
 from mmcls.engine.inference import gather_predictions, predict_loader
+from mmcls.engine.soft_targets import build_training_targets
 from mmcls.engine.task import ClassificationTask, TrainingTask
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
@@ -118,11 +121,26 @@ class ClassificationSetup(TaskSetup):
         self.duplicate_ids = count_duplicate_ids(records)
         if self.duplicate_ids:
             log.warning("%s: %d records repeat an earlier id", path, self.duplicate_ids)
-        train_records, val_records = split_train_val(records, cfg.data.val_fraction, cfg.train.seed)
+        train_records, val_records = split_labeled(records, cfg.data, cfg.train.seed, self.categories)
         split = cfg.data.train_split
         train_set = build_dataset(
             cfg, self.data_root, split, train_records, self.tokenizer, self.categories, train=True
         )
+        # data.extra_train (pseudo-labels): appended to the training records, frames from their own split.
+        extra = load_extra_train(cfg.data.extra_train, self.categories, {r.id for r in records})
+        if len(extra):
+            log.info("data.extra_train: %d extra training records", len(extra))
+            train_set = ConcatTrainingSets(
+                [train_set]
+                + [
+                    build_dataset(cfg, self.data_root, s, recs, self.tokenizer, self.categories, train=True)
+                    for s, recs in extra.by_split()
+                ]
+            )
+        # Row i of the loss's soft/teacher targets is training sample i: remember the records in that order.
+        self._train_records = [*train_records, *extra.records]
+        self._train_splits = [split] * len(train_records) + extra.source_splits
+        self._soft_rows = [None] * len(train_records) + extra.soft_targets
         val_set = (
             build_dataset(
                 cfg, self.data_root, split, val_records, self.tokenizer, self.categories, train=False
@@ -133,7 +151,17 @@ class ClassificationSetup(TaskSetup):
         return TaskData(train_set, val_set)
 
     def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
-        return ClassificationTask(model, self.cfg.train, device)
+        # datasets() runs first and records the training records in dataset order.
+        targets = build_training_targets(
+            self.cfg,
+            self.data_root,
+            self._train_records,
+            self._train_splits,
+            self._soft_rows,
+            self.categories,
+            device,
+        )
+        return ClassificationTask(model, self.cfg.train, device, targets=targets)
 
     def evaluate(
         self, task: TrainingTask, loader: DataLoader, device: torch.device, progress: bool

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mmcls.config import ConfigError, TrainConfig
 from mmcls.engine.distributed import DistInfo
 from mmcls.engine.inference import MODEL_INPUTS
+from mmcls.engine.soft_targets import TrainingTargets
 
 
 def move_batch(batch: dict, device: torch.device, keys: tuple[str, ...] = (*MODEL_INPUTS, "labels")) -> dict:
@@ -143,23 +144,47 @@ class ClassificationTask(TrainingTask):
     (the easier modality) and the frame branch stays under-trained.
     """
 
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        device: torch.device,
+        targets: TrainingTargets | None = None,
+    ) -> None:
+        """``targets``: soft labels, a teacher or a class subset (``mmcls.engine.soft_targets``); None for
+        plain hard-label training."""
+        super().__init__(model, cfg, device)
+        self.targets = targets
+
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outputs = self.train_model(**{k: batch[k] for k in MODEL_INPUTS})
-        labels = batch["labels"]
-        loss = F.cross_entropy(outputs["logits"].float(), labels, label_smoothing=self.cfg.label_smoothing)
-        parts = {"loss_fused": loss.detach()}
+        labels, targets = batch["labels"], self.targets
+        if targets is not None:
+            loss, parts = targets.fused_loss(
+                outputs["logits"], labels, batch["index"], self.cfg.label_smoothing
+            )
+        else:
+            loss = F.cross_entropy(
+                outputs["logits"].float(), labels, label_smoothing=self.cfg.label_smoothing
+            )
+            parts = {"loss_fused": loss.detach()}
         if self.cfg.aux_loss_weight > 0:
             # Samples without any readable frame carry no video signal: leave them out of the video loss.
             # Weighted by a 0/1 mask rather than skipped, so the video head stays in the graph even when no
             # sample of this (local) batch has frames: under DDP a parameter without a gradient on one rank
             # stops the gradient all-reduce ("Expected to have finished reduction in the prior iteration").
             has_video = batch["frame_mask"].any(dim=1)
-            per_sample = F.cross_entropy(
-                outputs["video_logits"].float(),
-                labels,
-                label_smoothing=self.cfg.label_smoothing,
-                reduction="none",
-            )
+            if targets is not None:
+                per_sample = targets.cross_entropy(
+                    outputs["video_logits"], labels, batch["index"], self.cfg.label_smoothing
+                )
+            else:
+                per_sample = F.cross_entropy(
+                    outputs["video_logits"].float(),
+                    labels,
+                    label_smoothing=self.cfg.label_smoothing,
+                    reduction="none",
+                )
             video_loss = torch.where(has_video, per_sample, 0.0).sum() / has_video.sum().clamp(min=1)
             loss = loss + self.cfg.aux_loss_weight * video_loss
             parts["loss_video"] = video_loss.detach()  # 0 for a batch without any frames

@@ -1,0 +1,80 @@
+"""``mmcls ensemble MODEL_OR_RUN... --data-root ROOT --split test --out result.csv``: blended predictions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_predict_options(p: argparse.ArgumentParser) -> None:
+    """The options of running members (shared with ``mmcls pseudo-label``)."""
+    p.add_argument("--batch-size", type=int, default=64, help="videos per batch and process")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: each model's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="inference precision"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def predict_options(args: argparse.Namespace):
+    from mmcls.workflows.members import PredictOptions
+
+    return PredictOptions(args.batch_size, args.num_workers, args.device, args.precision, progress=True)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "ensemble",
+        help="blend several models' probabilities (mean, or weights hill-climbed on out-of-fold predictions)",
+        epilog="example: mmcls ensemble runs/kfold_a runs/kfold_b --data-root data/ --split test "
+        "--out result.csv --weights hill-climb",
+    )
+    p.add_argument(
+        "members",
+        nargs="+",
+        type=Path,
+        help="model folders, run directories, kfold or group-finetune directories",
+    )
+    p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
+    p.add_argument("--split", default="test", help="annotation split to predict (default: test)")
+    p.add_argument("--out", type=Path, required=True, help="submission CSV to write (+ OUT.ensemble.json)")
+    p.add_argument(
+        "--weights", default="mean", choices=["mean", "hill-climb"], help="how members are weighted"
+    )
+    p.add_argument(
+        "--oof",
+        nargs="+",
+        default=None,
+        metavar="KFOLD_DIR",
+        help="out-of-fold predictions, one per member (a kfold directory or its oof.npy); "
+        "default: the members' own when all are kfold directories",
+    )
+    p.add_argument(
+        "--save-probs", type=Path, default=None, metavar="P.npy", help="also save the blend (+ P.json)"
+    )
+    add_predict_options(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
+    from mmcls.workflows.ensemble import run_ensemble
+
+    summary = run_ensemble(
+        args.members,
+        args.data_root,
+        args.split,
+        args.out,
+        method=args.weights,
+        oof_sources=args.oof,
+        save_probs_to=args.save_probs,
+        options=predict_options(args),
+        overwrite=args.overwrite,
+    )
+    if world_info_from_env().is_main:
+        print(json.dumps(summary, indent=2))
+        print(f"wrote {args.out}")
+    shutdown_distributed()
+    return 0

@@ -1,0 +1,206 @@
+"""Ensemble members: anything that turns a data split into level-2 probabilities.
+
+A member is named on the command line by a path; :func:`load_member` asks each entry of :data:`MEMBER_TYPES`
+in turn whether it recognises that path. Three kinds exist in the core:
+
+- a model folder or a training run directory (its ``best/``): torch, through ``predict_split``;
+- a ``mmcls kfold`` directory: the mean of its fold models, with its out-of-fold probabilities;
+- a ``mmcls group-finetune`` directory: its base model, with each level-1 group's fine-tuned model replacing
+  the base's distribution inside the group it routes a record to.
+
+An exported artifact (ONNX, AOTInductor, TensorRT; ``mmcls export``) is the last entry,
+``mmcls.deploy.ensemble_member.ExportedArtifact``, named as a string: it is imported only when a path is none of
+the kinds above, so the workflows do not import ``mmcls.deploy`` otherwise. Another backend slots in the same
+way: a class with ``accepts(path)``, ``predict(...)`` and ``oof_path()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mmcls.data.categories import CategoryMap, official_categories
+from mmcls.errors import MmclsError
+
+KFOLD_FILE = "kfold.json"
+GROUPS_FILE = "group_finetune.json"
+
+
+class MemberError(MmclsError, ValueError):
+    """A path given as an ensemble member is not a model, run, kfold or group-finetune directory."""
+
+
+@dataclass
+class PredictOptions:
+    """How members run (per process): batch size, DataLoader workers, device, precision, progress bars."""
+
+    batch_size: int = 64
+    num_workers: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    progress: bool = False
+
+
+class Member(Protocol):
+    name: str
+
+    def predict(
+        self, data_root: str | Path, split: str, options: PredictOptions, ids: Collection[str] | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """``(ids in annotation order, [N, num_classes] probabilities)`` of ``split`` (or of ``ids`` only)."""
+        ...
+
+    def oof_path(self) -> Path | None:
+        """Its out-of-fold probabilities file, if it has one."""
+        ...
+
+
+def predict_model(
+    model_dir: str | Path,
+    data_root: str | Path,
+    split: str,
+    options: PredictOptions,
+    ids: Collection[str] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """One torch model's probabilities, rows in annotation order (``predict_split`` orders them by index)."""
+    from mmcls.engine.predict import predict_split
+
+    split_ids, preds, _ = predict_split(
+        model_dir,
+        data_root,
+        split,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        device=options.device,
+        precision=options.precision,
+        progress=options.progress,
+        ids=ids,
+    )
+    return split_ids, preds.probs[np.argsort(preds.indices)]
+
+
+class TorchModel:
+    """A model folder, or a training run directory (its ``best/`` model)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+
+    @staticmethod
+    def accepts(path: Path) -> bool:
+        return (path / "model.safetensors").is_file() or (path / "best" / "model.safetensors").is_file()
+
+    def predict(self, data_root, split, options, ids=None):
+        return predict_model(self.path, data_root, split, options, ids)
+
+    def oof_path(self) -> Path | None:
+        return None
+
+
+class KFoldMean:
+    """The fold models of a ``mmcls kfold`` directory, averaged; its ``oof.npy`` is their out-of-fold view."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+        plan = json.loads((path / KFOLD_FILE).read_text(encoding="utf-8"))
+        self.fold_dirs = [path / f"fold{k}" for k in range(plan["num_folds"])]
+        missing = [str(d) for d in self.fold_dirs if not TorchModel.accepts(d)]
+        if missing:
+            raise MemberError(f"{path}: unfinished kfold run, no model in {missing} (rerun with --resume)")
+
+    @staticmethod
+    def accepts(path: Path) -> bool:
+        return (path / KFOLD_FILE).is_file()
+
+    def predict(self, data_root, split, options, ids=None):
+        total, split_ids = None, None
+        for fold_dir in self.fold_dirs:
+            fold_ids, probs = predict_model(fold_dir, data_root, split, options, ids)
+            split_ids = split_ids or fold_ids
+            total = probs if total is None else total + probs
+        return split_ids, total / len(self.fold_dirs)
+
+    def oof_path(self) -> Path | None:
+        return self.path / "oof.npy"
+
+
+class GroupFinetuned:
+    """A ``mmcls group-finetune`` directory: the base model routes each record to a level-1 group (its
+    level-1 argmax); where that group has a fine-tuned model, the group's total probability stays the base
+    model's and its split among the group's classes comes from the group model."""
+
+    def __init__(self, path: Path, categories: CategoryMap | None = None) -> None:
+        self.path = path
+        self.name = str(path)
+        info = json.loads((path / GROUPS_FILE).read_text(encoding="utf-8"))
+        self.base = Path(info["base"])
+        self.group_dirs = {int(g): path / d for g, d in info["groups"].items()}
+        self.categories = categories or official_categories()
+
+    @staticmethod
+    def accepts(path: Path) -> bool:
+        return (path / GROUPS_FILE).is_file()
+
+    def predict(self, data_root, split, options, ids=None):
+        split_ids, base = predict_model(self.base, data_root, split, options, ids)
+        return split_ids, self.merge(data_root, split, options, split_ids, base)
+
+    def merge(self, data_root, split, options, split_ids: Sequence[str], base: np.ndarray) -> np.ndarray:
+        """``base`` probabilities with each routed record's in-group distribution from its group's model."""
+        lv1_of_lv2 = np.asarray(self.categories.lv1_of_lv2)
+        group_mass = base @ self.categories.lv2_to_lv1_matrix()
+        route = group_mass.argmax(axis=1)
+        merged = base.copy()
+        for group, group_dir in self.group_dirs.items():
+            rows = np.flatnonzero(route == group)
+            if len(rows) == 0:
+                continue
+            routed_ids, probs = predict_model(
+                group_dir, data_root, split, options, [split_ids[i] for i in rows]
+            )
+            assert routed_ids == [split_ids[i] for i in rows]  # both in annotation order
+            in_group = lv1_of_lv2 == group
+            within = probs[:, in_group] / probs[:, in_group].sum(axis=1, keepdims=True)
+            merged[np.ix_(rows, np.flatnonzero(in_group))] = group_mass[rows, group, None] * within
+        return merged
+
+    def oof_path(self) -> Path | None:
+        return None
+
+
+# Tried in order; the first whose ``accepts(path)`` is true loads the member. A "module:Class" string is
+# imported only when reached (how an exported-artifact backend from mmcls.deploy would be added).
+MEMBER_TYPES: list[type | str] = [
+    KFoldMean,
+    GroupFinetuned,
+    TorchModel,
+    "mmcls.deploy.ensemble_member:ExportedArtifact",
+]
+
+
+def load_member(path: str | Path) -> Member:
+    path = Path(path)
+    if not path.exists():
+        raise MemberError(f"{path}: no such model folder, run directory or kfold directory")
+    for entry in MEMBER_TYPES:
+        kind = _resolve(entry)
+        if kind.accepts(path):
+            return kind(path)
+    raise MemberError(
+        f"{path}: not a model folder, a run directory (best/), a kfold directory ({KFOLD_FILE}), "
+        f"a group-finetune directory ({GROUPS_FILE}) or an exported artifact (export.json)"
+    )
+
+
+def _resolve(entry: type | str) -> type:
+    if isinstance(entry, type):
+        return entry
+    module_name, _, class_name = entry.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

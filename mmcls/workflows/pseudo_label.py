@@ -1,0 +1,87 @@
+"""``mmcls pseudo-label``: an annotation file of the confident predictions of an ensemble on a split.
+
+The file is an ordinary annotation file (it passes the same validation as ``labeled.json``), so training
+takes it with ``data.extra_train: [labels.json]``. Each record keeps its text and adds ``category_id`` (the
+ensemble's argmax), ``confidence``, ``source_split`` (where its frames are) and, with ``soft``, ``soft_label``:
+the ensemble's probabilities (those of at least :data:`MIN_SOFT_PROB`, renormalised when read).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmcls.data.annotations import annotation_path, load_records, write_records
+from mmcls.data.categories import official_categories
+from mmcls.workflows.ensemble import EnsembleError, blend, refuse_existing
+from mmcls.workflows.members import PredictOptions, load_member
+
+MIN_SOFT_PROB = 1e-4  # smaller probabilities are left out of soft_label (the file stays readable)
+
+
+def pseudo_label(
+    member_paths: Sequence[str | Path],
+    data_root: str | Path,
+    split: str,
+    out: str | Path,
+    min_confidence: float,
+    *,
+    soft: bool = False,
+    options: PredictOptions | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the records whose mean member probability of the top class is ``>= min_confidence``; returns
+    how many passed and the class histogram (level-2 and level-1)."""
+    from mmcls.engine.distributed import world_info_from_env
+
+    if not 0.0 <= min_confidence <= 1.0:
+        raise EnsembleError(f"--min-confidence must be in [0, 1], got {min_confidence}")
+    out = Path(out)
+    refuse_existing([out], overwrite)
+    options = options or PredictOptions()
+    categories = official_categories()
+    members = [load_member(p) for p in member_paths]
+    ids, member_probs = None, []
+    for member in members:
+        member_ids, probs = member.predict(data_root, split, options)
+        ids = ids or member_ids
+        member_probs.append(probs)
+    probs = blend(member_probs, [1.0 / len(members)] * len(members))
+    records = load_records(annotation_path(data_root, split), categories=categories)
+    assert [r.id for r in records] == ids
+    confidence = probs.max(axis=1)
+    chosen = np.flatnonzero(confidence >= min_confidence)
+    labels = [categories.category_id(int(probs[i].argmax())) for i in chosen]
+
+    def items():
+        for i, category_id in zip(chosen, labels):
+            item = records[i].to_dict()
+            item["category_id"] = category_id
+            item["confidence"] = round(float(confidence[i]), 6)
+            item["source_split"] = split
+            if soft:
+                kept = np.flatnonzero(probs[i] >= MIN_SOFT_PROB)
+                item["soft_label"] = {
+                    categories.category_id(int(c)): round(float(probs[i, c]), 6) for c in kept
+                }
+            yield item
+
+    if world_info_from_env().is_main:
+        write_records(out, items())
+    histogram = Counter(labels)
+    return {
+        "out": str(out),
+        "split": split,
+        "members": [m.name for m in members],
+        "min_confidence": min_confidence,
+        "soft": soft,
+        "records": len(records),
+        "passed": len(chosen),
+        "passed_fraction": round(len(chosen) / max(len(records), 1), 4),
+        "lv1_histogram": dict(sorted(Counter(c[:2] for c in labels).items())),
+        "histogram": dict(histogram.most_common()),
+    }
