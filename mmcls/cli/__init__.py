@@ -22,6 +22,7 @@ from mmcls import __version__
 COMMANDS: dict[str, str] = {
     "make-data": "mmcls.cli.make_data",
     "train": "mmcls.cli.train",
+    "pretrain": "mmcls.pretrain.cli",
     "evaluate": "mmcls.cli.evaluate",
     "predict": "mmcls.cli.predict",
     "kfold": "mmcls.cli.kfold",
