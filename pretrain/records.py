@@ -13,6 +13,7 @@ reports where each record ends: its byte span in the file follows, without a han
 
 from __future__ import annotations
 
+import array
 import codecs
 import json
 import os
@@ -23,8 +24,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mmcls.data.annotations import AnnotationError, Record, parse_record
-from mmcls.data.categories import CategoryMap, official_categories
+from mmcls.data.annotations import AnnotationError, Record, category_id_set, parse_record
+from mmcls.data.categories import CategoryMap
 
 _CHUNK = 4 * 1024 * 1024
 _NON_BLANK = re.compile(r"[^ \t\r\n]")
@@ -37,10 +38,10 @@ class RecordIndex(Sequence[Record]):
 
     def __init__(self, paths: Sequence[str | Path], categories: CategoryMap | None = None) -> None:
         self.paths = [Path(p) for p in paths]
-        self.categories = categories or official_categories()
+        self.valid_ids = category_id_set(categories)
         starts, lengths, files = [], [], []
         for file_index, path in enumerate(self.paths):
-            s, n = scan_record_offsets(path, self.categories)
+            s, n = scan_record_offsets(path, categories)
             starts.append(s)
             lengths.append(n)
             files.append(np.full(len(s), file_index, dtype=np.uint8))
@@ -63,7 +64,7 @@ class RecordIndex(Sequence[Record]):
         handle.seek(int(self.starts[position]))
         raw = handle.read(int(self.lengths[position]))
         index_in_file = position - int(self.first_index[file_index])
-        return parse_record(json.loads(raw), path, index_in_file, categories=self.categories)
+        return parse_record(json.loads(raw), path, index_in_file, self.valid_ids)
 
     def _handle(self, file_index: int) -> BinaryIO:
         # A forked DataLoader worker must not share the parent's file position: reopen after a fork.
@@ -108,17 +109,20 @@ def scan_record_offsets(
         handle = path.open("rb")
     except FileNotFoundError:
         raise AnnotationError(path, "file not found") from None
-    starts: list[int] = []
-    lengths: list[int] = []
+    valid_ids = category_id_set(categories)
+    starts = array.array("q")  # 8 bytes an entry while growing (a list would hold an int object each)
+    lengths = array.array("q")
     with handle:
         scanner = _Scanner(handle, path)
         scanner.expect_list_start()
         while (span := scanner.next_record(len(starts))) is not None:
             item, start, length = span
-            parse_record(item, path, len(starts), categories=categories)  # validate, then drop it
+            parse_record(item, path, len(starts), valid_ids)  # validate, then drop it
             starts.append(start)
             lengths.append(length)
-    return np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int32)
+    return np.frombuffer(starts, dtype=np.int64).copy(), np.frombuffer(lengths, dtype=np.int64).astype(
+        np.int32
+    )
 
 
 class _Scanner:

@@ -244,3 +244,40 @@ def test_index_matches_iter_records_on_make_data_output(tmp_path):
     paths = [tmp_path / "annotations" / f"{s}.json" for s in ("unlabeled", "labeled", "test")]
     index = RecordIndex(paths)
     assert list(index) == [r for p in paths for r in load_records(p)]
+
+
+# ------------------------------------------------------------------------------------------------ presets
+@pytest.mark.parametrize(("preset", "finetune"), [("pretrain-tiny", "tiny"), ("pretrain-base", "base")])
+def test_pretrain_presets_build_the_backbone_of_their_finetuning_preset(preset, finetune):
+    from mmcls.config import Config
+
+    pre, fine = PretrainConfig.from_yaml(preset), Config.from_yaml(finetune)
+    assert pre.model == fine.model  # same architecture: every backbone weight loads with model.init_from
+    assert pre.data.text == fine.data.text
+    assert pre.data.frames.image_size == fine.data.frames.image_size
+    assert pre.pretrain.splits == ["unlabeled", "labeled", "test"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            [
+                "pretrain.mlm_weight=0",
+                "pretrain.mfm_weight=0",
+                "pretrain.vtm_weight=0",
+                "pretrain.itc_weight=0",
+            ],
+            "every objective weight is 0",
+        ),
+        (["pretrain.mlm_probability=1.5"], r"pretrain.mlm_probability=1.5 must be in"),
+        (["pretrain.splits=[]"], "pretrain.splits"),
+        (["data.frames.source=none"], "data.frames.source=none leaves only MLM"),
+        (["pretrain.mlm_wieght=1"], "mlm_wieght"),
+    ],
+)
+def test_pretrain_config_errors_name_the_key(override, message):
+    from mmcls.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        PretrainConfig.from_yaml("pretrain-tiny", override)

@@ -116,13 +116,18 @@ def iter_records(
         yield _parse_record(item, path, index, require_label, valid_ids)
 
 
-def parse_record(item: Any, path: str | Path, index: int, *, categories: CategoryMap | None = None) -> Record:
+def parse_record(item: Any, path: Path, index: int, valid_ids: frozenset[str]) -> Record:
     """Validate one decoded JSON record (``index`` in ``path``, for the error message) into a :class:`Record`.
 
-    For readers that find records themselves (an offset index); ``category_id`` is optional here.
+    For readers that find records themselves (an offset index); ``category_id`` is optional here and, when
+    present, one of ``valid_ids`` (see :func:`category_id_set`).
     """
-    valid_ids = frozenset((categories or official_categories()).category_ids)
-    return _parse_record(item, Path(path), index, False, valid_ids)
+    return _parse_record(item, path, index, False, valid_ids)
+
+
+def category_id_set(categories: CategoryMap | None = None) -> frozenset[str]:
+    """The category ids a record may carry (default: the 200 official ones)."""
+    return frozenset((categories or official_categories()).category_ids)
 
 
 def load_records(path: str | Path, **kw: Any) -> list[Record]:

@@ -1,0 +1,164 @@
+"""``mmcls pretrain`` end to end, as real processes: kill -9 and resume, fine-tuning from the result, feature
+zips, and two processes under torchrun (ITC gathered across ranks)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmcls.data.synthetic import make_synthetic_dataset
+from mmcls.engine.checkpoint import latest_checkpoint
+
+from commands import child_env, mmcls_command, train_args
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_S = 240
+# 40 + 120 + 20 records, 16 held out -> 164 -> 20 steps of 8 per epoch. Dropout stays on (tiny's 0.1).
+SETTINGS = [
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.checkpoint_every_steps=3",
+    "train.log_every_steps=2",
+    "train.progress_bar=false",
+    "train.tensorboard=false",
+    "pretrain.val_size=16",
+    "data.num_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain") / "data"
+    make_synthetic_dataset(root, 40, 120, 20, seed=7, num_frames=4, image_size=32, feature_dim=16)
+    return root
+
+
+def pretrain_command(data_root: Path, run_dir: Path, settings: list[str], resume: bool = False) -> list[str]:
+    args = ["pretrain", "pretrain-tiny", "--data-root", str(data_root), "--out", str(run_dir)]
+    for item in settings:
+        args += ["--set", item]
+    return mmcls_command(*args, *(["--resume"] if resume else []))
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=child_env())
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def logged(run_dir: Path) -> dict[tuple[int, str], float]:
+    """``(step, tag) -> value``; a step logged twice (before a kill and after the resume) must agree."""
+    values: dict[tuple[int, str], float] = {}
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            key, value = (int(row["step"]), row["tag"]), float(row["value"])
+            assert values.setdefault(key, value) == value, key
+    return values
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run(pretrain_command(data_root, run_dir, SETTINGS))
+    return run_dir
+
+
+def test_pretraining_logs_each_objective_and_writes_model_folders(reference):
+    tags = {tag for _, tag in logged(reference)}
+    for name in ("mlm", "mfm", "vtm", "itc"):
+        assert {f"train/{name}_loss", f"train/{name}_acc", f"val/{name}_loss", f"val/{name}_acc"} <= tags
+    assert {"train/loss", "val/loss", "train/itc_temperature"} <= tags
+    for name in ("best", "last"):
+        assert (reference / name / "model.safetensors").is_file()
+        assert (reference / name / "pretrain_info.json").is_file()
+
+
+def test_kill9_then_resume_gives_the_same_weights(data_root, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+        proc = subprocess.Popen(
+            pretrain_command(data_root, run_dir, SETTINGS), stdout=out, stderr=err, env=child_env()
+        )
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            found = latest_checkpoint(run_dir)
+            if found is not None and int(found.stem.split("-")[1]) >= 24:  # into the second epoch
+                break
+            assert proc.poll() is None, (tmp_path / "err").read_text()
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (run_dir / "last").exists()
+    run(pretrain_command(data_root, run_dir, SETTINGS, resume=True))
+    for name in ("last", "best"):
+        got, want = (load_file(d / name / "model.safetensors") for d in (run_dir, reference))
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    assert logged(run_dir) == logged(reference)
+
+
+def test_finetuning_from_the_pretraining_run_says_what_it_loaded(data_root, reference, tmp_path):
+    settings = [
+        f"model.init_from={reference}",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+        "data.num_workers=0",
+    ]
+    proc = run(mmcls_command(*train_args(data_root, tmp_path / "ft", settings)))
+    line = next(x for x in proc.stderr.splitlines() if "init_from" in x)
+    assert str(reference / "best") in line
+    missing = (
+        "model keys not in the file (initialised as usual): classifier.1.* (2), video_classifier.1.* (2);"
+    )
+    assert missing in line
+    assert "itc_logit_scale.* (1)" in line and "mlm_transform.0.* (2)" in line
+
+
+def test_pretraining_on_feature_zips_with_bf16_autocast(data_root, tmp_path):
+    settings = [
+        *SETTINGS,
+        "train.epochs=1",
+        "train.precision=bf16",
+        "data.frames.source=zip_feats",
+        "data.frames.feature_dim=16",
+        "model.frame_encoder.type=identity",
+        "model.frame_encoder.input_dim=16",
+    ]
+    run(pretrain_command(data_root, tmp_path / "run", settings))
+    assert all(
+        torch.isfinite(v).all() for v in load_file(tmp_path / "run" / "last" / "model.safetensors").values()
+    )
+    assert {"train/mfm_loss", "val/itc_acc"} <= {tag for _, tag in logged(tmp_path / "run")}
+
+
+def test_pretraining_under_torchrun_with_two_processes(data_root, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    settings = [*SETTINGS, "train.epochs=1"]
+    cmd = [*launcher, *pretrain_command(data_root, tmp_path / "run", settings)[1:]]
+    run(cmd)
+    values = logged(tmp_path / "run")
+    assert values[(20, "val/num_samples")] == 16
+    assert all(v == v for v in values.values())  # no NaN
+    assert (tmp_path / "run" / "last" / "model.safetensors").is_file()
