@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--ablations", action="store_true")
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="run only these variants (names as in the table)"
+    )
     parser.add_argument("--pretrain-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--frames", choices=("zip_feats", "zip_frames"), default="zip_feats")
@@ -116,6 +119,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for name, weights in variants(args.ablations).items():
+            if args.only and name not in args.only:
+                continue
             tag = name.replace(" ", "_").replace("(", "").replace(")", "")
             init_from, pre = None, None
             if weights is not None:
@@ -126,7 +131,9 @@ def main() -> None:
             )
             results.setdefault(name, []).append({"seed": seed, "test": scores, "pretrain": pre})
             print(f"seed {seed} {name}: mean_f1 {scores['mean_f1']:.4f}", flush=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"results{'_' + '_'.join(args.only) if args.only else ''}.json").write_text(
+        json.dumps(results, indent=2)
+    )
     print("\n| run | seeds | test mean_f1 | lv1 macro F1 | lv2 macro F1 | pretrain val loss | pretrain s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in results.items():

@@ -169,16 +169,17 @@ class PretrainingSetup(TaskSetup):
                 sums[key] += float(value) * n
             sums["num_samples"] += n
         model.train(was_training)
+        # Every rank's sums (the sampler pads the last shard with a few repeats; they count like the others).
         totals: dict[str, float] = defaultdict(float)
-        for part in all_gather_objects(dict(sums)):
-            for key, value in part.items():
+        all_errors: Counter = Counter()
+        for part_sums, part_errors in all_gather_objects((dict(sums), dict(errors))):
+            for key, value in part_sums.items():
                 totals[key] += value
-        for part in all_gather_objects(dict(errors))[1:]:
-            errors.update(part)
+            all_errors.update(part_errors)
         count = max(totals.pop("num_samples", 0.0), 1.0)
         scores = {key: value / count for key, value in totals.items()}
         scores["num_samples"] = int(count)
-        return scores, errors
+        return scores, all_errors
 
     def save_model(self, path: Path, model: nn.Module) -> None:
         save_pretrained_dir(path, model, self.cfg, self.tokenizer)
