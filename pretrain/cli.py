@@ -30,6 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="override a config key (value parsed as YAML); repeatable",
     )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the run in --out again, replacing mmcls's outputs there (other files are kept)",
+    )
     return p
 
 
@@ -40,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = PretrainConfig.from_yaml(args.config, args.overrides)
     result = train(
-        cfg, args.data_root, args.out, resume=args.resume, setup=PretrainingSetup(cfg, args.data_root)
+        cfg,
+        args.data_root,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        setup=PretrainingSetup(cfg, args.data_root),
     )
     if result.interrupted:
         print(

@@ -96,7 +96,8 @@ def check_resume_config(cfg: Config, run_dir: Path) -> None:
         log.warning("--resume: %s has no %s; the current config is taken as the run's", run_dir, CONFIG_FILE)
         return
     try:
-        saved = Config.from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+        # The run's own config class: a pretraining run's config has a section the core Config lacks.
+        saved = type(cfg).from_dict(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as exc:
         raise RunDirError(f"{saved_path}: the run's saved config cannot be read: {exc}") from exc
     changed = config_differences(saved, cfg)
