@@ -89,13 +89,17 @@ def pretrained_weights() -> list[dict[str, Any]]:
     """For each packaged preset: its text encoder and frame encoder weights, and whether they are cached."""
     from importlib import resources
 
+    import yaml
+
     from mmcls.config import Config
 
     rows = []
     for item in sorted(resources.files("mmcls.configs").iterdir(), key=lambda p: p.name):
         if not item.name.endswith(".yaml"):
             continue
-        cfg = Config.from_yaml(Path(str(item)))
+        values = yaml.safe_load(Path(str(item)).read_text(encoding="utf-8")) or {}
+        # Presets of feature packages (pretrain-*) add sections of their own; only the model matters here.
+        cfg = Config.from_dict({k: v for k, v in values.items() if k in ("data", "model", "train")})
         preset = item.name[: -len(".yaml")]
         if cfg.model.text_encoder:
             source = cfg.model.text_encoder
