@@ -79,7 +79,9 @@ def closest_preset(cfg: Config) -> tuple[str, dict[str, tuple[Any, Any]]]:
         if not item.name.endswith(".yaml"):
             continue
         try:
-            preset = flatten(Config.from_yaml(Path(str(item))).to_dict())
+            preset = flatten(
+                type(cfg).from_yaml(Path(str(item))).to_dict()
+            )  # a pretraining run: its own class
         except ConfigError:
             continue
         diff = {
@@ -98,7 +100,7 @@ def summary_markdown(run_dir: Path, cfg: Config, result: Any, seconds: float) ->
     lines += [f"- wall time: {seconds / 60:.1f} min ({seconds:.0f} s), {result.global_step} optimizer steps"]
     if result.best_epoch is not None:
         lines += [
-            f"- best epoch: {result.best_epoch} (validation mean_f1 {result.best_score:.4f}), model in `best/`"
+            f"- best epoch: {result.best_epoch} (validation {getattr(result, 'selection_metric', 'mean_f1')} {result.best_score:.4f}), model in `best/`"
         ]
     else:
         lines += ["- no validation split (data.val_fraction=0): `best/` is the last epoch"]

@@ -100,6 +100,7 @@ class TrainResult:
     best_epoch: int | None
     last_metrics: dict[str, float]
     interrupted: bool = False
+    selection_metric: str = "mean_f1"  # the validation score that picked best/ (best_score)
 
 
 class StopRequest:
@@ -506,6 +507,7 @@ class Trainer:
             state.best_epoch,
             self.last_metrics,
             interrupted,
+            self.setup.selection.metric,
         )
 
 
