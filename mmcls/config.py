@@ -139,6 +139,24 @@ class ModelConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training on embedding matrices (FGM: one step; PGD: ``steps`` projected steps).
+
+    Each step adds ``delta`` (scaled gradient direction of this micro-batch's loss) to the target weight matrix,
+    runs an extra forward/backward whose gradients add to the clean ones, and restores the weights bit for bit.
+    """
+
+    method: Literal["none", "fgm", "pgd"] = "none"
+    epsilon: float = setting(1.0, above=0)  # radius of the L2 ball around the clean weights (FGM's step)
+    alpha: float = setting(0.3, above=0)  # PGD step length (per step, before projection onto the ball)
+    steps: int = setting(3, min=1)  # PGD K: perturbation steps (K forward/backward passes per micro-batch)
+    # Matrices perturbed: word_embeddings (BERT's token table) and/or frame_proj (the frame projection).
+    target: list[Literal["word_embeddings", "frame_proj"]] = field(
+        default_factory=lambda: ["word_embeddings"]
+    )
+
+
+@dataclass
 class TrainConfig:
     epochs: int = setting(5, min=1, resume_safe=True)
     # global batch (all processes together, before gradient accumulation)
@@ -149,8 +167,14 @@ class TrainConfig:
     head_lr: float | None = setting(5e-4, min=0)  # classifier heads and projection; null = same as lr
     weight_decay: float = setting(0.01, min=0)
     betas: tuple[float, float] = setting((0.9, 0.999), min=0, below=1)
+    # Layer-wise LR decay (null = off, e.g. 0.9): text/fusion layer l of N gets lr * decay^(N+1-l) (embeddings
+    # l=0), frame-encoder block l of M gets frame_encoder_lr * decay^(M+1-l); heads keep head_lr.
+    layer_decay: float | None = setting(None, above=0, max=1)
     warmup_ratio: float = setting(0.06, min=0, max=1)
     min_lr_ratio: float = setting(0.0, min=0, max=1)
+    # LR after warmup, down to min_lr_ratio x LR: one cosine, a cosine per restart_epochs epochs, or a line.
+    schedule: Literal["cosine", "cosine_restarts", "linear"] = "cosine"
+    restart_epochs: int = setting(1, min=1)
     grad_accum_steps: int = setting(1, min=1)
     clip_grad_norm: float | None = setting(1.0, above=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses a grad scaler
@@ -164,6 +188,17 @@ class TrainConfig:
     distill_from: str | None = None
     distill_weight: float = setting(0.5, min=0, max=1)
     distill_temperature: float = setting(2.0, above=0)
+    # Equal-weight average of the weights at the end of every epoch from this (1-based) epoch on; from then on
+    # the average is what is evaluated and released (instead of the EMA). null = off.
+    swa_start_epoch: int | None = setting(None, min=1)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    # Class-balanced loss weights w_c ~ (n_c + 1)^-alpha from the training split's counts, scaled so that the
+    # mean weight over the training samples is 1. 0 = unweighted, 1 = inverse frequency.
+    class_weight_alpha: float = setting(0.0, min=0)
+    multi_dropout: int = setting(1, min=1)  # K dropout samples averaged at the classifier heads in training
+    rdrop_alpha: float = setting(0.0, min=0)  # R-Drop: weight of the symmetric KL of two dropout passes
+    lv1_loss_weight: float = setting(0.0, min=0)  # level-1 NLL of the level-2 softmax summed per group
+    soft_f1_weight: float = setting(0.0, min=0)  # weight of (1 - soft macro F1) of the fused probabilities
     seed: int = setting(42, min=0)
     eval_every_epochs: int = setting(1, min=1, resume_safe=True)
     log_every_steps: int = setting(10, min=1, resume_safe=True)
@@ -305,6 +340,13 @@ def validate(cfg: Config) -> Config:
             f"data.frames.max_frames={cfg.data.frames.max_frames} exceeds model.max_frames={cfg.model.max_frames}"
         )
     _check_workflow_settings(cfg)
+    train = cfg.train
+    if train.swa_start_epoch is not None and train.swa_start_epoch > train.epochs:
+        raise ConfigError(
+            f"train.swa_start_epoch={train.swa_start_epoch} is after the last epoch (train.epochs={train.epochs})"
+        )
+    if not train.adversarial.target:
+        raise ConfigError("train.adversarial.target: empty; name word_embeddings and/or frame_proj")
     return cfg
 
 

@@ -35,6 +35,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=["torch", "onnx", "aoti", "tensorrt"],
         help="runtime (default: torch for a model folder, the artifact's format for an artifact folder)",
     )
+    p.add_argument(
+        "--logit-adjust",
+        type=float,
+        default=0.0,
+        metavar="TAU",
+        help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
+        "saved in the model folder; favours rare classes (macro F1). Default 0: off",
+    )
     return p
 
 
@@ -63,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
     if args.backend not in (None, "torch") or (args.model_dir / "export.json").is_file():
+        if args.logit_adjust:
+            from mmcls.config import ConfigError
+
+            raise ConfigError(
+                "--logit-adjust: only for model folders predicted with the torch backend (the class prior is "
+                "read from the folder's categories.json); leave out --backend or the exported artifact"
+            )
         return _run_deployed(args)
     ids, preds, category_ids = predict_split(
         args.model_dir,
@@ -72,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device,
         precision=args.precision or "fp32",
+        logit_adjust=args.logit_adjust,
     )
     if world_info_from_env().is_main:  # under torchrun every rank holds all predictions; one file
         _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))

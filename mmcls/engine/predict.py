@@ -2,11 +2,17 @@
 
 Under ``torchrun`` every rank predicts its share of the split; the predictions are gathered so that each
 rank returns the whole split, and only rank 0 writes the file (see ``mmcls.cli.predict``).
+
+Logit adjustment (``--logit-adjust TAU``): a classifier trained on long-tailed data under-predicts the rare
+classes; predicting ``argmax_c (logit_c - TAU * log p_c)`` with the class prior ``p`` of the training split
+trades head-class precision for tail-class recall, which macro F1 rewards. The prior is the add-one smoothed
+``train_counts`` saved in the model folder's ``categories.json`` by training.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Collection
 from pathlib import Path
 
@@ -18,8 +24,14 @@ from mmcls.data.builders import build_dataset, build_eval_loader
 from mmcls.engine.distributed import check_precision, init_distributed, resolve_device, world_info_from_env
 from mmcls.engine.inference import Predictions, gather_predictions, predict_loader
 from mmcls.engine.logger import show_progress
+from mmcls.engine.losses import adjust_logits, log_prior
+from mmcls.errors import MmclsError
 from mmcls.files import OutputError, atomic_write_json, atomic_writer, same_file
 from mmcls.models import load_model_dir
+
+
+class LogitAdjustError(MmclsError, ValueError):
+    """``--logit-adjust`` cannot be applied (the model folder has no training-split class counts)."""
 
 
 def predict_split(
@@ -33,11 +45,13 @@ def predict_split(
     precision: str = "fp32",
     progress: bool = True,
     ids: Collection[str] | None = None,
+    logit_adjust: float = 0.0,
 ) -> tuple[list[str], Predictions, list[str]]:
     """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids).
 
     ``batch_size`` is per process. ``ids``: predict only these records (e.g. one fold's validation records
-    for out-of-fold predictions); every one must be in the split.
+    for out-of-fold predictions); every one must be in the split. ``logit_adjust`` is TAU of the logit
+    adjustment (0 = none); the returned probabilities are then the adjusted ones.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size={batch_size}: must be at least 1")
@@ -78,11 +92,33 @@ def predict_split(
         loaded.model, loader, torch_device, precision, progress=show_progress(progress) and dist_info.is_main
     )
     preds = gather_predictions(preds)  # all ranks' shares, each record once (a no-op in one process)
+    if logit_adjust:
+        if loaded.train_counts is None:
+            raise LogitAdjustError(
+                f"--logit-adjust: {loaded.path}/categories.json has no train_counts (the training split's class "
+                "counts, saved by training since the recipe update); retrain, or predict without --logit-adjust"
+            )
+        preds = adjusted_predictions(preds, np.asarray(loaded.train_counts), logit_adjust)
     order = np.argsort(preds.indices)
     if not np.array_equal(preds.indices[order], np.arange(len(records))):
         raise RuntimeError(f"prediction covered {len(preds.indices)} of {len(records)} records of {split!r}")
     category_ids = [loaded.categories.category_id(int(i)) for i in preds.pred[order]]
     return [r.id for r in records], preds, category_ids
+
+
+def adjusted_predictions(preds: Predictions, train_counts: np.ndarray, tau: float) -> Predictions:
+    """``preds`` with probabilities ``softmax(log p - tau * log prior)`` (``tau = 0``: ``preds`` itself).
+
+    The log-probabilities equal the logits up to a per-row constant, so this is the softmax of the adjusted
+    logits; probabilities that underflowed to 0 stay at the bottom (clipped at the smallest float32).
+    """
+    if tau == 0 or len(preds.indices) == 0:
+        return preds
+    log_probs = np.log(np.maximum(preds.probs.astype(np.float64), np.finfo(np.float32).tiny))
+    adjusted = adjust_logits(log_probs, log_prior(train_counts), tau)
+    adjusted = np.exp(adjusted - adjusted.max(axis=1, keepdims=True))
+    probs = (adjusted / adjusted.sum(axis=1, keepdims=True)).astype(np.float32)
+    return dataclasses.replace(preds, probs=probs)
 
 
 def check_submission_path(path: str | Path, inputs: list[Path]) -> None:

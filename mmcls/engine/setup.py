@@ -104,6 +104,9 @@ class ClassificationSetup(TaskSetup):
     def __init__(self, cfg: Config, data_root: str | Path) -> None:
         super().__init__(cfg, data_root)
         self.categories = official_categories()
+        # Per-class counts of the training split (set by datasets()): class-balanced loss weights, and saved
+        # with every released model folder as the class prior of ``mmcls predict --logit-adjust``.
+        self.class_counts: np.ndarray | None = None
 
     def datasets(self) -> TaskData:
         cfg = self.cfg
@@ -122,6 +125,12 @@ class ClassificationSetup(TaskSetup):
         if self.duplicate_ids:
             log.warning("%s: %d records repeat an earlier id", path, self.duplicate_ids)
         train_records, val_records = split_labeled(records, cfg.data, cfg.train.seed, self.categories)
+        # Per-class counts of the labeled training records: class-balanced loss weights, and saved with every
+        # released model folder as the class prior of ``mmcls predict --logit-adjust``.
+        self.class_counts = np.bincount(
+            [self.categories.lv2_index(r.category_id) for r in train_records],
+            minlength=self.categories.num_lv2,
+        )
         split = cfg.data.train_split
         train_set = build_dataset(
             cfg, self.data_root, split, train_records, self.tokenizer, self.categories, train=True
@@ -161,7 +170,14 @@ class ClassificationSetup(TaskSetup):
             self.categories,
             device,
         )
-        return ClassificationTask(model, self.cfg.train, device, targets=targets)
+        return ClassificationTask(
+            model,
+            self.cfg.train,
+            device,
+            targets=targets,
+            class_counts=self.class_counts,
+            lv2_to_lv1=self.categories.lv2_to_lv1_matrix(),
+        )
 
     def evaluate(
         self, task: TrainingTask, loader: DataLoader, device: torch.device, progress: bool
@@ -180,7 +196,8 @@ class ClassificationSetup(TaskSetup):
         return scores, preds.frame_errors
 
     def save_model(self, path: Path, model: nn.Module) -> None:
-        save_model_dir(path, model, self.cfg, self.tokenizer, self.categories)
+        counts = self.class_counts.tolist() if self.class_counts is not None else None
+        save_model_dir(path, model, self.cfg, self.tokenizer, self.categories, train_counts=counts)
 
 
 def build_task(cfg: Config, data_root: str | Path) -> TaskSetup:

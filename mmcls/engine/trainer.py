@@ -53,7 +53,6 @@ from mmcls.engine.distributed import (
     shutdown_distributed,
     world_info_from_env,
 )
-from mmcls.engine.inference import autocast
 from mmcls.engine.logger import RunLogger, show_progress
 from mmcls.engine.optim import build_optimizer, build_scheduler
 from mmcls.engine.run_dir import check_run_dir, start_run_dir
@@ -236,7 +235,7 @@ class Trainer:
         self.task = self.setup.build_task(model, self.device)
         self.task.wrap_distributed(self.dist, find_unused_parameters=self.setup.find_unused_parameters)
         self.optimizer = build_optimizer(self.task.model, tcfg)
-        self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
         seed_everything(tcfg.seed + self.dist.rank)  # dropout streams differ per rank
 
@@ -378,12 +377,12 @@ class Trainer:
                 skip = True
                 continue
             last = i == len(micro_batches) - 1
-            # The backward belongs inside no_sync (FSDP decides in backward whether to reduce-scatter; DDP
-            # in forward) but outside autocast.
-            with self.task.no_sync() if not last else contextlib.nullcontext():
-                with autocast(self.device, tcfg.precision):
-                    loss, parts = self.task(move_batch(batch, self.device, self.task.device_keys))
-                self.scaler.scale(loss / len(micro_batches)).backward()
+            # Only the last micro-batch's (last) backward all-reduces: the task runs the rest inside no_sync.
+            loss, parts = self.task.forward_backward(
+                move_batch(batch, self.device, self.task.device_keys),
+                scale=lambda loss: self.scaler.scale(loss / len(micro_batches)),
+                sync=last,
+            )
             totals["loss"] += loss.detach().float().item() / len(micro_batches)
             for key, value in parts.items():
                 totals[key] += value.float().item() / len(micro_batches)
@@ -429,6 +428,7 @@ class Trainer:
         if errors and self.dist.is_main:
             log.warning("epoch %d: data problems %s", state.epoch + 1, dict(errors))
         self._write_data_report("train", errors)
+        self.task.after_epoch(state.epoch + 1)  # SWA's snapshot: evaluated below, saved in the checkpoint
         if self.val_set is not None and (state.epoch + 1) % self.cfg.train.eval_every_epochs == 0:
             self.last_metrics, val_errors = self._evaluate_with_errors()
             if val_errors and self.dist.is_main:

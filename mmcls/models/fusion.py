@@ -76,6 +76,10 @@ class MultimodalClassifier(nn.Module):
         pooled_dim = hidden * 2 if cfg.pooling == "cls_mean" else hidden
         self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(pooled_dim, cfg.num_classes))
         self.video_classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(hidden, cfg.num_classes))
+        # Multi-sample dropout (``train.multi_dropout``, set by the training task): in training, the heads
+        # average the logits of this many dropout samples. Not an architecture setting: the weights and the
+        # eval-mode outputs do not depend on it.
+        self.head_samples = 1
         self._init_new_layers(bert_cfg.initializer_range)
 
     # ------------------------------------------------------------------------------------------ forward
@@ -107,10 +111,19 @@ class MultimodalClassifier(nn.Module):
 
         pooled = self.pool(hidden_states, joint_mask)
         video = masked_mean(frame_features, frame_mask)
-        out = {"logits": self.classifier(pooled), "video_logits": self.video_classifier(video)}
+        out = {
+            "logits": self._head(self.classifier, pooled),
+            "video_logits": self._head(self.video_classifier, video),
+        }
         if return_hidden:
             out.update(pooled=pooled, hidden_states=hidden_states, joint_mask=joint_mask)
         return out
+
+    def _head(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """``head(features)``; in training with ``head_samples = K > 1``, the mean over K dropout samples."""
+        if not self.training or self.head_samples <= 1:
+            return head(features)
+        return torch.stack([head(features) for _ in range(self.head_samples)]).mean(dim=0)
 
     def project_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frame encoder + projection to the BERT width: ``[B, T, H]`` (before position/type embeddings).

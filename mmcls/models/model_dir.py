@@ -7,7 +7,9 @@ Contents::
                        model.frame_encoder.pretrained=null); data.* keeps the preprocessing settings
     model.safetensors  all weights (safetensors.torch.save_model: shared/tied tensors handled)
     tokenizer files    tokenizer.save_pretrained(folder)
-    categories.json    the category map (ids, lv1 parents, class counts)
+    categories.json    the category map (ids, lv1 parents, class counts of the official labeled set) and
+                       ``train_counts``: the per-class counts of the split the model was trained on (the class
+                       prior of ``mmcls predict --logit-adjust``)
     model_info.json    informational: the original pretrained sources, library versions
 
 A training run directory (with ``best/`` and ``last/`` model folders) is accepted too: it means ``best/``.
@@ -66,6 +68,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     categories: CategoryMap
     path: Path  # the model folder actually loaded (``RUN_DIR/best`` for a run directory)
+    train_counts: list[int] | None = None  # per-class counts of the training split; None in older folders
 
 
 def save_model_dir(
@@ -74,8 +77,11 @@ def save_model_dir(
     config: Config,
     tokenizer: PreTrainedTokenizerBase,
     categories: CategoryMap,
+    train_counts: list[int] | None = None,
 ) -> None:
     """Write a self-contained model folder at ``path`` (replaced as a whole if it exists).
+
+    ``train_counts``: per-class counts of the training split, saved in ``categories.json``.
 
     The folder is written next to ``path`` first and then renamed into place, so an interrupted save never
     leaves a half-written ``best/`` behind.
@@ -104,6 +110,12 @@ def save_model_dir(
     save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "mmcls_format": str(FORMAT_VERSION)})
     tokenizer.save_pretrained(str(tmp))
     categories_dict = {**categories.to_dict(), "labeled_counts": list(categories.labeled_counts)}
+    if train_counts is not None:
+        if len(train_counts) != categories.num_lv2:
+            raise ValueError(
+                f"train_counts has {len(train_counts)} entries for {categories.num_lv2} categories"
+            )
+        categories_dict["train_counts"] = [int(n) for n in train_counts]
     _write_json(tmp / CATEGORIES_FILE, categories_dict)
     _write_json(tmp / INFO_FILE, _model_info(model, config))
     for item in tmp.iterdir():  # safetensors writes 0600: give the folder ordinary, shareable permissions
@@ -126,6 +138,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         check_regular_file(folder / name, what=name)
     config = Config.from_yaml(folder / CONFIG_FILE)
     categories = _load_categories(folder / CATEGORIES_FILE)
+    train_counts = _load_train_counts(folder / CATEGORIES_FILE, categories.num_lv2)
     if categories.num_lv2 != config.model.num_classes:
         raise ModelDirError(
             f"{folder}: {CATEGORIES_FILE} has {categories.num_lv2} categories, "
@@ -159,7 +172,28 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
             f"{weights}: weights do not match {CONFIG_FILE}: {_mismatch_summary(exc)}"
         ) from exc
     model.eval()
-    return LoadedModel(model=model, config=config, tokenizer=tokenizer, categories=categories, path=folder)
+    return LoadedModel(
+        model=model,
+        config=config,
+        tokenizer=tokenizer,
+        categories=categories,
+        path=folder,
+        train_counts=[int(n) for n in train_counts] if train_counts is not None else None,
+    )
+
+
+def _load_train_counts(path: Path, num_classes: int) -> list[int] | None:
+    """``train_counts`` of ``categories.json`` (the training split's class counts), None if the folder has none."""
+    counts = json.loads(path.read_bytes().decode("utf-8")).get("train_counts")
+    if counts is None:
+        return None
+    if (
+        not isinstance(counts, list)
+        or len(counts) != num_classes
+        or not all(isinstance(n, int) and n >= 0 for n in counts)
+    ):
+        raise ModelDirError(f"{path}: train_counts must be {num_classes} non-negative integers")
+    return counts
 
 
 def _load_categories(path: Path) -> CategoryMap:

@@ -1,0 +1,135 @@
+"""Adversarial training on weight matrices (FGM, PGD): perturb, one more forward/backward, restore.
+
+For every micro-batch the clean backward also records the gradient ``g`` of the target matrices (BERT's
+word-embedding table by default; the frame projection optionally). A step moves the weights to
+``W + delta`` with ``delta`` along ``g / ||g||`` inside the L2 ball ``||delta|| <= epsilon``:
+
+* FGM: one step of length ``epsilon``; the gradient at ``W + delta`` is added to the clean one.
+* PGD (K = ``steps``): ``delta <- project(delta + alpha * g_t / ||g_t||)`` K times, where ``g_t`` is the target's
+  gradient at the current ``W + delta``; only the last of the K passes adds its gradients to the clean ones
+  (the earlier ones are taken with ``torch.autograd.grad``, so they never touch ``.grad``).
+
+The weights are restored from a copy, so they are bit for bit what they were. All passes but the very last
+backward of an optimizer step run inside ``no_sync``: DDP still all-reduces the gradients once per step.
+The direction needs the *global* micro-batch's gradient, so that a 2-process run perturbs exactly as one
+process does: the captured target gradients are summed over the ranks (one all-reduce of the target matrix
+per attack step, far smaller than the model's gradient all-reduce). The grad scaler's factor (fp16) and the
+``1/grad_accum_steps`` factor cancel in ``g / ||g||``; a non-finite or zero gradient gives ``delta = 0``
+(the scaler skips that step anyway), so every rank takes the same passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mmcls.config import AdversarialConfig, ConfigError
+
+
+def target_parameters(model: nn.Module, targets: list[str]) -> list[nn.Parameter]:
+    """The weight matrices named by ``train.adversarial.target`` in a :class:`MultimodalClassifier`."""
+    found = {
+        "word_embeddings": model.text_encoder.embeddings.word_embeddings.weight,
+        "frame_proj": model.frame_proj.weight,
+    }
+    missing = [t for t in targets if t not in found]
+    if missing:
+        raise ConfigError(f"train.adversarial.target: unknown {missing}; known: {sorted(found)}")
+    return [found[t] for t in targets]
+
+
+def step_towards(delta: torch.Tensor, grad: torch.Tensor, step: float, epsilon: float) -> torch.Tensor:
+    """``delta + step * grad / ||grad||``, projected back onto ``||delta|| <= epsilon`` (L2 over the matrix)."""
+    norm = torch.linalg.vector_norm(grad.float())
+    if not torch.isfinite(norm) or norm == 0:
+        return delta
+    moved = delta + (step / norm) * grad.float()
+    moved_norm = torch.linalg.vector_norm(moved)
+    if moved_norm > epsilon:
+        moved = moved * (epsilon / moved_norm)
+    return moved
+
+
+class Adversary:
+    """FGM/PGD around one micro-batch's clean forward/backward (see the module docstring)."""
+
+    def __init__(self, cfg: AdversarialConfig, model: nn.Module) -> None:
+        self.cfg = cfg
+        self.params = target_parameters(model, list(cfg.target))
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[torch.Tensor | None]]:
+        """Record the gradients of the targets produced by the backward passes inside (this micro-batch's).
+
+        A tensor hook sees the gradient before it is added to ``.grad``, so gradient accumulation over
+        micro-batches does not mix earlier micro-batches into the direction.
+        """
+        captured: list[torch.Tensor | None] = [None] * len(self.params)
+
+        def hook_for(i: int) -> Callable[[torch.Tensor], None]:
+            def hook(grad: torch.Tensor) -> None:
+                captured[i] = grad.detach().clone() if captured[i] is None else captured[i] + grad.detach()
+
+            return hook
+
+        handles = [p.register_hook(hook_for(i)) for i, p in enumerate(self.params)]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _global(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """The gradients summed over all ranks (zeros where a target took no part, e.g. no frames)."""
+        full = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for grad in full:
+                dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return full
+
+    def attack(
+        self,
+        clean_grads: list[torch.Tensor | None],
+        compute_loss: Callable[[], torch.Tensor],
+        scale: Callable[[torch.Tensor], torch.Tensor],
+        no_sync: Callable[[], contextlib.AbstractContextManager],
+        sync: bool,
+    ) -> torch.Tensor:
+        """Run the adversarial passes; the last one's gradients are added to ``.grad``. Returns its loss.
+
+        ``compute_loss`` is one forward of the same micro-batch (under autocast), ``scale`` turns a loss into
+        what is backpropagated (grad scaler, accumulation factor), ``sync`` says whether the last backward
+        is the one that all-reduces the step's gradients.
+        """
+        fgm = self.cfg.method == "fgm"
+        steps = 1 if fgm else self.cfg.steps
+        step_size = self.cfg.epsilon if fgm else self.cfg.alpha
+        originals = [p.detach().clone() for p in self.params]
+        deltas = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        grads = self._global(clean_grads)
+        try:
+            for t in range(steps):
+                with torch.no_grad():
+                    for i, (param, original) in enumerate(zip(self.params, originals)):
+                        deltas[i] = step_towards(deltas[i], grads[i], step_size, self.cfg.epsilon)
+                        param.copy_(original + deltas[i].to(original.dtype))
+                if t < steps - 1:  # PGD's inner steps: only the targets' gradients, .grad untouched
+                    with no_sync():
+                        local = torch.autograd.grad(
+                            scale(compute_loss()), self.params, allow_unused=True, materialize_grads=True
+                        )
+                    grads = self._global(list(local))
+                    continue
+                with no_sync() if not sync else contextlib.nullcontext():
+                    loss = compute_loss()
+                    scale(loss).backward()
+        finally:
+            with torch.no_grad():
+                for param, original in zip(self.params, originals):
+                    param.copy_(original)
+        self.last_deltas = deltas  # for tests and diagnostics: what was added to each target
+        return loss
