@@ -23,6 +23,18 @@ from mmcls.config import TrainConfig
 
 # Transformer blocks of the frame backbones: open_clip's ``transformer.resblocks.i``, timm's ``blocks.i``.
 _FRAME_BLOCK_RE = re.compile(r"(?:^|\.)(?:resblocks|blocks)\.(\d+)\.")
+# What sits below the first block: open_clip's and timm's patch embedding, class/register tokens, positions.
+_FRAME_STEM = (
+    "conv1.",
+    "class_embedding",
+    "positional_embedding",
+    "ln_pre.",
+    "patch_embed.",
+    "cls_token",
+    "reg_token",
+    "pos_embed",
+    "norm_pre.",
+)
 
 
 def _module_group(name: str) -> str:
@@ -40,21 +52,22 @@ def _wants_decay(name: str, param: nn.Parameter) -> bool:
 def frame_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     """Depth of every frame-encoder parameter (full names) and the number of blocks ``M``.
 
-    Block ``i`` is ``i + 1``; parameters before the first block (patch embedding, class token, positions,
-    ``ln_pre``) are ``0`` and those after the last one (``ln_post``, ``proj``, timm's ``norm``) are ``M + 1``.
+    Block ``i`` is ``i + 1``; the stem before the first block (patch embedding, class token, positions,
+    ``ln_pre``) is ``0``; everything after the last block (``ln_post``, ``proj``, timm's ``norm``) is ``M + 1``.
     A backbone without such blocks (a CNN) gets ``M = 0``: every parameter at ``1``, i.e. no decay.
+    (Parameter order cannot tell stem from top: open_clip registers ``proj`` before ``conv1``.)
     """
-    named = [(n, p) for n, p in model.named_parameters() if n.startswith("frame_encoder.")]
-    blocks = [int(m.group(1)) if (m := _FRAME_BLOCK_RE.search(n)) else None for n, _ in named]
-    num_blocks = max((b for b in blocks if b is not None), default=-1) + 1
     ids: dict[str, int] = {}
-    seen_block = False
-    for (name, _), block in zip(named, blocks):
-        if block is not None:
-            seen_block = True
-            ids[name] = block + 1
+    named = [n for n, _ in model.named_parameters() if n.startswith("frame_encoder.")]
+    blocks = {n: int(m.group(1)) for n in named if (m := _FRAME_BLOCK_RE.search(n))}
+    num_blocks = max(blocks.values(), default=-1) + 1
+    for name in named:
+        if name in blocks:
+            ids[name] = blocks[name] + 1
+        elif num_blocks and name.removeprefix("frame_encoder.backbone.").startswith(_FRAME_STEM):
+            ids[name] = 0
         else:
-            ids[name] = num_blocks + 1 if seen_block or num_blocks == 0 else 0
+            ids[name] = num_blocks + 1
     return ids, num_blocks
 
 
