@@ -235,7 +235,7 @@ def test_kill9_with_every_new_state_resumes_exactly(data_root, tmp_path):
         proc.wait(timeout=60)
         killed_at = _step(latest_checkpoint(run_dir))
         assert 11 < killed_at < 22 and not (run_dir / "last").exists()
-        assert load_checkpoint(latest_checkpoint(run_dir))["swa"]["n_averaged"].item() == 1
+        assert load_checkpoint(latest_checkpoint(run_dir))["task"]["swa"]["n_averaged"].item() == 1
         resumed = _start(data_root, run_dir, resume=True)
         assert resumed.wait(timeout=TIMEOUT) == 0, (run_dir.parent / "run.log").read_text()
         assert reference.wait(timeout=TIMEOUT) == 0, (tmp_path / "reference.log").read_text()
@@ -249,6 +249,7 @@ def test_kill9_with_every_new_state_resumes_exactly(data_root, tmp_path):
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want), name
     got, want = (load_checkpoint(latest_checkpoint(d)) for d in (run_dir, reference_dir))
+    got["swa"], want["swa"] = got["task"]["swa"], want["task"]["swa"]  # the task's extra checkpoint state
     assert want["swa"]["n_averaged"].item() == 2
     for part in ("model", "swa", "ema"):
         assert all(torch.equal(got[part][k], want[part][k]) for k in want[part]), part
