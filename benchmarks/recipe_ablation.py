@@ -33,7 +33,6 @@ ROWS: dict[str, tuple[list[str], float]] = {
     "multi_dropout_4": (["train.multi_dropout=4"], 0.0),
     "rdrop_1.0": (["train.rdrop_alpha=1.0"], 0.0),
     "swa_from_3": (["train.swa_start_epoch=3"], 0.0),
-    "ema_0.99": (["train.ema_decay=0.99"], 0.0),
     "cosine_restarts_2": (["train.schedule=cosine_restarts", "train.restart_epochs=2"], 0.0),
     "linear": (["train.schedule=linear"], 0.0),
     "lv1_loss_0.5": (["train.lv1_loss_weight=0.5"], 0.0),
