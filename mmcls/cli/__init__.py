@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "export": "mmcls.deploy.cli_export",
     "serve": "mmcls.deploy.cli_serve",
     "client": "mmcls.deploy.cli_client",
+    "extract-features": "mmcls.cli.extract_features",
+    "bench": "mmcls.cli.bench",
 }
 
 

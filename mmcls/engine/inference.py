@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmcls.engine.distributed import all_gather_objects
+from mmcls.engine.prefetch import DevicePrefetcher
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "frames", "frame_mask")
 
@@ -56,12 +57,13 @@ def predict_loader(
     was_training = model.training
     model.eval()
     indices, probs, labels, errors = [], [], [], Counter()
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    batches = DevicePrefetcher(loader, device, MODEL_INPUTS)  # inputs arrive on the device
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         errors.update(batch["frame_errors"])
         if len(batch["index"]) == 0:
             continue
         with autocast(device, precision):
-            out = model(**{k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS})
+            out = model(**{k: batch[k] for k in MODEL_INPUTS})
         probs.append(out["logits"].float().softmax(dim=-1).cpu().numpy())
         indices.append(batch["index"].numpy())
         labels.append(batch["labels"].numpy())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import random
 import signal
 import time
@@ -55,10 +54,10 @@ from mmcls.engine.distributed import (
 )
 from mmcls.engine.logger import RunLogger, show_progress
 from mmcls.engine.optim import build_optimizer, build_scheduler
+from mmcls.engine.prefetch import DevicePrefetcher
 from mmcls.engine.run_dir import check_run_dir, start_run_dir
 from mmcls.engine.run_report import write_run_report
 from mmcls.engine.setup import TaskSetup, build_task
-from mmcls.engine.task import move_batch
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_json
 from mmcls.models import load_init_weights
@@ -328,7 +327,7 @@ class Trainer:
             drop_last=True,
         )
         step_in_epoch = state.samples_done // (tcfg.batch_size * tcfg.grad_accum_steps)
-        batches = iter(loader)
+        batches = iter(DevicePrefetcher(loader, self.device, self.task.device_keys))
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=step_in_epoch,
@@ -344,14 +343,14 @@ class Trainer:
             state.global_step += 1
             state.samples_done += tcfg.batch_size * tcfg.grad_accum_steps
             bar.update(1)
-            if losses:
+            if losses and state.global_step % tcfg.log_every_steps == 0:
+                # The losses stay on the device between logging steps (reading them is a host sync).
+                # Every rank is here (skipped steps are agreed on by all ranks): average the losses so
+                # the log shows the global batch's loss, as a single process would.
+                losses = all_reduce_mean(_to_floats(losses), self.device)
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
-                if state.global_step % tcfg.log_every_steps == 0:
-                    # Every rank is here (skipped steps are agreed on by all ranks): average the losses so
-                    # the log shows the global batch's loss, as a single process would.
-                    losses = all_reduce_mean(losses, self.device)
-                    lr = {f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}
-                    self.logger.log(state.global_step, state.epoch, {**losses, **lr}, prefix="train/")
+                lr = {f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}
+                self.logger.log(state.global_step, state.epoch, {**losses, **lr}, prefix="train/")
             (stop_now,) = any_rank([stop.requested], self.device)
             if stop_now:
                 bar.close()
@@ -361,10 +360,14 @@ class Trainer:
         bar.close()
         return False
 
-    def _train_step(self, micro_batches: list[dict]) -> dict[str, float] | None:
-        """One optimizer step over ``grad_accum_steps`` micro-batches; None if the step was skipped."""
+    def _train_step(self, micro_batches: list[dict]) -> dict[str, torch.Tensor] | None:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; None if the step was skipped.
+
+        The batches' model inputs are already on the device (see :class:`DevicePrefetcher`). The returned
+        losses are device scalars: the one host sync of a step is the finiteness check of its loss.
+        """
         tcfg = self.cfg.train
-        totals: Counter = Counter()
+        totals: dict[str, torch.Tensor] = {}
         skip = False
         for i, batch in enumerate(micro_batches):
             self.state.epoch_errors.update(batch["frame_errors"])
@@ -379,14 +382,14 @@ class Trainer:
             last = i == len(micro_batches) - 1
             # Only the last micro-batch's (last) backward all-reduces: the task runs the rest inside no_sync.
             loss, parts = self.task.forward_backward(
-                move_batch(batch, self.device, self.task.device_keys),
+                batch,
                 scale=lambda loss: self.scaler.scale(loss / len(micro_batches)),
                 sync=last,
             )
-            totals["loss"] += loss.detach().float().item() / len(micro_batches)
-            for key, value in parts.items():
-                totals[key] += value.float().item() / len(micro_batches)
-        (nonfinite,) = any_rank([not math.isfinite(totals["loss"])], self.device)
+            for key, value in {"loss": loss.detach(), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + value.float() / len(micro_batches)
+        finite = "loss" not in totals or bool(torch.isfinite(totals["loss"]))
+        (nonfinite,) = any_rank([not finite], self.device)
         if nonfinite or skip:
             self.optimizer.zero_grad(set_to_none=True)
             if nonfinite:
@@ -401,7 +404,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.task.after_optimizer_step(self.state.global_step + 1)
-        return dict(totals)
+        return totals
 
     def _count_nonfinite(self) -> None:
         state = self.state
@@ -509,6 +512,12 @@ class Trainer:
             interrupted,
             self.setup.selection.metric,
         )
+
+
+def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Device scalars -> Python floats with a single device-to-host copy."""
+    numbers = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
+    return dict(zip(values, numbers))
 
 
 def train(

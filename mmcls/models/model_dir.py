@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers.initialization import no_init_weights
 
 from mmcls.config import Config
 from mmcls.data.categories import CategoryMap
@@ -150,12 +151,15 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         raise ModelDirError(f"{folder}: the tokenizer files cannot be loaded: {_first_line(exc)}") from exc
     frames = config.data.frames
     try:
-        model = MultimodalClassifier(
-            config.model,
-            image_size=frames.image_size,
-            pixel_mean=tuple(frames.mean),
-            pixel_std=tuple(frames.std),
-        ).to(device)
+        # Every weight is overwritten by the strict load below, so the random initialisation is skipped: for
+        # the base architecture it took 8 s of a CPU start-up (0.3 s without). Buffers are not affected.
+        with no_init_weights():
+            model = MultimodalClassifier(
+                config.model,
+                image_size=frames.image_size,
+                pixel_mean=tuple(frames.mean),
+                pixel_std=tuple(frames.std),
+            ).to(device)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ModelDirError(
             f"{folder / CONFIG_FILE}: does not describe a model that can be built: {_first_line(exc)}"

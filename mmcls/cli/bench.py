@@ -1,0 +1,104 @@
+"""``mmcls bench data|infer|train``: throughput and memory of the data path, the model and both together.
+
+The measurements live in :mod:`mmcls.engine.bench` (what each key means is documented there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+#: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.engine.bench.torch_backend` for the
+#: factory's signature). Exported backends (ONNX Runtime, AOTInductor) add a line pointing into mmcls.deploy.
+INFER_BACKENDS: dict[str, str] = {
+    "torch": "mmcls.engine.bench:torch_backend",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "bench",
+        help="measure data-loading, model and end-to-end throughput",
+        epilog="example: mmcls bench data tiny --data-root data/ --workers 2 --json",
+    )
+    what = p.add_subparsers(dest="bench_target", required=True, metavar="{data,infer,train}")
+    data = what.add_parser("data", help="DataLoader alone and one-process cost per video")
+    data.add_argument("config", type=Path, help="YAML file or preset name (tiny, base, feats)")
+    infer = what.add_parser("infer", help="inference: model alone, loader alone, predict end to end")
+    infer.add_argument("model", type=Path, help="a model folder or a run directory (its best model)")
+    infer.add_argument("--backend", default="torch", choices=sorted(INFER_BACKENDS), help="inference backend")
+    train = what.add_parser("train", help="training: optimizer step alone and training end to end")
+    train.add_argument("config", type=Path, help="YAML file or preset name (tiny, base, feats)")
+    for q in (data, infer, train):
+        _common(q, config=q is not infer)
+    return p
+
+
+def _common(p: argparse.ArgumentParser, config: bool) -> None:
+    p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
+    p.add_argument("--split", default=None, help="annotation split (default: labeled; infer: test)")
+    p.add_argument("--batch-size", type=int, default=32, help="videos per batch")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
+    p.add_argument("--batches", type=int, default=4, help="batches per timed run")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N records of the split")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    if config:
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key (value parsed as YAML); repeatable",
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmcls.config import Config
+    from mmcls.engine import bench
+
+    opts = bench.BenchOptions(
+        split=args.split or ("test" if args.bench_target == "infer" else "labeled"),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        precision=args.precision,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        batches=args.batches,
+        limit=args.limit,
+        peak_tflops=args.peak_tflops,
+    )
+    if args.bench_target == "infer":
+        module, _, factory = INFER_BACKENDS[args.backend].partition(":")
+        backend = getattr(importlib.import_module(module), factory)
+        result = bench.bench_infer(args.model, args.data_root, opts, backend=backend)
+    else:
+        cfg = Config.from_yaml(args.config, args.overrides)
+        measure = bench.bench_data if args.bench_target == "data" else bench.bench_train
+        result = measure(cfg, args.data_root, opts)
+    report = {
+        "bench": args.bench_target,
+        **result,
+        "device": torch.cuda.get_device_name() if opts.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "options": vars(opts),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(map(len, report))
+        for key, value in report.items():
+            shown = f"{value:,.3f}" if isinstance(value, float) else value
+            print(f"{key:<{width}}  {shown}")
+    return 0

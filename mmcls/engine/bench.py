@@ -1,0 +1,320 @@
+"""``mmcls bench data|infer|train``: throughput of the data path, the model and the two together.
+
+Every figure is the median of ``repeats`` timed runs after ``warmup`` untimed ones, so a machine shared with
+other processes gives a stable number. Videos per second always count real videos (samples), not frames.
+
+What each figure means:
+
+* ``one_process_ms_per_video``: ``dataset[i]`` in this process (zip read, JPEG decode, resize, tokenisation),
+  next to ``plain_decode_ms_per_video``, a plain PIL decode of the same JPEGs to uint8 arrays: their ratio is
+  the data path's overhead beyond decoding.
+* ``loader_videos_per_s``: the DataLoader alone with ``workers`` processes (batches consumed and dropped),
+  timed from its first batch, so worker start-up is warm-up.
+* ``model_videos_per_s``: the model alone on batches already on the device (inference: forward; training: the
+  whole optimizer step of ``Trainer._train_step``).
+* ``e2e_videos_per_s``: what ``mmcls predict`` (:func:`~mmcls.engine.inference.predict_loader`) or one
+  training epoch achieves, loader included.
+* ``peak_memory_gib``: the CUDA allocator's peak on a GPU; on the CPU the process's peak resident set size.
+* ``mfu`` (CUDA, training): FLOPs of one forward+backward counted by ``torch.utils.flop_counter`` (matmuls,
+  convolutions, attention), times steps per second, over the device's dense bf16/fp16 peak.
+
+This module only uses the library's stable entry points (``build_dataset``, ``build_loader``, ``Trainer``,
+``predict_loader``), so ``benchmarks/before_after.py`` can load it against an older checkout to compare.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "frames", "frame_mask")
+# Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets; --peak-tflops overrides.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
+
+
+@dataclass
+class BenchOptions:
+    """What to measure and how often (the CLI's options)."""
+
+    split: str = "labeled"
+    batch_size: int = 32
+    workers: int = 2
+    device: str = "cpu"
+    precision: str = "fp32"
+    repeats: int = 5
+    warmup: int = 1
+    batches: int = 4  # batches per timed run
+    limit: int | None = None  # use only the first N records of the split (infer: the e2e pass)
+    peak_tflops: float | None = None
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def median_time(run: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of ``run()`` in seconds over ``repeats`` runs, after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        run()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """CUDA allocator peak on a GPU; otherwise this process's peak RSS (``ru_maxrss``, KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _device(name: str) -> torch.device:
+    from mmcls.config import ConfigError
+
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device on this machine")
+    return device
+
+
+# ------------------------------------------------------------------------------------------------ data
+def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str, Any]:
+    """``one_process_ms_per_video`` and ``loader_videos_per_s`` of ``cfg``'s training data path."""
+    from mmcls.data.builders import build_loader
+
+    dataset, pad_id = _dataset(cfg, data_root, opts, train=True)
+    cpu = torch.device("cpu")
+    num_videos = min(len(dataset), opts.batch_size * opts.batches)
+    one = median_time(lambda: [dataset[i] for i in range(num_videos)], opts.repeats, opts.warmup, cpu)
+    result: dict[str, Any] = {"one_process_ms_per_video": 1e3 * one / num_videos}
+    if getattr(dataset.frame_source, "root", None) is not None and cfg.data.frames.source == "zip_frames":
+        ids = [dataset.records[i].id for i in range(num_videos)]
+        plain = median_time(lambda: _plain_decode(dataset.frame_source, ids), opts.repeats, opts.warmup, cpu)
+        result["plain_decode_ms_per_video"] = 1e3 * plain / num_videos
+        result["overhead_vs_plain_decode"] = one / plain
+        frames = sum(int(dataset[i]["frame_mask"].sum()) for i in range(num_videos))
+        result["decoded_frames_per_s_per_core"] = frames / one
+
+    def make_loader():
+        return build_loader(dataset, opts.batch_size, None, opts.workers, pad_id, drop_last=True)
+
+    result["loader_videos_per_s"] = _loader_rate(make_loader, opts)
+    return result
+
+
+def _plain_decode(source: Any, ids: list[str]) -> list[np.ndarray]:
+    """The reference: every JPEG of each zip (up to max_frames, sorted) decoded by PIL to a uint8 array."""
+    from PIL import Image
+
+    out = []
+    for video_id in ids:
+        with zipfile.ZipFile(source.path(video_id)) as zf:
+            names = sorted(n for n in zf.namelist() if n.lower().endswith((".jpg", ".jpeg")))
+            for name in names[: source.max_frames]:
+                out.append(np.asarray(Image.open(io.BytesIO(zf.read(name))).convert("RGB")))
+    return out
+
+
+def _loader_rate(make_loader: Callable[[], Any], opts: BenchOptions) -> float:
+    """Median videos/s of fresh loaders, timed from each one's first batch (start-up is warm-up)."""
+    rates = []
+    for run in range(opts.warmup + opts.repeats):
+        batches = iter(make_loader())
+        first = next(batches)
+        start, videos = time.perf_counter(), 0
+        for batch, _ in zip(batches, range(opts.batches)):
+            videos += len(batch["index"])
+        elapsed = time.perf_counter() - start
+        del first, batches
+        if run >= opts.warmup and videos:
+            rates.append(videos / elapsed)
+    return statistics.median(rates) if rates else float("nan")
+
+
+def _dataset(cfg: Any, data_root: str | Path, opts: BenchOptions, train: bool, tokenizer: Any = None):
+    from mmcls.data.annotations import annotation_path, load_records
+    from mmcls.data.builders import build_dataset
+    from mmcls.data.categories import official_categories
+    from mmcls.data.text import load_tokenizer
+
+    categories = official_categories()
+    tokenizer = tokenizer or load_tokenizer(cfg.data.text.tokenizer)
+    records = load_records(annotation_path(data_root, opts.split), categories=categories)[: opts.limit]
+    dataset = build_dataset(cfg, data_root, opts.split, records, tokenizer, categories, train=train)
+    return dataset, tokenizer.pad_token_id or 0
+
+
+def _ready_batches(loader: Any, count: int, device: torch.device, keys=(*MODEL_INPUTS, "labels")) -> list:
+    """``count`` batches with their model inputs already on ``device`` (what the model alone is timed on)."""
+    out = []
+    for batch, _ in zip(loader, range(count)):
+        out.append({**batch, **{k: batch[k].to(device) for k in keys}})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ inference
+#: ``--backend`` name -> factory ``(model_dir, device, precision) -> (run(batch) -> logits, loaded model)``.
+#: The exported backends (ONNX, AOTInductor) live in ``mmcls.deploy`` and are added by the CLI's backend table.
+def torch_backend(model_dir: str | Path, device: torch.device, precision: str):
+    """The eager PyTorch model of a model folder, run under ``precision`` autocast."""
+    from mmcls.engine.inference import autocast
+    from mmcls.models import load_model_dir
+
+    loaded = load_model_dir(model_dir, device=device)
+
+    @torch.no_grad()
+    def run(batch: dict[str, Any]) -> torch.Tensor:
+        with autocast(device, precision):
+            return loaded.model(**{k: batch[k] for k in MODEL_INPUTS})["logits"]
+
+    return run, loaded
+
+
+def bench_infer(
+    model_dir: str | Path, data_root: str | Path, opts: BenchOptions, backend: Callable = torch_backend
+) -> dict[str, Any]:
+    """``model_videos_per_s``, ``loader_videos_per_s``, ``e2e_videos_per_s`` and ``peak_memory_gib``."""
+    from mmcls.data.builders import build_eval_loader
+
+    device = _device(opts.device)
+    run, loaded = backend(model_dir, device, opts.precision)
+    dataset, pad_id = _dataset(loaded.config, data_root, opts, train=False, tokenizer=loaded.tokenizer)
+
+    def make_loader():
+        return build_eval_loader(dataset, opts.batch_size, opts.workers, pad_id)
+
+    ready = _ready_batches(make_loader(), opts.batches, device, MODEL_INPUTS)
+    videos = sum(len(b["index"]) for b in ready)
+    model_s = median_time(lambda: [run(b) for b in ready], opts.repeats, opts.warmup, device)
+    e2e_rates = [_predict_rate(run, make_loader(), device) for _ in range(opts.warmup + opts.repeats)]
+    return {
+        "model_videos_per_s": videos / model_s,
+        "loader_videos_per_s": _loader_rate(make_loader, opts),
+        "e2e_videos_per_s": statistics.median(e2e_rates[opts.warmup :]),
+        "peak_memory_gib": peak_memory_gib(device),
+    }
+
+
+def _predict_rate(run: Callable, loader: Any, device: torch.device) -> float:
+    """Videos/s of ``mmcls predict``'s loop (device prefetch, forward, softmax to the host) over one pass of
+    ``loader``, timed from its first batch (worker start-up is warm-up, as in :func:`_loader_rate`)."""
+    start, videos = None, 0
+    for batch in _device_batches(loader, device):
+        run(batch).float().softmax(dim=-1).cpu()
+        if start is None:
+            start = time.perf_counter()
+        else:
+            videos += len(batch["index"])
+    return videos / (time.perf_counter() - start) if videos else float("nan")
+
+
+def _device_batches(loader: Any, device: torch.device) -> Iterator[dict[str, Any]]:
+    try:
+        from mmcls.engine.prefetch import DevicePrefetcher
+    except ImportError:  # an older checkout (benchmarks/before_after.py): per-batch copies, as it did
+        return (_ready_batches([b], 1, device, MODEL_INPUTS)[0] for b in loader)
+    return iter(DevicePrefetcher(loader, device, MODEL_INPUTS))
+
+
+# ------------------------------------------------------------------------------------------------ training
+def bench_train(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str, Any]:
+    """``model_videos_per_s`` (optimizer steps on ready batches), ``e2e_videos_per_s`` (training epochs),
+    ``peak_memory_gib`` and, on CUDA, ``mfu``."""
+    from mmcls.engine.trainer import StopRequest, Trainer
+
+    device = _device(opts.device)
+    cfg = cfg.copy()
+    tcfg = cfg.train
+    tcfg.device, tcfg.precision, tcfg.batch_size = opts.device, opts.precision, opts.batch_size
+    tcfg.progress_bar = tcfg.tensorboard = False
+    tcfg.checkpoint_every_steps = 10**9
+    tcfg.epochs = 10**6  # keeps the LR schedule in its warm-up: every timed step is an ordinary step
+    cfg.data.num_workers = opts.workers
+    cfg.data.val_fraction = 0.0
+    cfg.data.train_split = opts.split
+    cfg.data.limit_train = opts.batch_size * opts.batches * tcfg.grad_accum_steps
+    with tempfile.TemporaryDirectory(prefix="mmcls-bench-") as run_dir:
+        trainer = Trainer(cfg, data_root, run_dir)
+        ready = _train_batches(trainer, device, opts.batches)
+        steps = [ready[i : i + tcfg.grad_accum_steps] for i in range(0, len(ready), tcfg.grad_accum_steps)]
+        videos = sum(len(b["index"]) for b in ready)
+        step_s = median_time(
+            lambda: [trainer._train_step(s) for s in steps], opts.repeats, opts.warmup, device
+        )
+        stop = StopRequest()
+        epoch_s = median_time(lambda: _train_epoch(trainer, stop), opts.repeats, opts.warmup, device)
+        result: dict[str, Any] = {
+            "model_videos_per_s": videos / step_s,
+            "e2e_videos_per_s": trainer.steps_per_epoch * tcfg.batch_size * tcfg.grad_accum_steps / epoch_s,
+            "peak_memory_gib": peak_memory_gib(device),
+        }
+        if device.type == "cuda":
+            flops = train_step_flops(trainer, steps[0])
+            peak = (opts.peak_tflops or _peak_tflops(device)) * 1e12
+            result.update(
+                flops_per_video=flops / videos * len(steps),
+                mfu=flops * len(steps) / step_s / peak if peak else None,
+                peak_tflops=peak / 1e12,
+            )
+    return result
+
+
+def _train_batches(trainer: Any, device: torch.device, count: int) -> list[dict[str, Any]]:
+    from mmcls.data.builders import build_loader
+
+    tcfg = trainer.cfg.train
+    loader = build_loader(
+        trainer.train_set,
+        trainer.local_batch,
+        None,
+        trainer.cfg.data.num_workers,
+        trainer.pad_id,
+        drop_last=True,
+    )
+    return _ready_batches(loader, count * tcfg.grad_accum_steps, device)
+
+
+def _train_epoch(trainer: Any, stop: Any) -> None:
+    trainer.samples_done = 0
+    trainer._train_epoch(stop)
+    trainer.epoch += 1
+
+
+def train_step_flops(trainer: Any, micro_batches: list[dict[str, Any]]) -> float:
+    """FLOPs of the forward+backward passes of one step (the optimizer update is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmcls.engine.inference import autocast
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for batch in micro_batches:
+            with autocast(trainer.device, trainer.cfg.train.precision):
+                loss, _ = trainer.task(batch)
+            loss.backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def _peak_tflops(device: torch.device) -> float | None:
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
