@@ -209,6 +209,11 @@ class TrainConfig:
     )  # stop after this many NaN/inf losses in a row
     distributed: Literal["ddp", "fsdp"] = "ddp"  # only used under torchrun with world size > 1
     device: Literal["auto", "cpu", "cuda"] = setting("auto", resume_safe=True)
+    # torch.compile the model (nn.Module.compile: in place, weight names unchanged). Pays a compile time at
+    # start-up and on new input shapes; off by default.
+    compile: bool = setting(False, resume_safe=True)
+    # Recompute activations in the backward pass of both towers: less memory for ~30% more compute.
+    grad_checkpointing: bool = setting(False, resume_safe=True)
     progress_bar: bool = setting(True, resume_safe=True)  # also off whenever stderr is not a terminal
     tensorboard: bool = setting(True, resume_safe=True)
 

@@ -155,3 +155,47 @@ def test_bench_reports_the_issue_keys(data_root, model_dir, capsys):
     for key in ("model_videos_per_s", "e2e_videos_per_s", "peak_memory_gib"):
         assert trained[key] > 0, key
     assert "mfu" not in trained  # only on CUDA, where a peak FLOP rate is known
+
+
+def test_grad_checkpointing_recomputes_both_towers_with_the_same_gradients():
+    cfg = Config.from_yaml("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    batch = {
+        "input_ids": torch.randint(1, 100, (2, 12)),
+        "attention_mask": torch.ones(2, 12, dtype=torch.long),
+        "frames": torch.randint(0, 255, (2, 4, 3, 32, 32), dtype=torch.uint8),
+        "frame_mask": torch.ones(2, 4, dtype=torch.bool),
+    }
+    calls = {"bert": 0, "vit": 0}
+    # Hooks on modules inside the checkpointed layers (the recomputation calls those again).
+    watched = {
+        "bert": model.text_encoder.encoder.layer[0].attention.self,
+        "vit": model.frame_encoder.backbone.transformer.resblocks[0].mlp,
+    }
+    for name, module in watched.items():
+        module.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+
+    def grads() -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)  # the same dropout masks (the recomputation replays the forward's RNG state)
+        model.zero_grad()
+        model(**batch)["logits"].logsumexp(dim=-1).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    assert calls == {"bert": 1, "vit": 1}
+    model.set_grad_checkpointing(True)
+    checkpointed = grads()
+    assert calls == {"bert": 3, "vit": 3}  # forward + recomputation in the backward
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, msg=name)
+
+
+@pytest.mark.slow
+def test_train_compile_setting_trains_and_saves_plain_weight_names(data_root, tmp_path):
+    cfg = Config.from_yaml("tiny", [*TINY_FAST, "train.compile=true", "data.num_workers=0"])
+    result = train(cfg, data_root, tmp_path / "run")
+    assert result.global_step > 0 and np.isfinite(result.last_metrics["loss"])
+    loaded = load_model_dir(tmp_path / "run")  # strict load: no "_orig_mod." prefixes in the saved weights
+    assert not any("_orig_mod" in name for name in loaded.model.state_dict())

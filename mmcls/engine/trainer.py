@@ -231,8 +231,15 @@ class Trainer:
         model = self.setup.build_model()
         if cfg.model.init_from:
             load_init_weights(model, cfg.model.init_from)  # logs what was loaded and what was not
+        if tcfg.grad_checkpointing:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise ConfigError(f"train.grad_checkpointing: {type(model).__name__} does not support it")
+            model.set_grad_checkpointing(True)
         self.task = self.setup.build_task(model, self.device)
         self.task.wrap_distributed(self.dist, find_unused_parameters=self.setup.find_unused_parameters)
+        if tcfg.compile:
+            # After DDP/FSDP wrapping (the order torch recommends); in place, so checkpoints keep their keys.
+            self.task.model.compile()
         self.optimizer = build_optimizer(self.task.model, tcfg)
         self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tcfg.precision == "fp16")
