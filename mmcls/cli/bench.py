@@ -48,6 +48,12 @@ def _common(p: argparse.ArgumentParser, config: bool) -> None:
     p.add_argument("--batches", type=int, default=4, help="batches per timed run")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of the split")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
+    p.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="clock of the one-process/model-alone figures; cpu = process CPU time, steadier on a shared machine",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     if config:
         p.add_argument(
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         batches=args.batches,
         limit=args.limit,
         peak_tflops=args.peak_tflops,
+        clock=args.clock,
     )
     if args.bench_target == "infer":
         module, _, factory = INFER_BACKENDS[args.backend].partition(":")

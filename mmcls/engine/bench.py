@@ -56,20 +56,29 @@ class BenchOptions:
     batches: int = 4  # batches per timed run
     limit: int | None = None  # use only the first N records of the split (infer: the e2e pass)
     peak_tflops: float | None = None
+    # "wall" or "cpu": the clock of the one-process and model-alone figures. "cpu" (this process's CPU time) is
+    # steadier on a machine shared with other jobs; loader and end-to-end figures are always wall time.
+    clock: str = "wall"
 
 
 # ------------------------------------------------------------------------------------------------ timing
-def median_time(run: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> float:
-    """Median wall time of ``run()`` in seconds over ``repeats`` runs, after ``warmup`` untimed runs."""
+def median_time(
+    run: Callable[[], Any], repeats: int, warmup: int, device: torch.device, clock: str = "wall"
+) -> float:
+    """Median time of ``run()`` in seconds over ``repeats`` runs, after ``warmup`` untimed runs.
+
+    ``clock="cpu"`` measures this process's CPU time instead of wall time (CPU device only).
+    """
+    now = time.process_time if clock == "cpu" and device.type == "cpu" else time.perf_counter
     for _ in range(warmup):
         run()
     times = []
     for _ in range(repeats):
         _synchronize(device)
-        start = time.perf_counter()
+        start = now()
         run()
         _synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times)
 
 
@@ -104,11 +113,15 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
     dataset, pad_id = _dataset(cfg, data_root, opts, train=True)
     cpu = torch.device("cpu")
     num_videos = min(len(dataset), opts.batch_size * opts.batches)
-    one = median_time(lambda: [dataset[i] for i in range(num_videos)], opts.repeats, opts.warmup, cpu)
+    one = median_time(
+        lambda: [dataset[i] for i in range(num_videos)], opts.repeats, opts.warmup, cpu, opts.clock
+    )
     result: dict[str, Any] = {"one_process_ms_per_video": 1e3 * one / num_videos}
     if getattr(dataset.frame_source, "root", None) is not None and cfg.data.frames.source == "zip_frames":
         ids = [dataset.records[i].id for i in range(num_videos)]
-        plain = median_time(lambda: _plain_decode(dataset.frame_source, ids), opts.repeats, opts.warmup, cpu)
+        plain = median_time(
+            lambda: _plain_decode(dataset.frame_source, ids), opts.repeats, opts.warmup, cpu, opts.clock
+        )
         result["plain_decode_ms_per_video"] = 1e3 * plain / num_videos
         result["overhead_vs_plain_decode"] = one / plain
         frames = sum(int(dataset[i]["frame_mask"].sum()) for i in range(num_videos))
@@ -204,7 +217,7 @@ def bench_infer(
 
     ready = _ready_batches(make_loader(), opts.batches, device, MODEL_INPUTS)
     videos = sum(len(b["index"]) for b in ready)
-    model_s = median_time(lambda: [run(b) for b in ready], opts.repeats, opts.warmup, device)
+    model_s = median_time(lambda: [run(b) for b in ready], opts.repeats, opts.warmup, device, opts.clock)
     e2e_rates = [_predict_rate(run, make_loader(), device) for _ in range(opts.warmup + opts.repeats)]
     return {
         "model_videos_per_s": videos / model_s,
@@ -258,7 +271,7 @@ def bench_train(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str
         steps = [ready[i : i + tcfg.grad_accum_steps] for i in range(0, len(ready), tcfg.grad_accum_steps)]
         videos = sum(len(b["index"]) for b in ready)
         step_s = median_time(
-            lambda: [trainer._train_step(s) for s in steps], opts.repeats, opts.warmup, device
+            lambda: [trainer._train_step(s) for s in steps], opts.repeats, opts.warmup, device, opts.clock
         )
         stop = StopRequest()
         epoch_s = median_time(lambda: _train_epoch(trainer, stop), opts.repeats, opts.warmup, device)
