@@ -130,7 +130,7 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
     def make_loader():
         return build_loader(dataset, opts.batch_size, None, opts.workers, pad_id, drop_last=True)
 
-    result["loader_videos_per_s"] = _loader_rate(make_loader, opts)
+    result["loader_videos_per_s"], result["loader_first_batch_s"] = _loader_rate(make_loader, opts)
     return result
 
 
@@ -147,10 +147,12 @@ def _plain_decode(source: Any, ids: list[str]) -> list[np.ndarray]:
     return out
 
 
-def _loader_rate(make_loader: Callable[[], Any], opts: BenchOptions) -> float:
-    """Median videos/s of fresh loaders, timed from each one's first batch (start-up is warm-up)."""
-    rates = []
+def _loader_rate(make_loader: Callable[[], Any], opts: BenchOptions) -> tuple[float, float]:
+    """Median videos/s of fresh loaders, timed from each one's first batch (start-up is warm-up), and the
+    median time from creating a loader to its first batch (what persistent workers would save per pass)."""
+    rates, first_batch_s = [], []
     for run in range(opts.warmup + opts.repeats):
+        created = time.perf_counter()
         batches = iter(make_loader())
         first = next(batches)
         start, videos = time.perf_counter(), 0
@@ -160,7 +162,10 @@ def _loader_rate(make_loader: Callable[[], Any], opts: BenchOptions) -> float:
         del first, batches
         if run >= opts.warmup and videos:
             rates.append(videos / elapsed)
-    return statistics.median(rates) if rates else float("nan")
+            first_batch_s.append(start - created)
+    if not rates:
+        return float("nan"), float("nan")
+    return statistics.median(rates), statistics.median(first_batch_s)
 
 
 def _dataset(cfg: Any, data_root: str | Path, opts: BenchOptions, train: bool, tokenizer: Any = None):
@@ -221,7 +226,7 @@ def bench_infer(
     e2e_rates = [_predict_rate(run, make_loader(), device) for _ in range(opts.warmup + opts.repeats)]
     return {
         "model_videos_per_s": videos / model_s,
-        "loader_videos_per_s": _loader_rate(make_loader, opts),
+        "loader_videos_per_s": _loader_rate(make_loader, opts)[0],
         "e2e_videos_per_s": statistics.median(e2e_rates[opts.warmup :]),
         "peak_memory_gib": peak_memory_gib(device),
     }
