@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import huggingface_hub.constants
-import open_clip
 import pytest
 import torch
 import yaml
@@ -25,6 +24,7 @@ from mmcls.models import (
     lv1_probs,
     save_model_dir,
 )
+from mmcls.models.frame_encoder import open_clip_module
 
 VOCAB = Path(__file__).resolve().parents[1] / "mmcls" / "assets" / "bert_chinese_vocab.txt"
 TINY_BERT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
@@ -311,7 +311,8 @@ def _pretrained_sources(tmp_path: Path) -> tuple[str, str]:
     bert_dir = tmp_path / "sources" / "bert"
     BertModel(BertConfig(vocab_size=21128, **TINY_BERT)).save_pretrained(bert_dir)
     clip_file = tmp_path / "sources" / "tiny_clip.pt"
-    torch.save(open_clip.create_model("mmcls-tiny-vit").state_dict(), clip_file)
+    # open_clip_module(): open_clip with the package's architectures registered (open_clip is imported lazily)
+    torch.save(open_clip_module().create_model("mmcls-tiny-vit").state_dict(), clip_file)
     return str(bert_dir), str(clip_file)
 
 

@@ -69,7 +69,9 @@ def build_loader(
     pad_token_id: int,
     *,
     drop_last: bool = False,
+    device: torch.device | None = None,
 ) -> DataLoader:
+    """A loader of collated batches; ``device`` is where they go (pinned host memory only for a CUDA device)."""
     # A private generator keeps the DataLoader from drawing its worker seeds from the global RNG, which
     # the model's dropout uses: an exactly resumed run needs that stream untouched by data loading.
     return DataLoader(
@@ -80,7 +82,7 @@ def build_loader(
         num_workers=num_workers,
         collate_fn=functools.partial(dataset.collate_fn, pad_token_id=pad_token_id),
         drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=device.type == "cuda" if device is not None else torch.cuda.is_available(),
         persistent_workers=False,
         generator=torch.Generator().manual_seed(0),
         worker_init_fn=leave_stop_signals_to_main_process if num_workers > 0 else None,
@@ -95,6 +97,7 @@ def build_eval_loader(
     *,
     rank: int = 0,
     world_size: int = 1,
+    device: torch.device | None = None,
 ) -> DataLoader:
     """An in-order loader over this rank's shard of ``dataset`` (all of it for one process).
 
@@ -102,7 +105,7 @@ def build_eval_loader(
     stay matched); ``mmcls.engine.inference.gather_predictions`` drops the repeats again.
     """
     sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
-    return build_loader(dataset, batch_size, sampler, num_workers, pad_token_id)
+    return build_loader(dataset, batch_size, sampler, num_workers, pad_token_id, device=device)
 
 
 def leave_stop_signals_to_main_process(worker_id: int) -> None:

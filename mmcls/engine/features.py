@@ -89,7 +89,9 @@ def extract_features(
         cfg, data_root, split, records, loaded.tokenizer, loaded.categories, train=False, on_error="text_only"
     )
     workers = cfg.data.num_workers if num_workers is None else num_workers
-    loader = build_eval_loader(dataset, batch_size, workers, loaded.tokenizer.pad_token_id or 0)
+    loader = build_eval_loader(
+        dataset, batch_size, workers, loaded.tokenizer.pad_token_id or 0, device=torch_device
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     start = time.perf_counter()

@@ -87,6 +87,7 @@ def predict_split(
         loaded.tokenizer.pad_token_id or 0,
         rank=dist_info.rank,
         world_size=dist_info.world_size,
+        device=torch_device,
     )
     preds = predict_loader(
         loaded.model, loader, torch_device, precision, progress=show_progress(progress) and dist_info.is_main

@@ -332,6 +332,7 @@ class Trainer:
             self.cfg.data.num_workers,
             self.pad_id,
             drop_last=True,
+            device=self.device,
         )
         step_in_epoch = state.samples_done // (tcfg.batch_size * tcfg.grad_accum_steps)
         batches = iter(DevicePrefetcher(loader, self.device, self.task.device_keys))
@@ -470,6 +471,7 @@ class Trainer:
             self.pad_id,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            device=self.device,
         )
         progress = self.dist.is_main and show_progress(self.cfg.train.progress_bar)
         return self.setup.evaluate(self.task, loader, self.device, progress)

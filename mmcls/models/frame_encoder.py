@@ -8,7 +8,7 @@ Three kinds, chosen by ``FrameEncoderConfig.type``:
 
 Pretrained weights are loaded only through the libraries' own loaders. When they cannot be found (typically: no
 network and nothing cached) a :class:`PretrainedWeightsError` says which weights are missing and how to provide
-them locally. The folder ``open_clip_configs/`` of this package is registered with open_clip on import, so tiny
+them locally. The folder ``open_clip_configs/`` of this package is registered with open_clip on first use, so tiny
 architectures such as ``mmcls-tiny-vit`` (32 px, random init) can be used for CPU tests and demos.
 """
 
@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from torch import nn
 
@@ -29,7 +28,6 @@ from mmcls.config import CLIP_MEAN, CLIP_STD, FrameEncoderConfig
 from mmcls.errors import MmclsError
 
 OPEN_CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "open_clip_configs"
-open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)
 
 _OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")
 _CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
@@ -143,7 +141,25 @@ def build_frame_encoder(
 
 
 # ---------------------------------------------------------------------------------------------- open_clip
+def open_clip_module() -> Any:
+    """open_clip with this package's architectures registered.
+
+    Imported on first use: it pulls in torchvision and torch._dynamo, about half of ``mmcls predict``'s
+    import time, which models without an open_clip tower (features, timm) do not need.
+    """
+    import open_clip
+
+    if str(OPEN_CLIP_CONFIG_DIR) not in _REGISTERED:
+        open_clip.add_model_config(OPEN_CLIP_CONFIG_DIR)
+        _REGISTERED.add(str(OPEN_CLIP_CONFIG_DIR))
+    return open_clip
+
+
+_REGISTERED: set[str] = set()
+
+
 def _open_clip_visual(cfg: FrameEncoderConfig, image_size: int) -> tuple[nn.Module, dict[str, Any]]:
+    open_clip = open_clip_module()
     name, tag = cfg.name, _normalize_tag(cfg.pretrained)
     has_schema = name.startswith(_OPEN_CLIP_SCHEMAS)
     if not has_schema and open_clip.get_model_config(name) is None:
