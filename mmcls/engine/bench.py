@@ -245,19 +245,19 @@ def _predict_rate(run: Callable, loader: Any, device: torch.device) -> float:
     return videos / (time.perf_counter() - start) if videos else float("nan")
 
 
-def _device_batches(loader: Any, device: torch.device) -> Iterator[dict[str, Any]]:
+def _device_batches(loader: Any, device: torch.device, keys=MODEL_INPUTS) -> Iterator[dict[str, Any]]:
     try:
         from mmcls.engine.prefetch import DevicePrefetcher
     except ImportError:  # an older checkout (benchmarks/before_after.py): per-batch copies, as it did
-        return (_ready_batches([b], 1, device, MODEL_INPUTS)[0] for b in loader)
-    return iter(DevicePrefetcher(loader, device, MODEL_INPUTS))
+        return (_ready_batches([b], 1, device, keys)[0] for b in loader)
+    return iter(DevicePrefetcher(loader, device, keys))
 
 
 # ------------------------------------------------------------------------------------------------ training
 def bench_train(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str, Any]:
-    """``model_videos_per_s`` (optimizer steps on ready batches), ``e2e_videos_per_s`` (training epochs),
-    ``peak_memory_gib`` and, on CUDA, ``mfu``."""
-    from mmcls.engine.trainer import StopRequest, Trainer
+    """``model_videos_per_s`` (optimizer steps on ready batches), ``e2e_videos_per_s`` (the training loop's
+    data path and steps together), ``peak_memory_gib`` and, on CUDA, ``mfu``."""
+    from mmcls.engine.trainer import Trainer
 
     device = _device(opts.device)
     cfg = cfg.copy()
@@ -269,20 +269,19 @@ def bench_train(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str
     cfg.data.num_workers = opts.workers
     cfg.data.val_fraction = 0.0
     cfg.data.train_split = opts.split
-    cfg.data.limit_train = opts.batch_size * opts.batches * tcfg.grad_accum_steps
+    cfg.data.limit_train = opts.batch_size * (opts.batches + 1) * tcfg.grad_accum_steps
     with tempfile.TemporaryDirectory(prefix="mmcls-bench-") as run_dir:
         trainer = Trainer(cfg, data_root, run_dir)
-        ready = _train_batches(trainer, device, opts.batches)
+        ready = _ready_batches(_train_loader(trainer), opts.batches * tcfg.grad_accum_steps, device)
         steps = [ready[i : i + tcfg.grad_accum_steps] for i in range(0, len(ready), tcfg.grad_accum_steps)]
         videos = sum(len(b["index"]) for b in ready)
         step_s = median_time(
             lambda: [trainer._train_step(s) for s in steps], opts.repeats, opts.warmup, device, opts.clock
         )
-        stop = StopRequest()
-        epoch_s = median_time(lambda: _train_epoch(trainer, stop), opts.repeats, opts.warmup, device)
+        e2e_rates = [_train_rate(trainer, device) for _ in range(opts.warmup + opts.repeats)]
         result: dict[str, Any] = {
             "model_videos_per_s": videos / step_s,
-            "e2e_videos_per_s": trainer.steps_per_epoch * tcfg.batch_size * tcfg.grad_accum_steps / epoch_s,
+            "e2e_videos_per_s": statistics.median(e2e_rates[opts.warmup :]),
             "peak_memory_gib": peak_memory_gib(device),
         }
         if device.type == "cuda":
@@ -296,25 +295,32 @@ def bench_train(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str
     return result
 
 
-def _train_batches(trainer: Any, device: torch.device, count: int) -> list[dict[str, Any]]:
+def _train_loader(trainer: Any) -> Any:
     from mmcls.data.builders import build_loader
 
-    tcfg = trainer.cfg.train
-    loader = build_loader(
-        trainer.train_set,
-        trainer.local_batch,
-        None,
-        trainer.cfg.data.num_workers,
-        trainer.pad_id,
-        drop_last=True,
-    )
-    return _ready_batches(loader, count * tcfg.grad_accum_steps, device)
+    workers, batch = trainer.cfg.data.num_workers, trainer.local_batch
+    return build_loader(trainer.train_set, batch, None, workers, trainer.pad_id, drop_last=True)
 
 
-def _train_epoch(trainer: Any, stop: Any) -> None:
-    trainer.samples_done = 0
-    trainer._train_epoch(stop)
-    trainer.epoch += 1
+def _train_rate(trainer: Any, device: torch.device) -> float:
+    """Videos/s of the training loop over one pass of a fresh loader: device prefetch, then
+    ``Trainer._train_step`` per step; timed from the end of the first step (worker start-up is warm-up)."""
+    accum = trainer.cfg.train.grad_accum_steps
+    batches = _device_batches(_train_loader(trainer), device, (*MODEL_INPUTS, "labels"))
+    start, videos, micro = None, 0, []
+    for batch in batches:
+        micro.append(batch)
+        if len(micro) < accum:
+            continue
+        trainer._train_step(micro)
+        if start is None:
+            _synchronize(device)
+            start = time.perf_counter()
+        else:
+            videos += sum(len(b["index"]) for b in micro)
+        micro = []
+    _synchronize(device)
+    return videos / (time.perf_counter() - start) if videos else float("nan")
 
 
 def train_step_flops(trainer: Any, micro_batches: list[dict[str, Any]]) -> float:
