@@ -173,9 +173,10 @@ def main() -> None:
     }
     wanted = args.only or [*plan, "predict"]
     rounds: dict[str, dict[str, list[dict]]] = {"before": {}, "after": {}}
-    for round_index in range(args.rounds):
-        for side, tree in (("before", args.before), ("after", args.after)):
-            for name in wanted:
+    # One measurement kind at a time, before and after alternating, so each kind's pairs are close in time.
+    for name in wanted:
+        for round_index in range(args.rounds):
+            for side, tree in (("before", args.before), ("after", args.after)):
                 if name == "predict":
                     result = predict_times(
                         tree, paths["tiny"], paths["small"], args.work / f"pred_{side}.csv"
