@@ -394,8 +394,9 @@ class Trainer:
                 scale=lambda loss: self.scaler.scale(loss / len(micro_batches)),
                 sync=last,
             )
-            for key, value in {"loss": loss.detach(), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + value.float() / len(micro_batches)
+            for key, value in {"loss": loss, **parts}.items():
+                value = torch.as_tensor(value, dtype=torch.float32, device=self.device).detach()
+                totals[key] = totals.get(key, 0.0) + value / len(micro_batches)
         finite = "loss" not in totals or bool(torch.isfinite(totals["loss"]))
         (nonfinite,) = any_rank([not finite], self.device)
         if nonfinite or skip:
