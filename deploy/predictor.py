@@ -229,3 +229,23 @@ def _numpy(value: Any, dtype: np.dtype) -> np.ndarray:
 
 def _torch_dtype(name: str) -> torch.dtype:
     return {"int64": torch.long, "uint8": torch.uint8, "float32": torch.float32, "bool": torch.bool}[name]
+
+
+def bench_backend(path: str | Path, device: torch.device, precision: str):
+    """``mmcls bench infer --backend onnx|aoti|tensorrt``: an artifact's runner in the form the core's
+    benchmark takes (see ``mmcls.engine.bench.torch_backend``): ``(run(batch) -> log-probabilities, assets)``.
+
+    An artifact's precision was fixed at export, so ``precision`` is only checked against it: ``fp32`` (the
+    benchmark's default) means "as exported".
+    """
+    predictor = Predictor.from_path(
+        path, device=device.type, precision=None if precision == "fp32" else precision
+    )
+    if predictor.backend_name == "torch":
+        raise ArtifactError(f"{path}: a model folder, not an exported artifact: use --backend torch")
+
+    def run(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        probs, _ = predictor(batch)
+        return torch.from_numpy(probs).clamp_min(1e-30).log()  # the caller applies a softmax, as to logits
+
+    return run, predictor.assets

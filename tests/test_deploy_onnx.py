@@ -136,3 +136,21 @@ def test_backend_mismatch_is_a_one_line_error(tmp_path):
     assert "holds a torch model, not onnx" in result.stderr
     assert "mmcls export" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_infer_runs_an_exported_artifact(workspace, onnx_fp32):
+    """`mmcls bench infer --backend onnx` times the artifact through the Predictor and prints the usual keys."""
+    cmd = mmcls_command(
+        "bench", "infer", str(onnx_fp32), "--data-root", str(workspace["data"]), "--backend", "onnx",
+        "--json", "--batch-size", "8", "--workers", "0", "--repeats", "1", "--batches", "2",
+    )  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    for key in ("model_videos_per_s", "loader_videos_per_s", "e2e_videos_per_s", "peak_memory_gib"):
+        assert report[key] > 0, key
+    with pytest.raises(ArtifactError, match="not an exported artifact"):
+        from mmcls.deploy.predictor import bench_backend
+
+        bench_backend(workspace["model"], torch.device("cpu"), "fp32")

@@ -14,6 +14,9 @@ from pathlib import Path
 #: factory's signature). Exported backends (ONNX Runtime, AOTInductor) add a line pointing into mmcls.deploy.
 INFER_BACKENDS: dict[str, str] = {
     "torch": "mmcls.engine.bench:torch_backend",
+    "onnx": "mmcls.deploy.predictor:bench_backend",
+    "aoti": "mmcls.deploy.predictor:bench_backend",
+    "tensorrt": "mmcls.deploy.predictor:bench_backend",
 }
 
 
