@@ -10,6 +10,8 @@ import importlib
 import json
 from pathlib import Path
 
+from mmcls.cli.options import add_set_option
+
 #: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.engine.bench.torch_backend` for the
 #: factory's signature). Exported backends (ONNX Runtime, AOTInductor) add a line pointing into mmcls.deploy.
 INFER_BACKENDS: dict[str, str] = {
@@ -59,14 +61,7 @@ def _common(p: argparse.ArgumentParser, config: bool) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     if config:
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key (value parsed as YAML); repeatable",
-        )
+        add_set_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

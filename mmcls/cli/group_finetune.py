@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmcls.cli.options import add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -20,14 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--lr-scale", type=float, default=0.5, help="the run's learning rates times this")
     p.add_argument("--min-records", type=int, default=None, help="skip smaller groups (default: batch size)")
     p.add_argument("--groups", type=int, nargs="+", default=None, help="only these level-1 groups")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key of the run's config for the fine-tunes; repeatable",
-    )
+    add_set_option(p)
     return p
 
 

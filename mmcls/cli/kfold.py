@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmcls.cli.options import add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -20,14 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fold split and of training")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (value parsed as YAML); repeatable",
-    )
+    add_set_option(p)
     p.add_argument("--resume", action="store_true", help="skip finished folds, continue the unfinished one")
     return p
 

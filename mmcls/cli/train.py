@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from mmcls.cli.options import add_set_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -17,14 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="YAML file, or a packaged preset name (tiny, base, feats)")
     p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (value parsed as YAML); repeatable",
-    )
+    add_set_option(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument(
         "--overwrite",
