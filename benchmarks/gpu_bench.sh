@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU rows of BENCHMARKS.md in one go (about 10 minutes on one H100). Not yet run: no GPU was lent to the
+# The GPU rows of BENCHMARKS.md in one go (about 10-12 minutes on one H100; each result is written as it comes,
+# so a run cut short by a time limit still returns the steps it finished). Not yet run: no GPU was lent to the
 # session that wrote it. Usage, from the repository root of a machine with a CUDA GPU:
 #
 #   benchmarks/gpu_bench.sh [OUT_DIR]          # default OUT_DIR=${OUT:-/tmp/gpu_bench}
@@ -48,6 +49,12 @@ D=(--data-root "$WORK/data" --device cuda --json)
 
 log "bench data (DataLoader alone, $WORKERS workers)"
 mmcls bench data base "${D[@]}" "${BASE[@]}" --workers "$WORKERS" --batch-size 32 --batches 20 >"$OUT_DIR/data.json"
+log "bench data, JPEGs decoded on the GPU (data.frames.decoder=cuda)"
+mmcls bench data base "${D[@]}" "${BASE[@]}" --set data.frames.decoder=cuda --workers "$WORKERS" --batch-size 128 \
+  --batches 8 >"$OUT_DIR/data_cuda_decoder.json"
+log "bench infer fp16 batch 128, --frame-decoder cuda"
+mmcls bench infer "$WORK/base_model" "${D[@]}" --split test --precision fp16 --batch-size 128 \
+  --workers 15 --batches 4 --frame-decoder cuda >"$OUT_DIR/infer_fp16_cuda_decoder.json"
 for prec in fp16 bf16; do
   log "bench infer $prec batch 128"
   mmcls bench infer "$WORK/base_model" "${D[@]}" --split test --precision $prec --batch-size 128 \
@@ -65,6 +72,12 @@ start=$(date +%s.%N)
   --out "$WORK/pred.csv" --precision fp16 --batch-size 128 --num-workers 15 >/dev/null
 "$PY" -c "import sys; s = float(sys.argv[2]) - float(sys.argv[1]); print({'predict_2048_videos_s': s, 'videos_per_s': 2048 / s})" \
   "$start" "$(date +%s.%N)" | tee "$OUT_DIR/predict.txt"
+log "predict end to end, fp16, 2048 videos, --frame-decoder cuda"
+start=$(date +%s.%N)
+"$PY" -m mmcls predict "$WORK/base_model" --data-root "$WORK/data" --split test --frame-decoder cuda \
+  --out "$WORK/pred_cuda.csv" --precision fp16 --batch-size 128 --num-workers 15 >/dev/null
+"$PY" -c "import sys; s = float(sys.argv[2]) - float(sys.argv[1]); print({'predict_2048_videos_s': s, 'videos_per_s': 2048 / s})" \
+  "$start" "$(date +%s.%N)" | tee "$OUT_DIR/predict_cuda_decoder.txt"
 log "extract-features, 2048 test videos"
 mmcls extract-features "$WORK/base_model" --data-root "$WORK/data" --split test --precision fp16 --batch-size 64 \
   --num-workers 15 --out "$WORK/feats_test.zip" --overwrite >"$OUT_DIR/extract_features.json"

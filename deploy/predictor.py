@@ -35,9 +35,11 @@ class TorchBackend(Backend):
 
     def __init__(self, folder: Path, device: torch.device, precision: str):
         from mmcls.deploy.export import InferenceGraph
+        from mmcls.engine.inference import cast_for_inference
         from mmcls.models import load_model_dir
 
         loaded = load_model_dir(folder, device=device)
+        cast_for_inference(loaded.model, device, precision)
         self.graph = InferenceGraph(loaded.model, loaded.categories).eval()
         self.device = device
         self.precision = precision
@@ -104,10 +106,13 @@ class AotiBackend(Backend):
 class Predictor:
     """Preprocessing assets + one backend. Build it with :meth:`from_path`."""
 
-    def __init__(self, assets: Assets, backend: Backend, backend_name: str):
+    def __init__(
+        self, assets: Assets, backend: Backend, backend_name: str, device: torch.device | None = None
+    ):
         self.assets = assets
         self.backend = backend
         self.backend_name = backend_name
+        self.device = torch.device("cpu") if device is None else device  # where inputs are prepared
 
     @classmethod
     def from_path(
@@ -151,7 +156,7 @@ class Predictor:
                 from mmcls.deploy.tensorrt import TensorRTBackend
 
                 runner = TensorRTBackend(model_path, torch_device, info)
-        return cls(assets, runner, backend)
+        return cls(assets, runner, backend, torch_device)
 
     @property
     def precision(self) -> str:
@@ -166,10 +171,13 @@ class Predictor:
         """Like ``mmcls.engine.inference.predict_loader``, over this predictor's backend."""
         from tqdm.auto import tqdm
 
+        from mmcls.data.device_decode import EncodedFrameBatch, decode_batch
         from mmcls.engine.inference import Predictions
 
         indices, probs, labels, errors = [], [], [], Counter()
         for batch in tqdm(loader, desc=f"predict[{self.backend_name}]", disable=not progress, leave=False):
+            if isinstance(batch["frames"], EncodedFrameBatch):  # --frame-decoder cuda
+                batch = decode_batch(batch, self.device)
             errors.update(batch["frame_errors"])
             if len(batch["index"]) == 0:
                 continue
@@ -188,16 +196,28 @@ class Predictor:
         batch_size: int = 64,
         num_workers: int | None = None,
         progress: bool = True,
+        frame_decoder: str = "pil",
     ):
         """``(ids, predictions, category_ids)`` for ``split``, as ``mmcls.engine.predict.predict_split``."""
         from mmcls.data.annotations import annotation_path, load_records
         from mmcls.data.builders import build_dataset, build_eval_loader
+        from mmcls.engine.distributed import check_frame_decoder
+
+        check_frame_decoder(frame_decoder, self.device, setting="--frame-decoder")
 
         cfg, categories = self.assets.config, self.assets.categories
         records = load_records(annotation_path(data_root, split), categories=categories)
         tokenizer = self.assets.tokenizer
         dataset = build_dataset(
-            cfg, data_root, split, records, tokenizer, categories, train=False, on_error="text_only"
+            cfg,
+            data_root,
+            split,
+            records,
+            tokenizer,
+            categories,
+            train=False,
+            on_error="text_only",
+            frame_decoder=frame_decoder,
         )
         workers = cfg.data.num_workers if num_workers is None else num_workers
         loader = build_eval_loader(dataset, batch_size, workers, tokenizer.pad_token_id or 0)

@@ -86,6 +86,9 @@ class FrameConfig:
     max_file_bytes: int = setting(1024**3, min=1)
     # Refuse images with more pixels, checked from the header before decoding (a tiny PNG can claim 12000^2).
     max_image_pixels: int = setting(4096 * 4096, min=1)
+    # Who decodes the JPEG frames of zip_frames: the DataLoader workers on the CPU (pil), or the GPU, batched
+    # (cuda: nvJPEG through torchvision; workers then only read and check the zips). cuda needs a CUDA device.
+    decoder: Literal["pil", "cuda"] = setting("pil", resume_safe=True)
 
 
 @dataclass
@@ -343,6 +346,11 @@ def validate(cfg: Config) -> Config:
     if cfg.data.frames.max_frames > cfg.model.max_frames:
         raise ConfigError(
             f"data.frames.max_frames={cfg.data.frames.max_frames} exceeds model.max_frames={cfg.model.max_frames}"
+        )
+    if cfg.data.frames.decoder == "cuda" and cfg.data.frames.source != "zip_frames":
+        raise ConfigError(
+            f"data.frames.decoder=cuda decodes JPEG frame zips; data.frames.source={cfg.data.frames.source} "
+            "has none: use data.frames.decoder=pil"
         )
     _check_workflow_settings(cfg)
     train = cfg.train

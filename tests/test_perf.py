@@ -199,3 +199,30 @@ def test_train_compile_setting_trains_and_saves_plain_weight_names(data_root, tm
     assert result.global_step > 0 and np.isfinite(result.last_metrics["loss"])
     loaded = load_model_dir(tmp_path / "run")  # strict load: no "_orig_mod." prefixes in the saved weights
     assert not any("_orig_mod" in name for name in loaded.model.state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights_give_the_fp32_predictions(dtype):
+    # What cast_for_inference does on CUDA (fp16/bf16 weights, autocast kept on), run here on the CPU: the model
+    # code must take uint8 frames and token ids into half-precision towers and agree with float32.
+    from mmcls.engine.inference import cast_for_inference
+
+    torch.manual_seed(0)
+    model = build_model(Config.from_yaml("tiny")).eval()
+    assert cast_for_inference(model, torch.device("cpu"), "fp16") is model
+    assert next(model.parameters()).dtype == torch.float32  # the CPU keeps float32 weights
+    batch = {
+        "input_ids": torch.randint(1, 100, (6, 12)),
+        "attention_mask": torch.ones(6, 12, dtype=torch.long),
+        "frames": torch.randint(0, 255, (6, 4, 3, 32, 32), dtype=torch.uint8),
+        "frame_mask": torch.ones(6, 4, dtype=torch.bool),
+    }
+    with torch.no_grad():
+        reference = model(**batch)["logits"]
+        half = model.to(dtype)
+        with torch.autocast("cpu", dtype):
+            logits = half(**batch)["logits"].float()
+    assert next(half.parameters()).dtype == dtype
+    # Logits spread ~0.26 around zero here: a half-precision error of 2% of that range leaves every argmax.
+    assert (logits - reference).abs().max() < 0.02 * reference.abs().max()
+    assert torch.equal(logits.argmax(1), reference.argmax(1))

@@ -10,7 +10,7 @@ import importlib
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_set_option
+from mmcls.cli.options import add_frame_decoder_option, add_set_option
 
 #: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.engine.bench.torch_backend` for the
 #: factory's signature). Exported backends (ONNX Runtime, AOTInductor) add a line pointing into mmcls.deploy.
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     infer = what.add_parser("infer", help="inference: model alone, loader alone, predict end to end")
     infer.add_argument("model", type=Path, help="a model folder or a run directory (its best model)")
     infer.add_argument("--backend", default="torch", choices=sorted(INFER_BACKENDS), help="inference backend")
+    add_frame_decoder_option(infer)
     train = what.add_parser("train", help="training: optimizer step alone and training end to end")
     train.add_argument("config", type=Path, help="YAML file or preset name (tiny, base, feats)")
     for q in (data, infer, train):
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         peak_tflops=args.peak_tflops,
         clock=args.clock,
+        frame_decoder=getattr(args, "frame_decoder", "pil"),
     )
     if args.bench_target == "infer":
         module, _, factory = INFER_BACKENDS[args.backend].partition(":")

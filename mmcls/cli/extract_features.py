@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmcls.cli.options import add_frame_decoder_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -26,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    add_frame_decoder_option(p)
     return p
 
 
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         overwrite=args.overwrite,
+        frame_decoder=args.frame_decoder,
     )
     report = {
         "out": str(summary.out),

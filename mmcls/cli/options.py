@@ -15,3 +15,14 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key (value parsed as YAML); repeatable",
     )
+
+
+def add_frame_decoder_option(parser: argparse.ArgumentParser) -> None:
+    """``--frame-decoder pil|cuda``: who decodes JPEG frames at inference, whatever the model was trained with."""
+    parser.add_argument(
+        "--frame-decoder",
+        default="pil",
+        choices=["pil", "cuda"],
+        help="JPEG frames decoded by the DataLoader workers (pil, default) or on the GPU in batches (cuda: "
+        "nvJPEG, for when the CPU cores cannot keep up; needs --device cuda)",
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmcls.cli.options import add_frame_decoder_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -35,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=["torch", "onnx", "aoti", "tensorrt"],
         help="runtime (default: torch for a model folder, the artifact's format for an artifact folder)",
     )
+    add_frame_decoder_option(p)
     p.add_argument(
         "--logit-adjust",
         type=float,
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision or "fp32",
         logit_adjust=args.logit_adjust,
+        frame_decoder=args.frame_decoder,
     )
     if world_info_from_env().is_main:  # under torchrun every rank holds all predictions; one file
         _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))
@@ -115,7 +119,11 @@ def _run_deployed(args: argparse.Namespace) -> int:
         args.model_dir, args.backend, device=args.device, precision=args.precision
     )
     ids, preds, category_ids = predictor.predict_split(
-        args.data_root, args.split, batch_size=args.batch_size, num_workers=args.num_workers
+        args.data_root,
+        args.split,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        frame_decoder=args.frame_decoder,
     )
     print(f"backend {predictor.backend_name}, precision {predictor.precision}")
     _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))

@@ -19,7 +19,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from mmcls.data.annotations import Record
 from mmcls.data.categories import CategoryMap
-from mmcls.data.frames import FrameError, FrameSource
+from mmcls.data.device_decode import EncodedFrameBatch
+from mmcls.data.frames import EncodedFrames, FrameError, FrameSource
 from mmcls.data.text import TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class VideoTextDataset(torch.utils.data.Dataset):
                 return None, None, [exc.kind]
             clip = source.empty()
             clip.errors = [exc.kind]
+        if isinstance(clip.frames, EncodedFrames):  # decoded later, on the device: it applies the policy then
+            clip.frames.on_error = self.on_error
         return clip.frames, clip.mask, list(clip.errors)
 
     def frame_source_for(self, index: int) -> FrameSource | None:
@@ -126,7 +129,8 @@ def collate_batch(samples: list[dict[str, Any] | None], pad_token_id: int = 0) -
 
     ``input_ids`` are right-padded with ``pad_token_id`` to the longest sample. ``frame_errors`` counts the
     error kinds of every sample (skipped frames and whole-clip failures). A batch where every sample was
-    dropped has zero rows; the training loop should skip it.
+    dropped has zero rows; the training loop should skip it. Frames still encoded (``data.frames.decoder: cuda``)
+    are gathered in an :class:`~mmcls.data.device_decode.EncodedFrameBatch`, decoded on the device later.
     """
     kept = [s for s in samples if s is not None]
     dropped = len(samples) - len(kept)
@@ -153,9 +157,15 @@ def collate_batch(samples: list[dict[str, Any] | None], pad_token_id: int = 0) -
         "ids": [s["id"] for s in kept],
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "frames": torch.stack([s["frames"] for s in kept]),
+        "frames": _collate_frames([s["frames"] for s in kept]),
         "frame_mask": torch.stack([s["frame_mask"] for s in kept]),
         "labels": torch.tensor([s["label"] for s in kept], dtype=torch.long),
         "frame_errors": errors,
         "dropped": dropped,
     }
+
+
+def _collate_frames(frames: list[torch.Tensor | EncodedFrames]) -> torch.Tensor | EncodedFrameBatch:
+    if isinstance(frames[0], EncodedFrames):
+        return EncodedFrameBatch(frames)  # type: ignore[arg-type]
+    return torch.stack(frames)  # type: ignore[arg-type]

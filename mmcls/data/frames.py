@@ -111,9 +111,9 @@ def _parse_frame_message(message: str) -> tuple[str, str, str, str | None]:
 
 @dataclass
 class FrameClip:
-    frames: (
-        torch.Tensor
-    )  # [max_frames, 3, H, W] uint8 pixels or [max_frames, D] float32 features, zero padded
+    # [max_frames, 3, H, W] uint8 pixels or [max_frames, D] float32 features, zero padded; or the still
+    # encoded frames (EncodedFrames, data.frames.decoder=cuda)
+    frames: torch.Tensor | EncodedFrames
     mask: torch.Tensor  # [max_frames] bool, True = real frame
     errors: list[str] = field(default_factory=list)  # kinds of non-fatal problems (e.g. one bad JPEG skipped)
 
@@ -238,23 +238,22 @@ class ZipFramesSource(_ImageSource):
             # One refused member makes the whole zip untrusted, whichever frames the sampler picks.
             for info in members:
                 _check_member_safe(info, path, self.cfg)
-            images, errors = [], []
+            frames, names, errors = [], [], []
             for k in sample_frame_indices(len(members), self.max_frames, rng):
-                image, error = self._decode_member(zf, members[k], path)
+                frame, error = self._take_member(zf, members[k], path)
                 if error is None:
-                    images.append(image)
+                    frames.append(frame)
+                    names.append(members[k].filename)
                 else:
                     errors.append(error)
-        if not images:
+        if not frames:
             if guessed:  # members without an image suffix were tried and none was an image
                 raise FrameError("no_frames", path, f"none of the {len(members)} members is a readable image")
             raise FrameError(errors[0], path, f"none of the {len(errors)} sampled frames could be read")
-        return self._clip(images, errors)
+        return self._frames_clip(frames, names, path, errors)
 
-    def _decode_member(
-        self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path
-    ) -> tuple[Image.Image | None, str | None]:
-        """``(image, None)`` or ``(None, error kind)`` for one frame."""
+    def _take_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[Any, str | None]:
+        """``(frame, None)`` or ``(None, error kind)`` for one sampled member: here a decoded ``S x S`` image."""
         try:
             data = _read_member(zf, info, path, self.cfg)
         except _MEMBER_READ_ERRORS:
@@ -268,6 +267,65 @@ class ZipFramesSource(_ImageSource):
                 return self._fit(image), None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None, "bad_image"
+
+    def _frames_clip(self, frames: list[Any], names: list[str], path: Path, errors: list[str]) -> FrameClip:
+        return self._clip(frames, errors)
+
+
+@dataclass
+class EncodedFrames:
+    """The sampled frames of one video still encoded (``data.frames.decoder: cuda``), decoded later in batches.
+
+    Plain ``bytes``, not tensors: DataLoader workers send tensors through shared memory, one file handle per
+    tensor, which for 8 small JPEGs per video costs more than pickling the bytes. ``members`` name the frames
+    in errors. See :mod:`mmcls.data.device_decode`.
+    """
+
+    data: list[bytes]
+    members: list[str]
+    path: str
+    image_size: int
+    max_frames: int
+    on_error: str = "text_only"  # what the dataset does with a video none of whose frames decode
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class EncodedZipFramesSource(ZipFramesSource):
+    """A :class:`ZipFramesSource` that leaves decoding to the device (``data.frames.decoder: cuda``).
+
+    The worker still does everything that protects the process: the zip checks, frame sampling, and the
+    header's pixel count (PIL reads only the header here). What it hands on is each sampled JPEG's bytes.
+    """
+
+    def _take_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[Any, str | None]:
+        try:
+            data = _read_member(zf, info, path, self.cfg)
+        except _MEMBER_READ_ERRORS:
+            return None, "bad_zip"
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                _check_pixels(image, self.cfg)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None, "bad_image"
+        return data, None
+
+    def _frames_clip(self, frames: list[Any], names: list[str], path: Path, errors: list[str]) -> FrameClip:
+        n = min(len(frames), self.max_frames)
+        clip = self.empty()
+        clip.frames = self._encoded(frames[:n], names[:n], str(path))
+        clip.mask[:n] = True
+        clip.errors = errors
+        return clip
+
+    def empty(self) -> FrameClip:
+        return FrameClip(
+            frames=self._encoded([], [], ""), mask=torch.zeros(self.max_frames, dtype=torch.bool), errors=[]
+        )
+
+    def _encoded(self, data: list[bytes], members: list[str], path: str) -> EncodedFrames:
+        return EncodedFrames(data, members, path, self.image_size, self.max_frames)
 
 
 class ZipFeatsSource(FrameSource):
@@ -386,8 +444,13 @@ class VideoFileSource(_ImageSource):
 def build_frame_source(cfg: FrameConfig, data_root: str | Path, split: str) -> FrameSource | None:
     """The source ``cfg.source`` names for ``split`` of the official layout; ``None`` for ``"none"``."""
     root = Path(data_root)
+    if cfg.decoder == "cuda" and cfg.source != "zip_frames":
+        raise ConfigError(
+            f"data.frames.decoder=cuda decodes JPEG frame zips, not data.frames.source={cfg.source}"
+        )
     if cfg.source == "zip_frames":
-        return ZipFramesSource(cfg, root / "zip_frames" / split)
+        source_type = EncodedZipFramesSource if cfg.decoder == "cuda" else ZipFramesSource
+        return source_type(cfg, root / "zip_frames" / split)
     if cfg.source == "zip_feats":
         return ZipFeatsSource(cfg, root / "zip_feats" / f"{split}.zip")
     if cfg.source == "video":

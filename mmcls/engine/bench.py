@@ -14,6 +14,9 @@ What each figure means:
   whole optimizer step of ``Trainer._train_step``).
 * ``e2e_videos_per_s``: what ``mmcls predict`` (:func:`~mmcls.engine.inference.predict_loader`) or one
   training epoch achieves, loader included.
+* ``device_decode_videos_per_s`` (``data.frames.decoder: cuda``): the batched device decoding alone
+  (:func:`mmcls.data.device_decode.decode_batch` on collated batches); the one-process figure is then the
+  workers' share only (zip read, checks, tokenisation).
 * ``peak_memory_gib``: the CUDA allocator's peak on a GPU; on the CPU the process's peak resident set size.
 * ``mfu`` (CUDA, training): FLOPs of one forward+backward counted by ``torch.utils.flop_counter`` (matmuls,
   convolutions, attention), times steps per second, over the device's dense bf16/fp16 peak.
@@ -25,6 +28,7 @@ This module only uses the library's stable entry points (``build_dataset``, ``bu
 from __future__ import annotations
 
 import io
+import itertools
 import statistics
 import tempfile
 import time
@@ -59,6 +63,8 @@ class BenchOptions:
     # "wall" or "cpu": the clock of the one-process and model-alone figures. "cpu" (this process's CPU time) is
     # steadier on a machine shared with other jobs; loader and end-to-end figures are always wall time.
     clock: str = "wall"
+    # infer: who decodes JPEG frames (data and train read the config's data.frames.decoder)
+    frame_decoder: str = "pil"
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -110,6 +116,10 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
     """``one_process_ms_per_video`` and ``loader_videos_per_s`` of ``cfg``'s training data path."""
     from mmcls.data.builders import build_loader
 
+    if cfg.data.frames.decoder == "cuda":
+        from mmcls.engine.distributed import check_frame_decoder
+
+        check_frame_decoder("cuda", _device(opts.device), setting="data.frames.decoder")
     dataset, pad_id = _dataset(cfg, data_root, opts, train=True)
     cpu = torch.device("cpu")
     num_videos = min(len(dataset), opts.batch_size * opts.batches)
@@ -127,11 +137,28 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
         frames = sum(int(dataset[i]["frame_mask"].sum()) for i in range(num_videos))
         result["decoded_frames_per_s_per_core"] = frames / one
 
+    if cfg.data.frames.decoder == "cuda":
+        result["device_decode_videos_per_s"] = _device_decode_rate(dataset, pad_id, opts)
+
     def make_loader():
         return build_loader(dataset, opts.batch_size, None, opts.workers, pad_id, drop_last=True)
 
     result["loader_videos_per_s"], result["loader_first_batch_s"] = _loader_rate(make_loader, opts)
     return result
+
+
+def _device_decode_rate(dataset: Any, pad_id: int, opts: BenchOptions) -> float:
+    """Videos/s of :func:`~mmcls.data.device_decode.decode_batch` alone, on batches collated in this process."""
+    from mmcls.data.builders import build_loader
+    from mmcls.data.device_decode import decode_batch
+
+    device = _device(opts.device)
+    batches = list(itertools.islice(build_loader(dataset, opts.batch_size, None, 0, pad_id), opts.batches))
+    videos = sum(len(b["index"]) for b in batches)
+    seconds = median_time(
+        lambda: [decode_batch(b, device) for b in batches], opts.repeats, opts.warmup, device
+    )
+    return videos / seconds
 
 
 def _plain_decode(source: Any, ids: list[str]) -> list[np.ndarray]:
@@ -168,7 +195,9 @@ def _loader_rate(make_loader: Callable[[], Any], opts: BenchOptions) -> tuple[fl
     return statistics.median(rates), statistics.median(first_batch_s)
 
 
-def _dataset(cfg: Any, data_root: str | Path, opts: BenchOptions, train: bool, tokenizer: Any = None):
+def _dataset(
+    cfg: Any, data_root: str | Path, opts: BenchOptions, train: bool, tokenizer: Any = None, **extra
+):
     from mmcls.data.annotations import annotation_path, load_records
     from mmcls.data.builders import build_dataset
     from mmcls.data.categories import official_categories
@@ -177,16 +206,13 @@ def _dataset(cfg: Any, data_root: str | Path, opts: BenchOptions, train: bool, t
     categories = official_categories()
     tokenizer = tokenizer or load_tokenizer(cfg.data.text.tokenizer)
     records = load_records(annotation_path(data_root, opts.split), categories=categories)[: opts.limit]
-    dataset = build_dataset(cfg, data_root, opts.split, records, tokenizer, categories, train=train)
+    dataset = build_dataset(cfg, data_root, opts.split, records, tokenizer, categories, train=train, **extra)
     return dataset, tokenizer.pad_token_id or 0
 
 
 def _ready_batches(loader: Any, count: int, device: torch.device, keys=(*MODEL_INPUTS, "labels")) -> list:
     """``count`` batches with their model inputs already on ``device`` (what the model alone is timed on)."""
-    out = []
-    for batch, _ in zip(loader, range(count)):
-        out.append({**batch, **{k: batch[k].to(device) for k in keys}})
-    return out
+    return list(itertools.islice(_device_batches(loader, device, keys), count))
 
 
 # ------------------------------------------------------------------------------------------------ inference
@@ -194,10 +220,18 @@ def _ready_batches(loader: Any, count: int, device: torch.device, keys=(*MODEL_I
 #: The exported backends (ONNX, AOTInductor) live in ``mmcls.deploy`` and are added by the CLI's backend table.
 def torch_backend(model_dir: str | Path, device: torch.device, precision: str):
     """The eager PyTorch model of a model folder, run under ``precision`` autocast."""
-    from mmcls.engine.inference import autocast
     from mmcls.models import load_model_dir
 
+    try:
+        from mmcls.engine.inference import autocast, cast_for_inference
+    except ImportError:  # an older checkout (benchmarks/before_after.py): autocast only, as it did
+        from mmcls.engine.inference import autocast
+
+        def cast_for_inference(model, device, precision):
+            return model
+
     loaded = load_model_dir(model_dir, device=device)
+    cast_for_inference(loaded.model, device, precision)
 
     @torch.no_grad()
     def run(batch: dict[str, Any]) -> torch.Tensor:
@@ -215,7 +249,15 @@ def bench_infer(
 
     device = _device(opts.device)
     run, loaded = backend(model_dir, device, opts.precision)
-    dataset, pad_id = _dataset(loaded.config, data_root, opts, train=False, tokenizer=loaded.tokenizer)
+    # Passed only when set: benchmarks/before_after.py runs this against checkouts whose build_dataset lacks it.
+    extra = {"frame_decoder": opts.frame_decoder} if opts.frame_decoder != "pil" else {}
+    if extra:
+        from mmcls.engine.distributed import check_frame_decoder
+
+        check_frame_decoder(opts.frame_decoder, device, setting="--frame-decoder")
+    dataset, pad_id = _dataset(
+        loaded.config, data_root, opts, train=False, tokenizer=loaded.tokenizer, **extra
+    )
 
     def make_loader():
         return build_eval_loader(dataset, opts.batch_size, opts.workers, pad_id)
@@ -249,7 +291,7 @@ def _device_batches(loader: Any, device: torch.device, keys=MODEL_INPUTS) -> Ite
     try:
         from mmcls.engine.prefetch import DevicePrefetcher
     except ImportError:  # an older checkout (benchmarks/before_after.py): per-batch copies, as it did
-        return (_ready_batches([b], 1, device, keys)[0] for b in loader)
+        return ({**b, **{k: b[k].to(device) for k in keys}} for b in loader)
     return iter(DevicePrefetcher(loader, device, keys))
 
 

@@ -60,6 +60,15 @@ def check_precision(precision: str, device: torch.device, setting: str = "train.
         )
 
 
+def check_frame_decoder(decoder: str, device: torch.device, setting: str = "data.frames.decoder") -> None:
+    """Refuse GPU JPEG decoding (``decoder=cuda``, nvJPEG) on a run without a GPU."""
+    if decoder == "cuda" and device.type != "cuda":
+        raise ConfigError(
+            f"{setting}=cuda decodes the JPEG frames on the GPU, and this run is on the {device.type}; "
+            f"use {setting}=pil"
+        )
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPUs); a no-op for one process."""
     info = world_info_from_env()

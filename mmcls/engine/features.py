@@ -27,7 +27,7 @@ import torch
 from mmcls.config import ConfigError
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.builders import build_dataset, build_eval_loader
-from mmcls.engine.distributed import resolve_device, world_info_from_env
+from mmcls.engine.distributed import check_frame_decoder, resolve_device, world_info_from_env
 from mmcls.engine.inference import autocast
 from mmcls.engine.prefetch import DevicePrefetcher
 from mmcls.errors import MmclsError
@@ -69,12 +69,14 @@ def extract_features(
     device: str = "auto",
     precision: str = "fp32",
     overwrite: bool = False,
+    frame_decoder: str = "pil",
 ) -> ExtractionSummary:
     """Write the frame features of every video of ``split`` to ``out`` (see the module docstring)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: already exists; pass --overwrite to replace it")
     torch_device = resolve_device(device, world_info_from_env())
+    check_frame_decoder(frame_decoder, torch_device, setting="--frame-decoder")
     loaded = load_model_dir(model_dir, device=torch_device)
     cfg = loaded.config.copy()
     encoder = loaded.model.frame_encoder
@@ -84,6 +86,7 @@ def extract_features(
             f"{cfg.data.frames.source!r}; feature extraction needs an image model (zip_frames or video frames)"
         )
     cfg.data.frames.max_frames = max_frames
+    cfg.data.frames.decoder = frame_decoder
     records = load_records(annotation_path(data_root, split), categories=loaded.categories)
     dataset = build_dataset(
         cfg, data_root, split, records, loaded.tokenizer, loaded.categories, train=False, on_error="text_only"

@@ -30,6 +30,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype)
 
 
+def cast_for_inference(model: nn.Module, device: torch.device, precision: str) -> nn.Module:
+    """``model`` with fp16/bf16 weights for half-precision inference on CUDA; unchanged otherwise.
+
+    Autocast alone keeps float32 weights and casts each weight to half precision at every call: issue #8
+    measured the base model at 715 videos/s under fp16 autocast and 1,056 with fp16 weights on one H100.
+    The caller keeps autocast on (it still runs layer norms and softmax in float32). Only for models that
+    only infer (``predict``, benchmarks): a model being trained keeps its float32 master weights.
+    """
+    if device.type == "cuda" and precision in ("fp16", "bf16"):
+        model.to(torch.float16 if precision == "fp16" else torch.bfloat16)
+    return model
+
+
 @dataclass
 class Predictions:
     """Per-sample outputs, ordered by dataset index."""

@@ -21,8 +21,14 @@ import numpy as np
 from mmcls.config import ConfigError
 from mmcls.data.annotations import AnnotationError, annotation_path, first_duplicate_id, load_records
 from mmcls.data.builders import build_dataset, build_eval_loader
-from mmcls.engine.distributed import check_precision, init_distributed, resolve_device, world_info_from_env
-from mmcls.engine.inference import Predictions, gather_predictions, predict_loader
+from mmcls.engine.distributed import (
+    check_frame_decoder,
+    check_precision,
+    init_distributed,
+    resolve_device,
+    world_info_from_env,
+)
+from mmcls.engine.inference import Predictions, cast_for_inference, gather_predictions, predict_loader
 from mmcls.engine.logger import show_progress
 from mmcls.engine.losses import adjust_logits, log_prior
 from mmcls.errors import MmclsError
@@ -46,12 +52,14 @@ def predict_split(
     progress: bool = True,
     ids: Collection[str] | None = None,
     logit_adjust: float = 0.0,
+    frame_decoder: str = "pil",
 ) -> tuple[list[str], Predictions, list[str]]:
     """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids).
 
     ``batch_size`` is per process. ``ids``: predict only these records (e.g. one fold's validation records
     for out-of-fold predictions); every one must be in the split. ``logit_adjust`` is TAU of the logit
-    adjustment (0 = none); the returned probabilities are then the adjusted ones.
+    adjustment (0 = none); the returned probabilities are then the adjusted ones. ``frame_decoder``: ``pil``
+    (DataLoader workers) or ``cuda`` (batched on the GPU; see ``mmcls.data.device_decode``).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size={batch_size}: must be at least 1")
@@ -59,6 +67,7 @@ def predict_split(
         raise ConfigError(f"--num-workers={num_workers}: must be at least 0")
     torch_device = resolve_device(device, world_info_from_env(), setting="--device")
     check_precision(precision, torch_device, setting="--precision")
+    check_frame_decoder(frame_decoder, torch_device, setting="--frame-decoder")
     dist_info = init_distributed(torch_device)
     loaded = load_model_dir(model_dir, device=torch_device)
     cfg = loaded.config
@@ -78,7 +87,15 @@ def predict_split(
         if len(records) != len(wanted):
             raise ValueError(f"{len(wanted) - len(records)} of the requested ids are not in split {split!r}")
     dataset = build_dataset(
-        cfg, data_root, split, records, loaded.tokenizer, loaded.categories, train=False, on_error="text_only"
+        cfg,
+        data_root,
+        split,
+        records,
+        loaded.tokenizer,
+        loaded.categories,
+        train=False,
+        on_error="text_only",
+        frame_decoder=frame_decoder,
     )
     loader = build_eval_loader(
         dataset,
@@ -89,8 +106,9 @@ def predict_split(
         world_size=dist_info.world_size,
         device=torch_device,
     )
+    model = cast_for_inference(loaded.model, torch_device, precision)
     preds = predict_loader(
-        loaded.model, loader, torch_device, precision, progress=show_progress(progress) and dist_info.is_main
+        model, loader, torch_device, precision, progress=show_progress(progress) and dist_info.is_main
     )
     preds = gather_predictions(preds)  # all ranks' shares, each record once (a no-op in one process)
     if logit_adjust:

@@ -45,6 +45,7 @@ from mmcls.engine.distributed import (
     all_reduce_mean,
     any_rank,
     barrier,
+    check_frame_decoder,
     check_precision,
     init_distributed,
     is_initialized,
@@ -190,6 +191,7 @@ class Trainer:
         # ---- processes and devices
         self.device = resolve_device(tcfg.device, world_info_from_env())
         check_precision(tcfg.precision, self.device)
+        check_frame_decoder(cfg.data.frames.decoder, self.device)
         self.dist: DistInfo = init_distributed(self.device)
         if not self.dist.is_main:
             # One voice in the log: the other ranks report warnings and errors only.
