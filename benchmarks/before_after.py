@@ -30,10 +30,14 @@ BUILTIN_VOCAB = "data.text.tokenizer=builtin:bert-base-chinese"
 
 # Makes `import mmcls` load the checkout on PYTHONPATH: drop the editable install's import hook (the processes
 # also run outside any checkout, since `python -c` puts the working directory first on sys.path).
+# The install maps deploy/ and pretrain/ to mmcls.deploy and mmcls.pretrain (pyproject's package-dir); a plain
+# checkout gets the same by searching its root for mmcls' sub-packages too.
 PRELUDE = textwrap.dedent(
     """
     import sys
     sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+    import os, mmcls
+    mmcls.__path__.append(os.path.dirname(os.path.dirname(mmcls.__file__)))
     """
 )
 MEASURE = PRELUDE + textwrap.dedent(

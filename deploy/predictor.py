@@ -199,14 +199,13 @@ class Predictor:
         frame_decoder: str = "pil",
     ):
         """``(ids, predictions, category_ids)`` for ``split``, as ``mmcls.engine.predict.predict_split``."""
-        from mmcls.data.annotations import annotation_path, load_records
         from mmcls.data.builders import build_dataset, build_eval_loader
         from mmcls.engine.distributed import check_frame_decoder
+        from mmcls.engine.predict import records_to_predict
 
         check_frame_decoder(frame_decoder, self.device, setting="--frame-decoder")
-
         cfg, categories = self.assets.config, self.assets.categories
-        records = load_records(annotation_path(data_root, split), categories=categories)
+        records = records_to_predict(data_root, split, categories)
         tokenizer = self.assets.tokenizer
         dataset = build_dataset(
             cfg,

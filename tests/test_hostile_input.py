@@ -163,6 +163,12 @@ def test_duplicate_ids_are_an_error_for_prediction(model_dir, data_root, tmp_pat
     assert predict(model_dir, root, tmp_path / "out.csv") == 2
     line = one_line(capsys)
     assert f"record {len(records)}" in line and "duplicate id" in line and records[1].id in line
+    # The exported-artifact path (mmcls.deploy's Predictor) reads the split through the same checks.
+    from mmcls.data.annotations import AnnotationError
+    from mmcls.deploy.predictor import Predictor
+
+    with pytest.raises(AnnotationError, match="duplicate id"):
+        Predictor.from_path(model_dir, device="cpu").predict_split(root, num_workers=0, progress=False)
 
 
 # --------------------------------------------------------------------------------------------- evaluate

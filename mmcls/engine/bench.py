@@ -116,7 +116,8 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
     """``one_process_ms_per_video`` and ``loader_videos_per_s`` of ``cfg``'s training data path."""
     from mmcls.data.builders import build_loader
 
-    if cfg.data.frames.decoder == "cuda":
+    # getattr: benchmarks/before_after.py also passes configs of checkouts older than the setting
+    if getattr(cfg.data.frames, "decoder", "pil") == "cuda":
         from mmcls.engine.distributed import check_frame_decoder
 
         check_frame_decoder("cuda", _device(opts.device), setting="data.frames.decoder")
@@ -137,7 +138,7 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
         frames = sum(int(dataset[i]["frame_mask"].sum()) for i in range(num_videos))
         result["decoded_frames_per_s_per_core"] = frames / one
 
-    if cfg.data.frames.decoder == "cuda":
+    if getattr(cfg.data.frames, "decoder", "pil") == "cuda":
         result["device_decode_videos_per_s"] = _device_decode_rate(dataset, pad_id, opts)
 
     def make_loader():

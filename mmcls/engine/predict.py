@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from mmcls.config import ConfigError
-from mmcls.data.annotations import AnnotationError, annotation_path, first_duplicate_id, load_records
+from mmcls.data.annotations import (
+    AnnotationError,
+    Record,
+    annotation_path,
+    first_duplicate_id,
+    load_records,
+)
 from mmcls.data.builders import build_dataset, build_eval_loader
+from mmcls.data.categories import CategoryMap
 from mmcls.engine.distributed import (
     check_frame_decoder,
     check_precision,
@@ -71,21 +78,7 @@ def predict_split(
     dist_info = init_distributed(torch_device)
     loaded = load_model_dir(model_dir, device=torch_device)
     cfg = loaded.config
-    ann_path = annotation_path(data_root, split)
-    records = load_records(ann_path, categories=loaded.categories)
-    if not records:
-        raise AnnotationError(ann_path, "no records to predict")
-    duplicate = first_duplicate_id(records)
-    if duplicate is not None:
-        # A submission needs one line per id: a repeated id would make it invalid (evaluate refuses it).
-        raise AnnotationError(
-            ann_path, f"duplicate id {duplicate[1]!r} (ids must be unique)", duplicate[0], "id"
-        )
-    if ids is not None:
-        wanted = set(ids)
-        records = [r for r in records if r.id in wanted]
-        if len(records) != len(wanted):
-            raise ValueError(f"{len(wanted) - len(records)} of the requested ids are not in split {split!r}")
+    records = records_to_predict(data_root, split, loaded.categories, ids)
     dataset = build_dataset(
         cfg,
         data_root,
@@ -123,6 +116,28 @@ def predict_split(
         raise RuntimeError(f"prediction covered {len(preds.indices)} of {len(records)} records of {split!r}")
     category_ids = [loaded.categories.category_id(int(i)) for i in preds.pred[order]]
     return [r.id for r in records], preds, category_ids
+
+
+def records_to_predict(
+    data_root: str | Path, split: str, categories: CategoryMap, ids: Collection[str] | None = None
+) -> list[Record]:
+    """The records of ``split`` to predict (only ``ids`` when given); refuses an empty split and repeated ids."""
+    ann_path = annotation_path(data_root, split)
+    records = load_records(ann_path, categories=categories)
+    if not records:
+        raise AnnotationError(ann_path, "no records to predict")
+    duplicate = first_duplicate_id(records)
+    if duplicate is not None:
+        # A submission needs one line per id: a repeated id would make it invalid (evaluate refuses it).
+        raise AnnotationError(
+            ann_path, f"duplicate id {duplicate[1]!r} (ids must be unique)", duplicate[0], "id"
+        )
+    if ids is not None:
+        wanted = set(ids)
+        records = [r for r in records if r.id in wanted]
+        if len(records) != len(wanted):
+            raise ValueError(f"{len(wanted) - len(records)} of the requested ids are not in split {split!r}")
+    return records
 
 
 def adjusted_predictions(preds: Predictions, train_counts: np.ndarray, tau: float) -> Predictions:
