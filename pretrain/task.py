@@ -156,14 +156,14 @@ class PretrainingSetup(TaskSetup):
         sums: dict[str, float] = defaultdict(float)
         errors: Counter = Counter()
         for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+            # Moved first: frames decoded on the device (data.frames.decoder=cuda) add their errors here.
+            batch = move_batch(batch, device, task.device_keys)
             errors.update(batch["frame_errors"])
             n = len(batch["index"])
             if n == 0:
                 continue
             with autocast(device, self.cfg.train.precision):
-                loss, parts = task.losses(
-                    model, move_batch(batch, device, task.device_keys), generator, False
-                )
+                loss, parts = task.losses(model, batch, generator, False)
             sums["loss"] += float(loss) * n
             for key, value in parts.items():
                 sums[key] += float(value) * n

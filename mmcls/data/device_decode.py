@@ -87,7 +87,7 @@ def decode_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def fit_square(images: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` -> uint8 ``[N, 3, size, size]``: centre crop to a square, antialiased bicubic resize.
 
-    The device counterpart of ``ImageOps.fit(image, (size, size), BICUBIC)``; an ``S x S`` input is returned as
+    The device counterpart of :func:`mmcls.data.frames.fit_image`; an ``S x S`` input is returned as
     it is, as the PIL path takes such frames without resampling.
     """
     height, width = images.shape[-2:]

@@ -171,6 +171,18 @@ class FrameSource(ABC):
         return clip
 
 
+def fit_image(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size``, centre crop to a square (bicubic): the RGB ``size x size`` frame a model sees.
+
+    A frame that is already RGB and ``size x size`` (the usual case for frame zips) is taken as is: no copy.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (size, size):
+        image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
+    return image
+
+
 class _ImageSource(FrameSource):
     """Shared resizing for sources that yield RGB images (uint8; normalised later, on the model's device)."""
 
@@ -183,18 +195,6 @@ class _ImageSource(FrameSource):
     @property
     def item_shape(self) -> tuple[int, ...]:
         return (3, self.image_size, self.image_size)
-
-    def _fit(self, image: Image.Image) -> Image.Image:
-        """Shorter side to ``image_size``, centre crop to a square: an RGB ``S x S`` image.
-
-        A frame that is already RGB and ``S x S`` (the usual case for frame zips) is taken as is: no copy.
-        """
-        size = (self.image_size, self.image_size)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size != size:
-            image = ImageOps.fit(image, size, Image.Resampling.BICUBIC)
-        return image
 
     def _clip(self, images: list[Image.Image], errors: list[str]) -> FrameClip:
         """Copy ``S x S`` RGB images straight into a padded uint8 ``[T, 3, S, S]`` clip.
@@ -264,7 +264,7 @@ class ZipFramesSource(_ImageSource):
                 # Let the JPEG decoder downscale by 1/2..1/8 while staying >= the target size: much faster.
                 image.draft("RGB", (self.image_size, self.image_size))
                 image.load()  # decode now, inside the try: a broken JPEG fails here
-                return self._fit(image), None
+                return fit_image(image, self.image_size), None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None, "bad_image"
 
@@ -438,7 +438,7 @@ class VideoFileSource(_ImageSource):
             decoded = reader.get_batch(indices).asnumpy()
         except (RuntimeError, decord.DECORDError) as exc:
             raise FrameError("bad_video", path, f"cannot decode: {_first_line(exc)}") from None
-        return self._clip([self._fit(Image.fromarray(frame)) for frame in decoded], [])
+        return self._clip([fit_image(Image.fromarray(frame), self.image_size) for frame in decoded], [])
 
 
 def build_frame_source(cfg: FrameConfig, data_root: str | Path, split: str) -> FrameSource | None:
@@ -579,10 +579,7 @@ def decode_image_clip(
                 if image.width * image.height > max_pixels:
                     raise ValueError(f"{image.width}x{image.height} pixels")
                 image.draft("RGB", (image_size, image_size))
-                fitted = ImageOps.fit(
-                    image.convert("RGB"), (image_size, image_size), Image.Resampling.BICUBIC
-                )
-                decoded.append(np.asarray(fitted))
+                decoded.append(np.asarray(fit_image(image, image_size)))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             failed.append(position)
     if not decoded:
