@@ -4,11 +4,10 @@ videos with the training loop of ``mmcls train`` (one process or under torchrun)
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 from mmcls.cli.options import add_set_option
+from mmcls.cli.train import print_run_result
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,16 +46,6 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         setup=PretrainingSetup(cfg, args.data_root),
     )
-    if result.interrupted:
-        print(
-            f"stopped at step {result.global_step}; continue with: mmcls pretrain ... --out {args.out} --resume"
-        )
-    elif int(os.environ.get("RANK", 0)) == 0:
-        summary = {
-            "run_dir": str(result.run_dir),
-            "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_score,
-            **{f"val_{k}": v for k, v in result.last_metrics.items()},
-        }
-        print(json.dumps(summary, indent=2))
+    scores = {"best_val_loss": result.best_score, **{f"val_{k}": v for k, v in result.last_metrics.items()}}
+    print_run_result(result, "pretrain", args.out, scores)
     return 0

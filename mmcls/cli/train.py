@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from mmcls.cli.options import add_set_option
 
@@ -36,16 +37,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = Config.from_yaml(args.config, args.overrides)
     result = train(cfg, args.data_root, args.out, resume=args.resume, overwrite=args.overwrite)
+    print_run_result(result, "train", args.out, {"best_mean_f1": result.best_score, **result.last_metrics})
+    return 0
+
+
+def print_run_result(result: Any, command: str, out: Path, scores: dict[str, Any]) -> None:
+    """How to resume an interrupted run (one line), or the JSON summary of a finished one (rank 0 only)."""
     if result.interrupted:
         print(
-            f"stopped at step {result.global_step}; continue with: mmcls train ... --out {args.out} --resume"
+            f"stopped at step {result.global_step}; continue with: mmcls {command} ... --out {out} --resume"
         )
     elif int(os.environ.get("RANK", 0)) == 0:
-        summary = {
-            "run_dir": str(result.run_dir),
-            "best_epoch": result.best_epoch,
-            "best_mean_f1": result.best_score,
-            **result.last_metrics,
-        }
+        summary = {"run_dir": str(result.run_dir), "best_epoch": result.best_epoch, **scores}
         print(json.dumps(summary, indent=2))
-    return 0

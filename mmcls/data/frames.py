@@ -253,7 +253,7 @@ class ZipFramesSource(_ImageSource):
         return self._frames_clip(frames, names, path, errors)
 
     def _take_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[Any, str | None]:
-        """``(frame, None)`` or ``(None, error kind)`` for one sampled member: here a decoded ``S x S`` image."""
+        """``(frame, None)`` or ``(None, error kind)`` for one sampled member (the frame: see :meth:`_frame`)."""
         try:
             data = _read_member(zf, info, path, self.cfg)
         except _MEMBER_READ_ERRORS:
@@ -261,12 +261,16 @@ class ZipFramesSource(_ImageSource):
         try:
             with Image.open(io.BytesIO(data)) as image:
                 _check_pixels(image, self.cfg)  # from the header, before any pixel is decoded
-                # Let the JPEG decoder downscale by 1/2..1/8 while staying >= the target size: much faster.
-                image.draft("RGB", (self.image_size, self.image_size))
-                image.load()  # decode now, inside the try: a broken JPEG fails here
-                return fit_image(image, self.image_size), None
+                return self._frame(image, data), None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None, "bad_image"
+
+    def _frame(self, image: Image.Image, data: bytes) -> Any:
+        """What a readable member becomes: here the decoded ``S x S`` RGB image."""
+        # Let the JPEG decoder downscale by 1/2..1/8 while staying >= the target size: much faster.
+        image.draft("RGB", (self.image_size, self.image_size))
+        image.load()  # decode now, inside the caller's try: a broken JPEG fails here
+        return fit_image(image, self.image_size)
 
     def _frames_clip(self, frames: list[Any], names: list[str], path: Path, errors: list[str]) -> FrameClip:
         return self._clip(frames, errors)
@@ -299,17 +303,8 @@ class EncodedZipFramesSource(ZipFramesSource):
     header's pixel count (PIL reads only the header here). What it hands on is each sampled JPEG's bytes.
     """
 
-    def _take_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[Any, str | None]:
-        try:
-            data = _read_member(zf, info, path, self.cfg)
-        except _MEMBER_READ_ERRORS:
-            return None, "bad_zip"
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                _check_pixels(image, self.cfg)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return None, "bad_image"
-        return data, None
+    def _frame(self, image: Image.Image, data: bytes) -> bytes:
+        return data  # the header was read and checked; decoding waits for the device
 
     def _frames_clip(self, frames: list[Any], names: list[str], path: Path, errors: list[str]) -> FrameClip:
         n = min(len(frames), self.max_frames)
