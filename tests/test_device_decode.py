@@ -91,18 +91,27 @@ def test_fit_square_matches_pil_imageops_fit(height, width):
     assert np.abs(fitted.astype(int) - expected.astype(int)).max() <= 2
 
 
-def encoded_batch(videos: list[list[bytes]], on_error: str = "text_only", size: int = 16) -> dict:
+def encoded_batch(
+    videos: list[list[bytes]], on_error: str = "text_only", size: int = 16, worker_errors: tuple = ()
+) -> dict:
+    """A collated batch as the workers make it; ``worker_errors``: what the worker refused in each video."""
     samples = [
         {
             "index": i,
             "id": f"v{i}",
             "input_ids": torch.tensor([101, 7 + i, 102]),
             "frames": EncodedFrames(
-                data, [f"{k}.jpg" for k in range(len(data))], f"/d/v{i}.zip", size, 4, on_error
+                data,
+                [f"{k}.jpg" for k in range(len(data))],
+                f"/d/v{i}.zip",
+                size,
+                4,
+                on_error,
+                list(worker_errors),
             ),
             "frame_mask": torch.arange(4) < len(data),
             "label": i,
-            "frame_errors": [],
+            "frame_errors": list(worker_errors),
         }
         for i, data in enumerate(videos)
     ]
@@ -141,6 +150,17 @@ def test_a_video_without_any_decodable_frame_follows_on_error(on_error):
     assert out["ids"] == ["v0", "v2"] and out["index"].tolist() == [0, 2] and out["labels"].tolist() == [0, 2]
     assert out["input_ids"].shape[0] == out["frames"].shape[0] == out["frame_mask"].shape[0] == 2
     assert out["dropped"] == 1 and out["frame_errors"] == Counter()
+
+
+def test_a_video_failing_in_the_worker_and_on_the_device_counts_once_as_on_the_pil_path():
+    # The worker refused one frame (a corrupt member: bad_zip), the device could not decode the other one. The
+    # PIL path raises FrameError(first kind) for such a video, and the dataset counts that one kind.
+    batch = encoded_batch([[b"\xff\xd8 broken"]], worker_errors=("bad_zip",))
+    assert batch["frame_errors"] == Counter(bad_zip=1)
+    out = decode_batch(batch, CPU)
+    assert out["frame_mask"].sum() == 0 and out["frame_errors"] == Counter(bad_zip=1)
+    with pytest.raises(FrameError, match="/d/v0.zip: bad_zip: none of the 2 sampled frames"):
+        decode_batch(encoded_batch([[b"\xff\xd8 broken"]], "raise", worker_errors=("bad_zip",)), CPU)
 
 
 def test_workers_check_the_zip_and_headers_but_send_bytes(tmp_path, write_zip):

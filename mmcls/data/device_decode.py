@@ -157,15 +157,18 @@ def _apply_on_error(videos: list[EncodedFrames], failed: list[int], errors: Coun
     dropped = set()
     for row in failed:
         video = videos[row]
-        errors["bad_image"] -= len(video)  # counted once for the video, as the PIL path does
+        # As on the PIL path, a video none of whose frames could be read counts as one error (of the first kind
+        # the worker found, else bad_image): take back its per-frame counts, the worker's and the device's.
+        errors["bad_image"] -= len(video)
+        errors.subtract(video.worker_errors)
+        kind = video.worker_errors[0] if video.worker_errors else "bad_image"
         if video.on_error == "raise":
-            raise FrameError(
-                "bad_image", video.path, f"none of the {len(video)} sampled frames could be decoded"
-            )
+            tried = len(video) + len(video.worker_errors)
+            raise FrameError(kind, video.path, f"none of the {tried} sampled frames could be read")
         if video.on_error == "drop":
             dropped.add(row)
         else:
-            errors["bad_image"] += 1
+            errors[kind] += 1
     errors += Counter()  # drops zero counts
     return [row for row in range(len(videos)) if row not in dropped]
 

@@ -291,6 +291,7 @@ class EncodedFrames:
     image_size: int
     max_frames: int
     on_error: str = "text_only"  # what the dataset does with a video none of whose frames decode
+    worker_errors: list[str] = field(default_factory=list)  # kinds of the sampled frames the worker refused
 
     def __len__(self) -> int:
         return len(self.data)
@@ -310,6 +311,7 @@ class EncodedZipFramesSource(ZipFramesSource):
         n = min(len(frames), self.max_frames)
         clip = self.empty()
         clip.frames = self._encoded(frames[:n], names[:n], str(path))
+        clip.frames.worker_errors = list(errors)
         clip.mask[:n] = True
         clip.errors = errors
         return clip
