@@ -171,13 +171,14 @@ class Predictor:
         """Like ``mmcls.engine.inference.predict_loader``, over this predictor's backend."""
         from tqdm.auto import tqdm
 
-        from mmcls.data.device_decode import EncodedFrameBatch, decode_batch
         from mmcls.engine.inference import Predictions
+        from mmcls.engine.prefetch import to_device
 
         indices, probs, labels, errors = [], [], [], Counter()
         for batch in tqdm(loader, desc=f"predict[{self.backend_name}]", disable=not progress, leave=False):
-            if isinstance(batch["frames"], EncodedFrameBatch):  # --frame-decoder cuda
-                batch = decode_batch(batch, self.device)
+            batch = to_device(
+                batch, self.device, keys=()
+            )  # decodes frames still encoded (--frame-decoder cuda)
             errors.update(batch["frame_errors"])
             if len(batch["index"]) == 0:
                 continue

@@ -30,8 +30,9 @@ from tqdm.auto import tqdm
 from mmcls.config import Config
 from mmcls.engine.distributed import all_gather_objects
 from mmcls.engine.inference import MODEL_INPUTS, autocast
+from mmcls.engine.prefetch import to_device
 from mmcls.engine.setup import Selection, TaskData, TaskSetup
-from mmcls.engine.task import TrainingTask, move_batch
+from mmcls.engine.task import TrainingTask
 from mmcls.models.model_dir import CONFIG_FILE, WEIGHTS_FILE, portable_config, unwrap_model
 from mmcls.pretrain.config import PretrainConfig, PretrainSection
 from mmcls.pretrain.data import build_pretrain_datasets
@@ -157,7 +158,7 @@ class PretrainingSetup(TaskSetup):
         errors: Counter = Counter()
         for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
             # Moved first: frames decoded on the device (data.frames.decoder=cuda) add their errors here.
-            batch = move_batch(batch, device, task.device_keys)
+            batch = to_device(batch, device, task.device_keys)
             errors.update(batch["frame_errors"])
             n = len(batch["index"])
             if n == 0:

@@ -102,7 +102,6 @@ def encoded_batch(
             "input_ids": torch.tensor([101, 7 + i, 102]),
             "frames": EncodedFrames(
                 data,
-                [f"{k}.jpg" for k in range(len(data))],
                 f"/d/v{i}.zip",
                 size,
                 4,
@@ -171,7 +170,7 @@ def test_workers_check_the_zip_and_headers_but_send_bytes(tmp_path, write_zip):
     source = build_frame_source(cfg, tmp_path, "test")
     assert isinstance(source, EncodedZipFramesSource)
     clip = source.read("v123")
-    assert clip.frames.data == [members["0.jpg"]] and clip.frames.members == ["0.jpg"]
+    assert clip.frames.data == [members["0.jpg"]]
     assert clip.errors == ["bad_image"]  # 128 x 128 > max_image_pixels, refused from the header
     assert clip.mask.tolist() == [True, False, False, False]
     with pytest.raises(FrameError, match="missing_file"):

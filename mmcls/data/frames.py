@@ -238,19 +238,18 @@ class ZipFramesSource(_ImageSource):
             # One refused member makes the whole zip untrusted, whichever frames the sampler picks.
             for info in members:
                 _check_member_safe(info, path, self.cfg)
-            frames, names, errors = [], [], []
+            frames, errors = [], []
             for k in sample_frame_indices(len(members), self.max_frames, rng):
                 frame, error = self._take_member(zf, members[k], path)
                 if error is None:
                     frames.append(frame)
-                    names.append(members[k].filename)
                 else:
                     errors.append(error)
         if not frames:
             if guessed:  # members without an image suffix were tried and none was an image
                 raise FrameError("no_frames", path, f"none of the {len(members)} members is a readable image")
             raise FrameError(errors[0], path, f"none of the {len(errors)} sampled frames could be read")
-        return self._frames_clip(frames, names, path, errors)
+        return self._frames_clip(frames, path, errors)
 
     def _take_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[Any, str | None]:
         """``(frame, None)`` or ``(None, error kind)`` for one sampled member (the frame: see :meth:`_frame`)."""
@@ -272,7 +271,7 @@ class ZipFramesSource(_ImageSource):
         image.load()  # decode now, inside the caller's try: a broken JPEG fails here
         return fit_image(image, self.image_size)
 
-    def _frames_clip(self, frames: list[Any], names: list[str], path: Path, errors: list[str]) -> FrameClip:
+    def _frames_clip(self, frames: list[Any], path: Path, errors: list[str]) -> FrameClip:
         return self._clip(frames, errors)
 
 
@@ -281,12 +280,11 @@ class EncodedFrames:
     """The sampled frames of one video still encoded (``data.frames.decoder: cuda``), decoded later in batches.
 
     Plain ``bytes``, not tensors: DataLoader workers send tensors through shared memory, one file handle per
-    tensor, which for 8 small JPEGs per video costs more than pickling the bytes. ``members`` name the frames
-    in errors. See :mod:`mmcls.data.device_decode`.
+    tensor, which for 8 small JPEGs per video costs more than pickling the bytes. ``path`` (the zip) names the
+    video in errors. See :mod:`mmcls.data.device_decode`.
     """
 
     data: list[bytes]
-    members: list[str]
     path: str
     image_size: int
     max_frames: int
@@ -307,22 +305,16 @@ class EncodedZipFramesSource(ZipFramesSource):
     def _frame(self, image: Image.Image, data: bytes) -> bytes:
         return data  # the header was read and checked; decoding waits for the device
 
-    def _frames_clip(self, frames: list[Any], names: list[str], path: Path, errors: list[str]) -> FrameClip:
+    def _frames_clip(self, frames: list[Any], path: Path, errors: list[str]) -> FrameClip:
         n = min(len(frames), self.max_frames)
-        clip = self.empty()
-        clip.frames = self._encoded(frames[:n], names[:n], str(path))
-        clip.frames.worker_errors = list(errors)
-        clip.mask[:n] = True
-        clip.errors = errors
-        return clip
+        encoded = EncodedFrames(
+            frames[:n], str(path), self.image_size, self.max_frames, worker_errors=list(errors)
+        )
+        return FrameClip(encoded, torch.arange(self.max_frames) < n, errors)
 
     def empty(self) -> FrameClip:
-        return FrameClip(
-            frames=self._encoded([], [], ""), mask=torch.zeros(self.max_frames, dtype=torch.bool), errors=[]
-        )
-
-    def _encoded(self, data: list[bytes], members: list[str], path: str) -> EncodedFrames:
-        return EncodedFrames(data, members, path, self.image_size, self.max_frames)
+        encoded = EncodedFrames([], "", self.image_size, self.max_frames)
+        return FrameClip(encoded, torch.zeros(self.max_frames, dtype=torch.bool), [])
 
 
 class ZipFeatsSource(FrameSource):

@@ -117,7 +117,8 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
     from mmcls.data.builders import build_loader
 
     # getattr: benchmarks/before_after.py also passes configs of checkouts older than the setting
-    if getattr(cfg.data.frames, "decoder", "pil") == "cuda":
+    device_decoding = getattr(cfg.data.frames, "decoder", "pil") == "cuda"
+    if device_decoding:
         from mmcls.engine.distributed import check_frame_decoder
 
         check_frame_decoder("cuda", _device(opts.device), setting="data.frames.decoder")
@@ -138,7 +139,7 @@ def bench_data(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str,
         frames = sum(int(dataset[i]["frame_mask"].sum()) for i in range(num_videos))
         result["decoded_frames_per_s_per_core"] = frames / one
 
-    if getattr(cfg.data.frames, "decoder", "pil") == "cuda":
+    if device_decoding:
         result["device_decode_videos_per_s"] = _device_decode_rate(dataset, pad_id, opts)
 
     def make_loader():

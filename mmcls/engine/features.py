@@ -86,10 +86,17 @@ def extract_features(
             f"{cfg.data.frames.source!r}; feature extraction needs an image model (zip_frames or video frames)"
         )
     cfg.data.frames.max_frames = max_frames
-    cfg.data.frames.decoder = frame_decoder
     records = load_records(annotation_path(data_root, split), categories=loaded.categories)
     dataset = build_dataset(
-        cfg, data_root, split, records, loaded.tokenizer, loaded.categories, train=False, on_error="text_only"
+        cfg,
+        data_root,
+        split,
+        records,
+        loaded.tokenizer,
+        loaded.categories,
+        train=False,
+        on_error="text_only",
+        frame_decoder=frame_decoder,
     )
     workers = cfg.data.num_workers if num_workers is None else num_workers
     loader = build_eval_loader(

@@ -28,14 +28,8 @@ from mmcls.engine import losses
 from mmcls.engine.adversarial import Adversary
 from mmcls.engine.distributed import DistInfo
 from mmcls.engine.inference import MODEL_INPUTS, autocast
-from mmcls.engine.prefetch import to_device
 from mmcls.engine.soft_targets import TrainingTargets
 from mmcls.engine.swa import WeightAverage
-
-
-def move_batch(batch: dict, device: torch.device, keys: tuple[str, ...] = (*MODEL_INPUTS, "labels")) -> dict:
-    """The tensors named by ``keys`` moved to ``device`` (bookkeeping entries stay where they are)."""
-    return to_device(batch, device, keys)
 
 
 class TrainingTask(nn.Module):
