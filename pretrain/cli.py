@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmcls.cli.options import add_set_option
+from mmcls.cli.options import add_run_options
 from mmcls.cli.train import print_run_result
 
 
@@ -20,15 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("config", type=Path, help="YAML file, or a packaged preset (pretrain-tiny, pretrain-base)")
-    p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
-    add_set_option(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start the run in --out again, replacing mmcls's outputs there (other files are kept)",
-    )
+    add_run_options(p)
     return p
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +15,21 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config key (value parsed as YAML); repeatable",
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """What a training run takes besides its config: ``--data-root``, ``--out``, ``--set``, ``--resume``,
+    ``--overwrite`` (``mmcls train`` and ``mmcls pretrain``, which share the training loop)."""
+    parser.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    add_set_option(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in an --out that holds a run or that mmcls did not create "
+        "(mmcls's outputs there are replaced, other files kept)",
     )
 
 

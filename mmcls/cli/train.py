@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmcls.cli.options import add_set_option
+from mmcls.cli.options import add_run_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,16 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="example: mmcls train tiny --data-root data/ --out runs/tiny --set train.lr=5e-4",
     )
     p.add_argument("config", type=Path, help="YAML file, or a packaged preset name (tiny, base, feats)")
-    p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
-    add_set_option(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start again in an --out that holds a run or that mmcls did not create "
-        "(mmcls's outputs there are replaced, other files kept)",
-    )
+    add_run_options(p)
     return p
 
 
