@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -23,3 +24,14 @@ def train_args(data_root: Path, run_dir: Path, settings: list[str], config: str 
 def child_env() -> dict[str, str]:
     """One thread per child (tests run several processes on two cores), offline, no tokenizer threads."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 right now (all bound at once, so no repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports

@@ -8,7 +8,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,23 +15,13 @@ import urllib.request
 import numpy as np
 import pytest
 
-from commands import child_env, mmcls_command
+from commands import child_env, free_ports, mmcls_command
 from deploy_fixtures import make_data, tiny_model_dir
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 pytest.importorskip("pytriton")
 
 pytestmark = pytest.mark.slow
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 class Server:

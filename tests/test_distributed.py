@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors.torch import load_file
 
 from mmcls.data.synthetic import make_synthetic_dataset
 
-from commands import child_env, mmcls_command, train_args
+from commands import child_env, free_ports, mmcls_command, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -58,10 +57,6 @@ ODD_TEXT_ONLY = [*FAST, "data.limit_train=150", "train.ema_decay=0.9"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -105,7 +100,7 @@ def train_torchrun(
         "--nproc-per-node",
         str(nproc),
     ]
-    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
+    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_ports()[0]}"]
     return _run([*launcher, "-m", "mmcls", *train_args(data_root, out, overrides)])
 
 

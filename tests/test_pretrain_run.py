@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from safetensors.torch import load_file
 from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint
 
-from commands import child_env, mmcls_command, train_args
+from commands import child_env, free_ports, mmcls_command, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -150,9 +149,7 @@ def test_pretraining_on_feature_zips_with_bf16_autocast(data_root, tmp_path):
 
 
 def test_pretraining_under_torchrun_with_two_processes(data_root, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    (port,) = free_ports()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
     launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
     settings = [*SETTINGS, "train.epochs=1"]

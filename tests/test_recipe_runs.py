@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from mmcls.engine.task import ClassificationTask
 from mmcls.engine.trainer import train
 from mmcls.models import build_model
 
-from commands import child_env, mmcls_command, train_args
+from commands import child_env, free_ports, mmcls_command, train_args
 
 SMALL = [
     "train.epochs=1",
@@ -131,10 +130,6 @@ def test_a_stage_continues_from_another_runs_weights_on_other_data(first_stage, 
 
 
 # ------------------------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def counting_hook(calls: list[int]):
@@ -153,7 +148,7 @@ def test_adversarial_steps_all_reduce_the_gradients_once_per_step():
     """A real DDP wrapper (gloo, one process) with a communication hook that counts the gradient buckets
     reduced: an optimizer step of 2 micro-batches with PGD (6 backward passes) reduces as many buckets as
     one plain backward does, each once, i.e. every pass but the last ran inside no_sync."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_ports()[0]}", rank=0, world_size=1)
     try:
         counts: dict[str, list[int]] = {"pgd": [], "plain": []}
         tasks = {}
