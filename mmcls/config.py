@@ -20,6 +20,7 @@ import yaml
 
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_text
+from mmcls.names import Device, FrameDecoder, Precision
 
 # CLIP's normalisation constants (open_clip.constants.OPENAI_DATASET_MEAN/STD); repeated here so that the
 # data pipeline does not have to import open_clip.
@@ -88,7 +89,7 @@ class FrameConfig:
     max_image_pixels: int = setting(4096 * 4096, min=1)
     # Who decodes the JPEG frames of zip_frames: the DataLoader workers on the CPU (pil), or the GPU, batched
     # (cuda: nvJPEG through torchvision; workers then only read and check the zips). cuda needs a CUDA device.
-    decoder: Literal["pil", "cuda"] = setting("pil", resume_safe=True)
+    decoder: FrameDecoder = setting("pil", resume_safe=True)
 
 
 @dataclass
@@ -180,7 +181,7 @@ class TrainConfig:
     restart_epochs: int = setting(1, min=1)
     grad_accum_steps: int = setting(1, min=1)
     clip_grad_norm: float | None = setting(1.0, above=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses a grad scaler
+    precision: Precision = "fp32"  # fp16 uses a grad scaler
     aux_loss_weight: float = setting(0.5, min=0)  # weight of the video-only auxiliary loss
     label_smoothing: float = setting(0.0, min=0, below=1)
     ema_decay: float | None = setting(None, above=0, below=1)  # e.g. 0.999; the EMA weights are evaluated
@@ -211,7 +212,7 @@ class TrainConfig:
         5, min=1, resume_safe=True
     )  # stop after this many NaN/inf losses in a row
     distributed: Literal["ddp", "fsdp"] = "ddp"  # only used under torchrun with world size > 1
-    device: Literal["auto", "cpu", "cuda"] = setting("auto", resume_safe=True)
+    device: Device = setting("auto", resume_safe=True)
     # torch.compile the model (nn.Module.compile: in place, weight names unchanged). Pays a compile time at
     # start-up and on new input shapes; off by default.
     compile: bool = setting(False, resume_safe=True)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_frame_decoder_option
+from mmcls.cli.options import add_frame_decoder_option, add_precision_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="videos per batch")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    add_precision_option(p, default="fp32", help="autocast precision")
     add_frame_decoder_option(p)
     return p
 

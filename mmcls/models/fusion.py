@@ -27,6 +27,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ConfigError, ModelConfig
 from mmcls.data.categories import CategoryMap
 from mmcls.models.frame_encoder import FrameEncoder, PretrainedWeightsError, build_frame_encoder
+from mmcls.names import LOGITS, VIDEO_LOGITS
 
 DEFAULT_VOCAB_SIZE = 21128  # bert-base-chinese
 POOLINGS = ("cls", "mean", "cls_mean")
@@ -112,8 +113,8 @@ class MultimodalClassifier(nn.Module):
         pooled = self.pool(hidden_states, joint_mask)
         video = masked_mean(frame_features, frame_mask)
         out = {
-            "logits": self._head(self.classifier, pooled),
-            "video_logits": self._head(self.video_classifier, video),
+            LOGITS: self._head(self.classifier, pooled),
+            VIDEO_LOGITS: self._head(self.video_classifier, video),
         }
         if return_hidden:
             out.update(pooled=pooled, hidden_states=hidden_states, joint_mask=joint_mask)
