@@ -31,7 +31,6 @@ def frame_settings(source: str) -> list[str]:
             "data.frames.source=zip_feats",
             "data.frames.feature_dim=768",
             "model.frame_encoder.type=identity",
-            "model.frame_encoder.input_dim=768",
         ]
     return []
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(summary.seconds, 3),
         "videos_per_s": round(summary.videos_per_s, 2),
         "train_with": f"--set data.frames.source=zip_feats --set data.frames.feature_dim={summary.feature_dim} "
-        f"--set model.frame_encoder.type=identity --set model.frame_encoder.input_dim={summary.feature_dim}",
+        "--set model.frame_encoder.type=identity",
     }
     print(json.dumps(report, indent=2))
     return 0

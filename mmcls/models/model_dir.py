@@ -160,6 +160,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
                 image_size=frames.image_size,
                 pixel_mean=tuple(frames.mean),
                 pixel_std=tuple(frames.std),
+                feature_dim=frames.feature_dim,
             ).to(device)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ModelDirError(
