@@ -97,7 +97,7 @@ def read_export_info(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: unknown format {info.get('format')!r}")
     model_file = info.get("model_file")
     if model_file and not (folder / model_file).is_file():
-        raise ArtifactError(f"{folder}: export.json names {model_file}, which is missing")
+        raise ArtifactError(f"{folder}: {names.EXPORT_FILE} names {model_file}, which is missing")
     return info
 
 

@@ -44,6 +44,7 @@ class BackendInfo:
     cpu_precisions: tuple[str, ...] = ("fp32", "fp16")
     devices: tuple[str, ...] = ("cpu", "cuda")
     triton_platform: str | None = None
+    cpu_hint: str = ""  # what to use instead of a precision this backend cannot run on the CPU
 
     @property
     def exportable(self) -> bool:
@@ -66,7 +67,7 @@ class BackendInfo:
         if device_type == "cpu" and precision not in self.cpu_precisions:
             return (
                 f"--precision {precision} with the {self.name} backend needs CUDA; on the CPU use "
-                f"{' or '.join(self.cpu_precisions)}"
+                f"{' or '.join(self.cpu_precisions)}{self.cpu_hint}"
             )
         return None
 
@@ -80,6 +81,7 @@ BACKENDS: dict[str, BackendInfo] = {
             "mmcls.deploy.predictor:TorchBackend",
             precisions=("fp32", "bf16", "fp16"),
             cpu_precisions=("bf16", "fp32"),
+            cpu_hint=", or an FP16 ONNX export (mmcls export --format onnx --fp16)",
         ),
         BackendInfo(
             "onnx",

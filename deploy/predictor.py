@@ -20,8 +20,6 @@ from mmcls import names
 from mmcls.deploy.artifact import ArtifactError, Assets, load_assets
 from mmcls.deploy.backends import get_backend
 
-BACKENDS = names.BACKENDS
-
 
 class Backend:
     """Runs the model on a batch dict; returns ``(probs [B, C], lv1_probs [B, C1])`` float32 NumPy arrays.
@@ -166,16 +164,13 @@ class Predictor:
                 f"{path}: the {backend} backend runs on {' or '.join(record.devices)} only; "
                 f"use --device {record.devices[0]}"
             )
-        problem = record.precision_problem(
-            precision or (info["precision"] if info else "fp32"), torch_device.type
-        )
+        precision = precision or (info["precision"] if info else "fp32")
+        problem = record.precision_problem(precision, torch_device.type)
         if problem is not None:
-            if backend == "torch":
-                problem += ", or an FP16 ONNX export (mmcls export --format onnx --fp16)"
             raise ArtifactError(problem)
         model_path = assets.folder if info is None else assets.folder / record.model_file
         runner: Backend = record.runtime()(
-            model_path, torch_device, info, precision=precision or "fp32", threads=threads
+            model_path, torch_device, info, precision=precision, threads=threads
         )
         return cls(assets, runner, backend, torch_device)
 

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
             raise ConfigError(
                 "--logit-adjust: only for model folders predicted with the torch backend (the class prior is "
-                "read from the folder's categories.json); leave out --backend or the exported artifact"
+                f"read from the folder's {names.CATEGORIES_FILE}); leave out --backend or the exported artifact"
             )
         return _run_deployed(args)
     ids, preds, category_ids = predict_split(
