@@ -202,12 +202,26 @@ def export_aoti(
         aoti_compile_and_package(program, package_path=str(path))
 
 
-def export_onnx_file(graph: nn.Module, example, dims, folder: Path, **_options) -> None:
+def export_onnx_file(
+    graph: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dims: dict[str, tuple[int, int]],
+    folder: Path,
+    **_options: object,
+) -> None:
     """The ``onnx`` backend's export (see :mod:`mmcls.deploy.backends` for the signature)."""
     export_onnx(graph, example, dims, folder / BACKENDS["onnx"].model_file)
 
 
-def export_aoti_file(graph: nn.Module, example, dims, folder: Path, *, fp16: bool, **_options) -> None:
+def export_aoti_file(
+    graph: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dims: dict[str, tuple[int, int]],
+    folder: Path,
+    *,
+    fp16: bool,
+    **_options: object,
+) -> None:
     """The ``aoti`` backend's export, for the device the example lives on."""
     if fp16 and example[0].device.type == "cpu":
         logger.warning("FP16 AOTInductor on the CPU is slow (emulated half arithmetic); meant for CUDA")

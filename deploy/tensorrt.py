@@ -67,7 +67,14 @@ def profile_shapes(
 
 
 def export_tensorrt_file(
-    graph: torch.nn.Module, example, dims, folder: Path, *, fp16: bool, frame_input: str, config: Any
+    graph: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dims: Mapping[str, tuple[int, int]],
+    folder: Path,
+    *,
+    fp16: bool,
+    frame_input: str,
+    config: Any,
 ) -> None:
     """The ``tensorrt`` backend's export: the ONNX graph (kept beside it), then the engine built from it."""
     from mmcls.deploy.export import export_onnx
