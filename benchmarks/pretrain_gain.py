@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmcls.names import LAST_DIR, WEIGHTS_FILE
+
 OBJECTIVES = ("mlm", "mfm", "vtm", "itc")
 COMMON = ["train.progress_bar=false", "train.tensorboard=false", "data.num_workers=1"]
 
@@ -31,7 +33,6 @@ def frame_settings(source: str) -> list[str]:
             "data.frames.source=zip_feats",
             "data.frames.feature_dim=768",
             "model.frame_encoder.type=identity",
-            "model.frame_encoder.input_dim=768",
         ]
     return []
 
@@ -55,7 +56,7 @@ def with_sets(args: list[str], settings: list[str]) -> list[str]:
 def pretrain(
     data_root: Path, out: Path, seed: int, weights: dict[str, float], frames: list[str], epochs: int
 ):
-    if (out / "last" / "model.safetensors").is_file():
+    if (out / LAST_DIR / WEIGHTS_FILE).is_file():
         return json.loads((out / "summary.json").read_text())
     settings = [*COMMON, *frames, f"train.seed={seed}", f"train.epochs={epochs}"]
     settings += [f"pretrain.{name}_weight={w}" for name, w in weights.items()]

@@ -19,6 +19,8 @@ import shlex
 import time
 from pathlib import Path
 
+from mmcls.names import BEST_DIR, WEIGHTS_FILE
+
 # Row name -> (training --set options, predict --logit-adjust TAU). The baseline is the tiny preset as is.
 ROWS: dict[str, tuple[list[str], float]] = {
     "baseline": ([], 0.0),
@@ -66,7 +68,7 @@ def run_row(name: str, data_root: Path, out: Path, epochs: int, seed: int) -> di
     run_dir = out / f"{base_name}-seed{seed}"
     argv = train_argv(data_root, run_dir, epochs, seed, settings)
     start = time.time()
-    if not (run_dir / "best" / "model.safetensors").is_file():  # the logit-adjust row reuses the baseline
+    if not (run_dir / BEST_DIR / WEIGHTS_FILE).is_file():  # the logit-adjust row reuses the baseline
         code = main(argv)
         if code != 0:
             raise SystemExit(f"{name}: mmcls {shlex.join(argv)} exited {code}")

@@ -22,17 +22,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mmcls import names
 from mmcls.config import Config
 from mmcls.data.categories import CategoryMap
+from mmcls.deploy.backends import EXPORTABLE
 from mmcls.errors import MmclsError
 
-EXPORT_FILE = "export.json"
-CONFIG_FILE = "config.yaml"
-CATEGORIES_FILE = "categories.json"
 EXPORT_FORMAT_VERSION = 1
-MODEL_FILES = {"onnx": "model.onnx", "aoti": "model.pt2", "tensorrt": "model.plan"}
-INPUT_NAMES = ("input_ids", "attention_mask", "frames", "frame_mask")
-OUTPUT_NAMES = ("probs", "lv1_probs")
+#: The compiled model file of each exported format (from the backend registry).
+MODEL_FILES = {name: info.model_file for name, info in EXPORTABLE.items()}
 
 
 class ArtifactError(MmclsError, ValueError):
@@ -62,7 +60,7 @@ class Assets:
 
 
 def is_artifact(path: str | Path) -> bool:
-    return (Path(path) / EXPORT_FILE).is_file()
+    return (Path(path) / names.EXPORT_FILE).is_file()
 
 
 def load_assets(path: str | Path) -> Assets:
@@ -78,26 +76,28 @@ def load_assets(path: str | Path) -> Assets:
         info = read_export_info(folder)
     else:
         folder = resolve_model_dir(path)
-    for name in (CONFIG_FILE, CATEGORIES_FILE):
+    for name in (names.CONFIG_FILE, names.CATEGORIES_FILE):
         if not (folder / name).is_file():
             raise ArtifactError(f"{folder}: missing {name}")
-    config = Config.from_yaml(folder / CONFIG_FILE)
-    categories = CategoryMap.from_dict(json.loads((folder / CATEGORIES_FILE).read_text(encoding="utf-8")))
+    config = Config.from_yaml(folder / names.CONFIG_FILE)
+    categories = CategoryMap.from_dict(
+        json.loads((folder / names.CATEGORIES_FILE).read_text(encoding="utf-8"))
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     return Assets(folder=folder, config=config, tokenizer=tokenizer, categories=categories, export_info=info)
 
 
 def read_export_info(folder: Path) -> dict[str, Any]:
-    path = folder / EXPORT_FILE
+    path = folder / names.EXPORT_FILE
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: not readable JSON: {exc}") from exc
-    if info.get("format") not in MODEL_FILES and info.get("format") != "triton":
+    if info.get("format") not in names.EXPORT_FORMATS:
         raise ArtifactError(f"{path}: unknown format {info.get('format')!r}")
     model_file = info.get("model_file")
     if model_file and not (folder / model_file).is_file():
-        raise ArtifactError(f"{folder}: export.json names {model_file}, which is missing")
+        raise ArtifactError(f"{folder}: {names.EXPORT_FILE} names {model_file}, which is missing")
     return info
 
 
@@ -122,14 +122,14 @@ def build_export_info(
     else:
         frames_spec = {"dtype": "float32", "shape": ["batch", "frames", frames.feature_dim]}
     inputs = {
-        "input_ids": {"dtype": "int64", "shape": ["batch", "text"]},
-        "attention_mask": {"dtype": "int64", "shape": ["batch", "text"]},
-        "frames": frames_spec,
-        "frame_mask": {"dtype": "bool", "shape": ["batch", "frames"]},
+        names.INPUT_IDS: {"dtype": "int64", "shape": ["batch", "text"]},
+        names.ATTENTION_MASK: {"dtype": "int64", "shape": ["batch", "text"]},
+        names.FRAMES: frames_spec,
+        names.FRAME_MASK: {"dtype": "bool", "shape": ["batch", "frames"]},
     }
     outputs = {
-        "probs": {"dtype": "float32", "shape": ["batch", config.model.num_classes]},
-        "lv1_probs": {"dtype": "float32", "shape": ["batch", num_lv1]},
+        names.PROBS: {"dtype": "float32", "shape": ["batch", config.model.num_classes]},
+        names.LV1_PROBS: {"dtype": "float32", "shape": ["batch", num_lv1]},
     }
     return {
         "format": fmt,

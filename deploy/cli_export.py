@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmcls import names
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -13,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="example: mmcls export runs/tiny --format onnx --out artifacts/tiny-onnx",
     )
     p.add_argument("model_dir", type=Path, help="a model folder, or a run directory (its best model)")
-    p.add_argument("--format", required=True, choices=["onnx", "aoti", "tensorrt", "triton"], dest="fmt")
+    p.add_argument("--format", required=True, choices=names.EXPORT_FORMATS, dest="fmt")
     p.add_argument("--out", type=Path, required=True, help="artifact folder to create (must not exist)")
     p.add_argument("--fp16", action="store_true", help="FP16 weights and arithmetic (outputs stay FP32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda: where an AOTI/TensorRT artifact will run")
@@ -21,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default=None,
-        choices=["torch", "onnx", "aoti", "tensorrt"],
+        choices=names.BACKENDS,
         help="--format triton: the runtime inside the Triton model (default torch)",
     )
     return p
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         backend=args.backend,
     )
-    info = out / "export.json"
+    info = out / names.EXPORT_FILE
     summary = json.loads(info.read_text()) if info.is_file() else {"format": args.fmt}
     print(f"wrote {summary['format']} artifact ({summary.get('precision', '')}) to {out}")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmcls.cli.options import add_backend_option, add_precision_option
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -15,8 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "model", type=Path, help="a model folder, a run directory, an artifact folder or a Triton repository"
     )
-    p.add_argument("--backend", default=None, choices=["torch", "onnx", "aoti", "tensorrt"])
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"], help="torch backend only")
+    add_backend_option(
+        p, default=None, help="runtime (default: torch for a model folder, the artifact's own)"
+    )
+    add_precision_option(p, default=None, help="torch backend only")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--host", default="127.0.0.1", help="address the HTTP and gRPC endpoints listen on")
     p.add_argument("--http-port", type=int, default=8000)

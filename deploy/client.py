@@ -19,11 +19,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from mmcls import names
 from mmcls.data.annotations import Record, annotation_path, load_records
 from mmcls.data.frames import IMAGE_SUFFIXES, sample_frame_indices
 from mmcls.errors import MmclsError
 
-MODEL_NAME = "mmcls"
+MODEL_NAME = names.TRITON_MODEL
 
 
 class ClientError(MmclsError, RuntimeError):
@@ -71,21 +72,21 @@ class Connection:
         """Classify one video; ``ocr`` is the annotation's JSON list or plain text."""
         inputs = [
             self._bytes_input(name, [text.encode("utf-8")])
-            for name, text in (("title", title), ("asr", asr), ("ocr", ocr))
+            for name, text in zip(names.SERVED_TEXT_INPUTS, (title, asr, ocr))
         ]
         padded = list(frames) + [b""] * max(0, self.max_frames - len(frames))
-        inputs.append(self._bytes_input("frames", padded))
-        outputs = [self.module.InferRequestedOutput(n) for n in ("category_id", "lv1_id", "probs", "errors")]
+        inputs.append(self._bytes_input(names.SERVED_FRAMES, padded))
+        outputs = [self.module.InferRequestedOutput(n) for n in names.SERVED_OUTPUTS]
         try:
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
             result = self.client.infer(MODEL_NAME, inputs, outputs=outputs, **kwargs)
         except Exception as exc:
             raise ClientError(f"video {video}: the server answered: {_one_line(exc)}") from None
         return VideoResult(
-            category_id=_first(result.as_numpy("category_id")),
-            lv1_id=_first(result.as_numpy("lv1_id")),
-            probs=result.as_numpy("probs")[0],
-            errors=json.loads(_first(result.as_numpy("errors"))),
+            category_id=_first(result.as_numpy(names.SERVED_CATEGORY_ID)),
+            lv1_id=_first(result.as_numpy(names.SERVED_LV1_ID)),
+            probs=result.as_numpy(names.SERVED_PROBS)[0],
+            errors=json.loads(_first(result.as_numpy(names.SERVED_ERRORS))),
         )
 
     def _bytes_input(self, name: str, values: list[bytes]) -> Any:

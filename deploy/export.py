@@ -18,22 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mmcls import names
 from mmcls.data.categories import CategoryMap
-from mmcls.deploy.artifact import (
-    CATEGORIES_FILE,
-    CONFIG_FILE,
-    EXPORT_FILE,
-    INPUT_NAMES,
-    MODEL_FILES,
-    OUTPUT_NAMES,
-    ArtifactError,
-    build_export_info,
-)
+from mmcls.deploy.artifact import ArtifactError, build_export_info
+from mmcls.deploy.backends import BACKENDS, EXPORTABLE
 from mmcls.models.fusion import MultimodalClassifier, lv1_probs
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "aoti", "tensorrt", "triton")
+FORMATS = names.EXPORT_FORMATS
 ONNX_OPSET = 18
 
 
@@ -52,7 +45,7 @@ class InferenceGraph(nn.Module):
         frames: torch.Tensor,
         frame_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(input_ids, attention_mask, frames, frame_mask)["logits"].float()
+        logits = self.model(input_ids, attention_mask, frames, frame_mask)[names.LOGITS].float()
         return logits.softmax(dim=-1), lv1_probs(logits, self.categories)
 
 
@@ -83,7 +76,7 @@ def export_model(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if fmt == "triton":
+        if fmt == names.TRITON_FORMAT:
             from mmcls.deploy.triton_repo import write_triton_repository
 
             write_triton_repository(model_dir, tmp, backend=backend or "torch", fp16=fp16, device=device)
@@ -105,47 +98,33 @@ def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max
         raise ArtifactError(f"{loaded.path}: text-only models (data.frames.source=none) are not exportable")
     frame_input = "features" if config.model.frame_encoder.type == "identity" else "pixels"
     torch_device = torch.device(device)
-    if fp16 and fmt == "aoti" and torch_device.type == "cpu":
-        logger.warning("FP16 AOTInductor on the CPU is slow (emulated half arithmetic); meant for CUDA")
     model = loaded.model.to(torch_device)
     if fp16:
         model = model.half()
     graph = InferenceGraph(model, loaded.categories).eval()
     example = example_inputs(config, frame_input, torch_device)
     dims = dynamic_dims(config, max_batch)
-    model_file = MODEL_FILES[fmt]
-    if fmt == "tensorrt":
-        from mmcls.deploy.tensorrt import import_tensorrt
-
-        import_tensorrt()  # before the ONNX export: a missing TensorRT is reported in a second, not a minute
-    if fmt == "onnx":
-        export_onnx(graph, example, dims, folder / model_file)
-    elif fmt == "aoti":
-        export_aoti(graph, example, dims, folder / model_file)
-    elif fmt == "tensorrt":
-        from mmcls.deploy.tensorrt import build_engine
-
-        onnx_path = folder / MODEL_FILES["onnx"]
-        export_onnx(graph, example, dims, onnx_path)
-        build_engine(onnx_path, folder / model_file, dims, fp16=fp16, frame_input=frame_input, config=config)
+    backend = EXPORTABLE[fmt]
+    export = backend.exporter()
+    export(graph, example, dims, folder, fp16=fp16, frame_input=frame_input, config=config)
     precision = "fp16" if fp16 else "fp32"
     info = build_export_info(
         config,
         fmt=fmt,
         precision=precision,
-        model_file=model_file,
+        model_file=backend.model_file,
         device=torch_device.type,
         frame_input=frame_input,
         dynamic_dims=dims,
         num_lv1=loaded.categories.num_lv1,
     )
     copy_assets(loaded.path, folder, loaded.tokenizer)
-    _write_json(folder / EXPORT_FILE, info)
+    _write_json(folder / names.EXPORT_FILE, info)
 
 
 def copy_assets(model_folder: Path, folder: Path, tokenizer) -> None:
     """The preprocessing files of a model folder: config, categories, tokenizer."""
-    for name in (CONFIG_FILE, CATEGORIES_FILE):
+    for name in (names.CONFIG_FILE, names.CATEGORIES_FILE):
         shutil.copy2(model_folder / name, folder / name)
     tokenizer.save_pretrained(str(folder))
 
@@ -182,10 +161,10 @@ def _torch_dynamic_shapes(dims: dict[str, tuple[int, int]]) -> dict[str, dict[in
     text = torch.export.Dim("text", min=1, max=dims["text"][1])
     frames = torch.export.Dim("frames", min=1, max=dims["frames"][1])
     return {
-        "input_ids": {0: batch, 1: text},
-        "attention_mask": {0: batch, 1: text},
-        "frames": {0: batch, 1: frames},
-        "frame_mask": {0: batch, 1: frames},
+        names.INPUT_IDS: {0: batch, 1: text},
+        names.ATTENTION_MASK: {0: batch, 1: text},
+        names.FRAMES: {0: batch, 1: frames},
+        names.FRAME_MASK: {0: batch, 1: frames},
     }
 
 
@@ -201,8 +180,8 @@ def export_onnx(
     program = torch.onnx.export(
         graph,
         example,
-        input_names=list(INPUT_NAMES),
-        output_names=list(OUTPUT_NAMES),
+        input_names=list(names.MODEL_INPUTS),
+        output_names=list(names.GRAPH_OUTPUTS),
         dynamic_shapes=_torch_dynamic_shapes(dims),
         dynamo=True,
         opset_version=ONNX_OPSET,
@@ -221,6 +200,32 @@ def export_aoti(
     with torch.no_grad():
         program = torch.export.export(graph, example, dynamic_shapes=_torch_dynamic_shapes(dims))
         aoti_compile_and_package(program, package_path=str(path))
+
+
+def export_onnx_file(
+    graph: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dims: dict[str, tuple[int, int]],
+    folder: Path,
+    **_options: object,
+) -> None:
+    """The ``onnx`` backend's export (see :mod:`mmcls.deploy.backends` for the signature)."""
+    export_onnx(graph, example, dims, folder / BACKENDS["onnx"].model_file)
+
+
+def export_aoti_file(
+    graph: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dims: dict[str, tuple[int, int]],
+    folder: Path,
+    *,
+    fp16: bool,
+    **_options: object,
+) -> None:
+    """The ``aoti`` backend's export, for the device the example lives on."""
+    if fp16 and example[0].device.type == "cpu":
+        logger.warning("FP16 AOTInductor on the CPU is slow (emulated half arithmetic); meant for CUDA")
+    export_aoti(graph, example, dims, folder / BACKENDS["aoti"].model_file)
 
 
 def _write_json(path: Path, values: dict) -> None:

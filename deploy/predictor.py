@@ -16,13 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmcls.deploy.artifact import INPUT_NAMES, MODEL_FILES, ArtifactError, Assets, load_assets
-
-BACKENDS = ("torch", "onnx", "aoti", "tensorrt")
+from mmcls import names
+from mmcls.deploy.artifact import ArtifactError, Assets, load_assets
+from mmcls.deploy.backends import get_backend
 
 
 class Backend:
-    """Runs the model on a batch dict; returns ``(probs [B, C], lv1_probs [B, C1])`` float32 NumPy arrays."""
+    """Runs the model on a batch dict; returns ``(probs [B, C], lv1_probs [B, C1])`` float32 NumPy arrays.
+
+    Built as ``Runtime(path, device, info, *, precision, threads)``: ``path`` is the backend's model file in the
+    artifact folder (the model folder itself for torch), ``info`` the artifact's ``export.json`` (None for a
+    model folder). The registry (:mod:`mmcls.deploy.backends`) names each backend's runtime class.
+    """
 
     device: torch.device
 
@@ -33,7 +38,15 @@ class Backend:
 class TorchBackend(Backend):
     """The model folder's PyTorch model under the requested precision (autocast for bf16/fp16)."""
 
-    def __init__(self, folder: Path, device: torch.device, precision: str):
+    def __init__(
+        self,
+        folder: Path,
+        device: torch.device,
+        info: dict[str, Any] | None = None,
+        *,
+        precision: str = "fp32",
+        threads: int | None = None,
+    ):
         from mmcls.deploy.export import InferenceGraph
         from mmcls.engine.inference import cast_for_inference
         from mmcls.models import load_model_dir
@@ -48,7 +61,7 @@ class TorchBackend(Backend):
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         from mmcls.engine.inference import autocast
 
-        args = [inputs[name].to(self.device, non_blocking=True) for name in INPUT_NAMES]
+        args = [inputs[name].to(self.device, non_blocking=True) for name in names.MODEL_INPUTS]
         with autocast(self.device, self.precision):
             probs, lv1 = self.graph(*args)
         return probs.float().cpu().numpy(), lv1.float().cpu().numpy()
@@ -57,7 +70,9 @@ class TorchBackend(Backend):
 class OnnxBackend(Backend):
     """ONNX Runtime; the CUDA execution provider when ``device`` is CUDA and onnxruntime has it."""
 
-    def __init__(self, path: Path, device: torch.device, info: dict[str, Any], threads: int | None = None):
+    def __init__(
+        self, path: Path, device: torch.device, info: dict[str, Any], *, precision: str, threads: int | None
+    ):
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
@@ -76,15 +91,17 @@ class OnnxBackend(Backend):
         self.device = device
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        feed = {name: _numpy(inputs[name], self.dtypes[name]) for name in INPUT_NAMES}
-        probs, lv1 = self.session.run(["probs", "lv1_probs"], feed)
+        feed = {name: _numpy(inputs[name], self.dtypes[name]) for name in names.MODEL_INPUTS}
+        probs, lv1 = self.session.run(list(names.GRAPH_OUTPUTS), feed)
         return probs, lv1
 
 
 class AotiBackend(Backend):
     """An AOTInductor package (``model.pt2``), compiled for one device type at export time."""
 
-    def __init__(self, path: Path, device: torch.device, info: dict[str, Any]):
+    def __init__(
+        self, path: Path, device: torch.device, info: dict[str, Any], *, precision: str, threads: int | None
+    ):
         from torch._inductor import aoti_load_package
 
         if info.get("device", "cpu") != device.type:
@@ -98,7 +115,9 @@ class AotiBackend(Backend):
 
     @torch.no_grad()
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-        args = [inputs[name].to(self.device, self.dtypes[name], non_blocking=True) for name in INPUT_NAMES]
+        args = [
+            inputs[name].to(self.device, self.dtypes[name], non_blocking=True) for name in names.MODEL_INPUTS
+        ]
         probs, lv1 = self.runner(*args)
         return probs.float().cpu().numpy(), lv1.float().cpu().numpy()
 
@@ -139,23 +158,20 @@ class Predictor:
             raise ArtifactError(
                 f"{path}: exported in {info['precision']}; --precision {precision} needs another export"
             )
-        if backend == "torch" and precision == "fp16" and torch_device.type != "cuda":
+        record = get_backend(backend)
+        if torch_device.type not in record.devices:
             raise ArtifactError(
-                "--precision fp16 with the torch backend needs CUDA; on the CPU use bf16 or fp32, "
-                "or an FP16 ONNX export (mmcls export --format onnx --fp16)"
+                f"{path}: the {backend} backend runs on {' or '.join(record.devices)} only; "
+                f"use --device {record.devices[0]}"
             )
-        if backend == "torch":
-            runner: Backend = TorchBackend(assets.folder, torch_device, precision or "fp32")
-        else:
-            model_path = assets.folder / MODEL_FILES[backend]
-            if backend == "onnx":
-                runner = OnnxBackend(model_path, torch_device, info, threads)
-            elif backend == "aoti":
-                runner = AotiBackend(model_path, torch_device, info)
-            else:
-                from mmcls.deploy.tensorrt import TensorRTBackend
-
-                runner = TensorRTBackend(model_path, torch_device, info)
+        precision = precision or (info["precision"] if info else "fp32")
+        problem = record.precision_problem(precision, torch_device.type)
+        if problem is not None:
+            raise ArtifactError(problem)
+        model_path = assets.folder if info is None else assets.folder / record.model_file
+        runner: Backend = record.runtime()(
+            model_path, torch_device, info, precision=precision, threads=threads
+        )
         return cls(assets, runner, backend, torch_device)
 
     @property
@@ -230,8 +246,7 @@ class Predictor:
 def check_backend(path: str | Path, assets: Assets, backend: str | None) -> str:
     """The backend that runs ``path``: ``backend`` if the folder holds that kind of model, else an error."""
     backend = backend or assets.backend
-    if backend not in BACKENDS:
-        raise ArtifactError(f"--backend {backend!r}: use one of {BACKENDS}")
+    get_backend(backend)  # an unknown name: an error naming the choices
     if backend != assets.backend:
         hint = (
             f"`mmcls export {path} --format {backend}` first"

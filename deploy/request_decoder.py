@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmcls import names
 from mmcls.data.annotations import Record
 from mmcls.data.frames import decode_image_clip
 from mmcls.data.text import TextEncoder
 from mmcls.deploy.artifact import Assets
 from mmcls.errors import MmclsError
 
-TEXT_INPUTS = ("title", "asr", "ocr")
+TEXT_INPUTS = names.SERVED_TEXT_INPUTS
 
 
 class RequestError(MmclsError, ValueError):
@@ -43,25 +44,25 @@ class RequestDecoder:
 
     @property
     def frames_input_name(self) -> str:
-        return "frame_feats" if self.frame_input == "features" else "frames"
+        return names.SERVED_FRAME_FEATS if self.frame_input == "features" else names.SERVED_FRAMES
 
     def decode(self, inputs: dict[str, np.ndarray], index: int = 0) -> dict[str, Any]:
         """One request's inputs (without the batch dimension) -> a sample; raises :class:`RequestError`."""
         texts = {name: _text(inputs.get(name), name) for name in TEXT_INPUTS}
         ocr = _parse_ocr(texts["ocr"])
         if self.frame_input == "features":
-            frames, mask, errors, count = self._features(inputs.get("frame_feats"))
+            frames, mask, errors, count = self._features(inputs.get(names.SERVED_FRAME_FEATS))
         else:
-            frames, mask, errors, count = self._images(inputs.get("frames"))
+            frames, mask, errors, count = self._images(inputs.get(names.SERVED_FRAMES))
         if count == 0 and not (texts["title"].strip() or texts["asr"].strip() or ocr):
             raise RequestError("empty request: no title, asr, ocr text and no frames")
         record = Record(id=f"request-{index}", title=texts["title"], asr=texts["asr"], ocr=ocr)
         return {
             "index": index,
             "id": record.id,
-            "input_ids": torch.tensor(self.text_encoder.encode(record), dtype=torch.long),
-            "frames": frames,
-            "frame_mask": mask,
+            names.INPUT_IDS: torch.tensor(self.text_encoder.encode(record), dtype=torch.long),
+            names.FRAMES: frames,
+            names.FRAME_MASK: mask,
             "label": -1,
             "frame_errors": errors,
         }

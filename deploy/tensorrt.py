@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmcls.deploy.artifact import INPUT_NAMES, ArtifactError
+from mmcls import names
+from mmcls.deploy.artifact import ArtifactError
+from mmcls.deploy.backends import BACKENDS
 from mmcls.deploy.predictor import Backend
 from mmcls.errors import MmclsError
 
@@ -57,11 +59,31 @@ def profile_shapes(
     text = ((b_min, l_min), (b_opt, l_max), (b_max, l_max))
     mask = ((b_min, t_min), (b_opt, t_opt), (b_max, t_max))
     return {
-        "input_ids": text,
-        "attention_mask": text,
-        "frames": tuple(shape + item for shape in mask),
-        "frame_mask": mask,
+        names.INPUT_IDS: text,
+        names.ATTENTION_MASK: text,
+        names.FRAMES: tuple(shape + item for shape in mask),
+        names.FRAME_MASK: mask,
     }
+
+
+def export_tensorrt_file(
+    graph: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    dims: Mapping[str, tuple[int, int]],
+    folder: Path,
+    *,
+    fp16: bool,
+    frame_input: str,
+    config: Any,
+) -> None:
+    """The ``tensorrt`` backend's export: the ONNX graph (kept beside it), then the engine built from it."""
+    from mmcls.deploy.export import export_onnx
+
+    import_tensorrt()  # before the ONNX export: a missing TensorRT is reported in a second, not a minute
+    onnx_path = folder / BACKENDS["onnx"].model_file
+    export_onnx(graph, example, dims, onnx_path)
+    plan_path = folder / BACKENDS["tensorrt"].model_file
+    build_engine(onnx_path, plan_path, dims, fp16=fp16, frame_input=frame_input, config=config)
 
 
 def build_engine(
@@ -106,10 +128,10 @@ def build_engine(
 class TensorRTBackend(Backend):
     """Runs a ``model.plan`` on CUDA: named input shapes and device addresses, one stream."""
 
-    def __init__(self, path: Path, device: torch.device, info: dict[str, Any]):
+    def __init__(
+        self, path: Path, device: torch.device, info: dict[str, Any], *, precision: str, threads: int | None
+    ):
         trt = import_tensorrt()
-        if device.type != "cuda":
-            raise ArtifactError(f"{path}: TensorRT engines run on CUDA only; use --device cuda")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
@@ -123,17 +145,18 @@ class TensorRTBackend(Backend):
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
         with torch.cuda.stream(self.stream):
             bound = {}
-            for name in INPUT_NAMES:
+            for name in names.MODEL_INPUTS:
                 tensor = inputs[name].to(self.device, self.dtypes[name], non_blocking=True).contiguous()
                 self.context.set_input_shape(name, tuple(tensor.shape))
                 self.context.set_tensor_address(name, tensor.data_ptr())
                 bound[name] = tensor  # keep alive until the engine has run
             outputs = {}
-            for name in ("probs", "lv1_probs"):
+            for name in names.GRAPH_OUTPUTS:
                 shape = tuple(self.context.get_tensor_shape(name))
                 outputs[name] = torch.empty(shape, dtype=torch.float32, device=self.device)
                 self.context.set_tensor_address(name, outputs[name].data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed (see its log)")
         self.stream.synchronize()
-        return outputs["probs"].cpu().numpy(), outputs["lv1_probs"].cpu().numpy()
+        probs, lv1 = (outputs[name].cpu().numpy() for name in names.GRAPH_OUTPUTS)
+        return probs, lv1

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from mmcls import names
 from mmcls.data.dataset import collate_batch
-from mmcls.deploy.request_decoder import TEXT_INPUTS, RequestDecoder, RequestError
+from mmcls.deploy.request_decoder import RequestDecoder, RequestError
 
 logger = logging.getLogger("mmcls.deploy.triton")
 
@@ -94,9 +95,8 @@ class TritonPythonModel:
         return responses
 
     def _decode_request(self, request: Any, pb_utils: Any, first_index: int) -> list[dict[str, Any]]:
-        names = (*TEXT_INPUTS, self.decoder.frames_input_name)
         inputs = {}
-        for name in names:
+        for name in (*names.SERVED_TEXT_INPUTS, self.decoder.frames_input_name):
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
@@ -114,12 +114,14 @@ class TritonPythonModel:
         probs, _ = self.predictor(batch)
         category_ids = [self.categories.category_id(int(i)) for i in probs.argmax(axis=1)]
         return {
-            "category_id": np.array([[c.encode()] for c in category_ids], dtype=object),
+            names.SERVED_CATEGORY_ID: np.array([[c.encode()] for c in category_ids], dtype=object),
             # The level-1 id is the parent of the predicted category (as the challenge scores it), so an answer
             # never names a level-1 class that does not contain its level-2 class.
-            "lv1_id": np.array([[c[:2].encode()] for c in category_ids], dtype=object),
-            "probs": probs.astype(np.float32),
-            "errors": np.array([[json.dumps(s["frame_errors"]).encode()] for s in samples], dtype=object),
+            names.SERVED_LV1_ID: np.array([[c[:2].encode()] for c in category_ids], dtype=object),
+            names.SERVED_PROBS: probs.astype(np.float32),
+            names.SERVED_ERRORS: np.array(
+                [[json.dumps(s["frame_errors"]).encode()] for s in samples], dtype=object
+            ),
         }
 
     def finalize(self) -> None:

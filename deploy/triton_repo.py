@@ -24,9 +24,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmcls import names
 from mmcls.deploy.artifact import is_artifact, load_assets
+from mmcls.deploy.backends import BACKENDS, get_backend
 
-MODEL_NAME = "mmcls"
+MODEL_NAME = names.TRITON_MODEL
 MODEL_PY = '''"""Triton Python-backend entry point written by mmcls; the model lives in mmcls.deploy.triton_model."""
 
 from mmcls.deploy.triton_model import TritonPythonModel  # noqa: F401
@@ -57,10 +59,11 @@ def write_triton_repository(
     from mmcls.models.model_dir import resolve_model_dir
 
     options = options or TritonModelOptions()
+    record = get_backend(backend)
     version_dir = repo / MODEL_NAME / "1"
     version_dir.mkdir(parents=True)
     inner = version_dir / "model"
-    if backend == "torch":
+    if not record.exportable:
         shutil.copytree(resolve_model_dir(model), inner)
     else:
         from mmcls.deploy.export import export_model
@@ -69,12 +72,11 @@ def write_triton_repository(
     options.backend = backend
     options.device = device
     write_model_config(repo, Path("model"), options)
-    if backend in GRAPH_PLATFORMS:
+    if record.triton_platform is not None:
         write_graph_model(repo, inner, backend, options)
     return repo
 
 
-GRAPH_PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 _TRITON_TYPES = {"int64": "TYPE_INT64", "uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "bool": "TYPE_BOOL"}
 
 
@@ -82,8 +84,8 @@ def write_graph_model(repo: Path, artifact: Path, backend: str, options: TritonM
     """``mmcls_graph``: the exported graph as a model of Triton's native backend (see the module docstring)."""
     assets = load_assets(artifact)
     info = assets.export_info
-    platform, filename = GRAPH_PLATFORMS[backend]
-    version_dir = repo / "mmcls_graph" / "1"
+    platform, filename = BACKENDS[backend].triton_platform, BACKENDS[backend].model_file
+    version_dir = repo / names.TRITON_GRAPH_MODEL / "1"
     version_dir.mkdir(parents=True)
     shutil.copy2(artifact / filename, version_dir / filename)
 
@@ -91,11 +93,11 @@ def write_graph_model(repo: Path, artifact: Path, backend: str, options: TritonM
         rows = []
         for name, spec in specs.items():
             dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in spec["shape"][1:])
-            rows.append(f'  {{ name: "{name}" data_type: {_TRITON_TYPES[spec["dtype"]]} dims: [ {dims} ] }}')
+            rows.append(_entry(name, _TRITON_TYPES[spec["dtype"]], dims))
         return ",\n".join(rows)
 
-    text = f"""# Written by mmcls: the bare exported graph (inputs/outputs as in export.json of mmcls/1/model).
-name: "mmcls_graph"
+    text = f"""# Written by mmcls: the bare exported graph (inputs/outputs as in export.json of {MODEL_NAME}/1/model).
+name: "{names.TRITON_GRAPH_MODEL}"
 platform: "{platform}"
 max_batch_size: {options.max_batch}
 dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}
@@ -106,7 +108,7 @@ output [
 {entries(info["outputs"])}
 ]
 """
-    (repo / "mmcls_graph" / "config.pbtxt").write_text(text, encoding="utf-8")
+    (repo / names.TRITON_GRAPH_MODEL / "config.pbtxt").write_text(text, encoding="utf-8")
 
 
 def write_model_config(repo: Path, model_path: Path, options: TritonModelOptions) -> None:
@@ -122,10 +124,17 @@ def write_model_config(repo: Path, model_path: Path, options: TritonModelOptions
 def model_config_text(assets, model_path: Path, options: TritonModelOptions) -> str:
     frames = assets.config.data.frames
     if assets.frame_input == "features":
-        frame_input = f'  {{ name: "frame_feats" data_type: TYPE_FP32 dims: [ -1, {frames.feature_dim} ] }}'
+        frame_input = _entry(names.SERVED_FRAME_FEATS, "TYPE_FP32", f"-1, {frames.feature_dim}")
     else:
-        frame_input = '  { name: "frames" data_type: TYPE_STRING dims: [ -1 ] }'
-    num_classes = assets.config.model.num_classes
+        frame_input = _entry(names.SERVED_FRAMES, "TYPE_STRING", "-1")
+    inputs = [*(_entry(name, "TYPE_STRING", "1") for name in names.SERVED_TEXT_INPUTS), frame_input]
+    outputs = [
+        _entry(names.SERVED_CATEGORY_ID, "TYPE_STRING", "1"),
+        _entry(names.SERVED_LV1_ID, "TYPE_STRING", "1"),
+        _entry(names.SERVED_PROBS, "TYPE_FP32", str(assets.config.model.num_classes)),
+        _entry(names.SERVED_ERRORS, "TYPE_STRING", "1"),
+    ]
+    input_list, output_list = ",\n".join(inputs), ",\n".join(outputs)
     params = {
         "mmcls_model": str(model_path),
         "backend": options.backend or "",
@@ -147,20 +156,19 @@ dynamic_batching {{
   max_queue_delay_microseconds: {options.max_queue_delay_us}
 }}
 input [
-  {{ name: "title" data_type: TYPE_STRING dims: [ 1 ] }},
-  {{ name: "asr" data_type: TYPE_STRING dims: [ 1 ] }},
-  {{ name: "ocr" data_type: TYPE_STRING dims: [ 1 ] }},
-{frame_input}
+{input_list}
 ]
 output [
-  {{ name: "category_id" data_type: TYPE_STRING dims: [ 1 ] }},
-  {{ name: "lv1_id" data_type: TYPE_STRING dims: [ 1 ] }},
-  {{ name: "probs" data_type: TYPE_FP32 dims: [ {num_classes} ] }},
-  {{ name: "errors" data_type: TYPE_STRING dims: [ 1 ] }}
+{output_list}
 ]
 instance_group [ {{ kind: {kind} count: {options.instances} }} ]
 {parameters}
 """
+
+
+def _entry(name: str, data_type: str, dims: str) -> str:
+    """One tensor of a ``config.pbtxt`` input/output list."""
+    return f'  {{ name: "{name}" data_type: {data_type} dims: [ {dims} ] }}'
 
 
 def describe(model: str | Path) -> str:

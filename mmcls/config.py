@@ -20,6 +20,7 @@ import yaml
 
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_text
+from mmcls.names import Device, FrameDecoder, Precision
 
 # CLIP's normalisation constants (open_clip.constants.OPENAI_DATASET_MEAN/STD); repeated here so that the
 # data pipeline does not have to import open_clip.
@@ -74,7 +75,8 @@ class FrameConfig:
     image_size: int = setting(224, min=1)
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = setting(CLIP_STD, above=0)
-    feature_dim: int = setting(768, min=1)  # width of zip_feats vectors
+    # Width of the frame feature vectors (zip_feats; the identity frame encoder's input): the one place it is set.
+    feature_dim: int = setting(768, min=1)
     video_dir: str | None = None  # for source=video; default DATA_ROOT/videos/{split}
     video_ext: str = ".mp4"
     # What to do with a sample whose frames cannot be read: fall back to text only (empty frame mask),
@@ -88,7 +90,7 @@ class FrameConfig:
     max_image_pixels: int = setting(4096 * 4096, min=1)
     # Who decodes the JPEG frames of zip_frames: the DataLoader workers on the CPU (pil), or the GPU, batched
     # (cuda: nvJPEG through torchvision; workers then only read and check the zips). cuda needs a CUDA device.
-    decoder: Literal["pil", "cuda"] = setting("pil", resume_safe=True)
+    decoder: FrameDecoder = setting("pil", resume_safe=True)
 
 
 @dataclass
@@ -120,7 +122,6 @@ class FrameEncoderConfig:
     type: Literal["open_clip", "timm", "identity"] = "open_clip"
     name: str = "ViT-B-16"  # open_clip model name or timm model name
     pretrained: str | None = "openai"  # open_clip tag / timm True-ish tag; null = random init
-    input_dim: int = setting(768, min=1)  # identity: feature width; ignored otherwise
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra kwargs for timm.create_model
     freeze: bool = False
 
@@ -180,7 +181,7 @@ class TrainConfig:
     restart_epochs: int = setting(1, min=1)
     grad_accum_steps: int = setting(1, min=1)
     clip_grad_norm: float | None = setting(1.0, above=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses a grad scaler
+    precision: Precision = "fp32"  # fp16 uses a grad scaler
     aux_loss_weight: float = setting(0.5, min=0)  # weight of the video-only auxiliary loss
     label_smoothing: float = setting(0.0, min=0, below=1)
     ema_decay: float | None = setting(None, above=0, below=1)  # e.g. 0.999; the EMA weights are evaluated
@@ -211,7 +212,7 @@ class TrainConfig:
         5, min=1, resume_safe=True
     )  # stop after this many NaN/inf losses in a row
     distributed: Literal["ddp", "fsdp"] = "ddp"  # only used under torchrun with world size > 1
-    device: Literal["auto", "cpu", "cuda"] = setting("auto", resume_safe=True)
+    device: Device = setting("auto", resume_safe=True)
     # torch.compile the model (nn.Module.compile: in place, weight names unchanged). Pays a compile time at
     # start-up and on new input shapes; off by default.
     compile: bool = setting(False, resume_safe=True)
@@ -230,7 +231,7 @@ class Config:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        return validate(_build(cls, values, prefix=""))
+        return validate(_build(cls, migrate(values), prefix=""))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -258,6 +259,34 @@ class Config:
 
     def copy(self) -> Config:
         return copy.deepcopy(self)
+
+
+def migrate(values: Any) -> Any:
+    """Accept the settings of older configs (and of the ``config.yaml`` in older model folders) that a change
+    of the schema made redundant; refuse them where they would now mean something else.
+
+    ``model.frame_encoder.input_dim``: the identity encoder's width, now always ``data.frames.feature_dim``.
+    Dropped when it agrees (or the encoder is not the identity, which ignored it); a ConfigError otherwise.
+    """
+    model = values.get("model") if isinstance(values, dict) else None
+    encoder = model.get("frame_encoder") if isinstance(model, dict) else None
+    if not isinstance(encoder, dict) or "input_dim" not in encoder:
+        return values
+    values = copy.deepcopy(values)
+    encoder = values["model"]["frame_encoder"]
+    old = encoder.pop("input_dim")
+    frames = values.get("data", {}).get("frames") if isinstance(values.get("data"), dict) else None
+    width = (
+        frames.get("feature_dim", FrameConfig.feature_dim)
+        if isinstance(frames, dict)
+        else FrameConfig.feature_dim
+    )
+    if encoder.get("type", FrameEncoderConfig.type) == "identity" and old != width:
+        raise ConfigError(
+            f"model.frame_encoder.input_dim={old!r} differs from data.frames.feature_dim={width!r}: the feature "
+            "width is set once, as data.frames.feature_dim; remove model.frame_encoder.input_dim"
+        )
+    return values
 
 
 def resolve_preset(spec: str | Path) -> Path:

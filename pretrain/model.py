@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ModelConfig
+from mmcls.config import CLIP_MEAN, CLIP_STD, Config, FrameConfig, ModelConfig
 from mmcls.models import MultimodalClassifier, masked_mean
 from mmcls.models.fusion import check_model_config
 from mmcls.pretrain.config import PretrainSection
@@ -39,8 +39,9 @@ class PretrainingModel(MultimodalClassifier):
         vocab_size: int | None = None,
         pixel_mean: tuple[float, ...] = CLIP_MEAN,
         pixel_std: tuple[float, ...] = CLIP_STD,
+        feature_dim: int = FrameConfig.feature_dim,
     ) -> None:
-        super().__init__(cfg, image_size, vocab_size, pixel_mean, pixel_std)
+        super().__init__(cfg, image_size, vocab_size, pixel_mean, pixel_std, feature_dim)
         del self.classifier, self.video_classifier  # fine-tuning builds these fresh
         weights = objectives.weights()
         bert = self.text_encoder.config
@@ -162,4 +163,5 @@ def build_pretraining_model(
         vocab_size=vocab_size,
         pixel_mean=tuple(frames.mean),
         pixel_std=tuple(frames.std),
+        feature_dim=frames.feature_dim,
     )

@@ -29,11 +29,12 @@ from tqdm.auto import tqdm
 
 from mmcls.config import Config
 from mmcls.engine.distributed import all_gather_objects
-from mmcls.engine.inference import MODEL_INPUTS, autocast
+from mmcls.engine.inference import autocast
 from mmcls.engine.prefetch import to_device
 from mmcls.engine.setup import Selection, TaskData, TaskSetup
 from mmcls.engine.task import TrainingTask
 from mmcls.models.model_dir import CONFIG_FILE, WEIGHTS_FILE, portable_config, unwrap_model
+from mmcls.names import MODEL_INPUTS
 from mmcls.pretrain.config import PretrainConfig, PretrainSection
 from mmcls.pretrain.data import build_pretrain_datasets
 from mmcls.pretrain.model import PretrainingModel, build_pretraining_model

@@ -32,7 +32,7 @@ IMAGE = 32
 ENCODERS = {
     "open_clip": FrameEncoderConfig(type="open_clip", name="mmcls-tiny-vit", pretrained=None),
     "timm": FrameEncoderConfig(type="timm", name="test_vit", pretrained=None, kwargs={"img_size": IMAGE}),
-    "identity": FrameEncoderConfig(type="identity", input_dim=768),
+    "identity": FrameEncoderConfig(type="identity"),  # data.frames.feature_dim's default width, 768
 }
 
 
@@ -243,9 +243,9 @@ def test_too_many_frames_is_a_clear_error():
 def test_tiny_model_overfits_32_samples():
     torch.manual_seed(0)
     no_dropout = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    features = FrameEncoderConfig(type="identity", input_dim=32)
+    features = FrameEncoderConfig(type="identity")
     cfg = tiny_cfg(bert_config=no_dropout, dropout=0.0, num_classes=10, frame_encoder=features)
-    model = MultimodalClassifier(cfg, IMAGE, vocab_size=500)
+    model = MultimodalClassifier(cfg, IMAGE, vocab_size=500, feature_dim=32)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 500, (32, 8), generator=g)
     frames = torch.randn(32, 4, 32, generator=g)
@@ -300,9 +300,15 @@ def test_build_model_checks_data_and_model_agree():
     with pytest.raises(ValueError, match="max_frames"):
         build_model(config)
     config.data.frames.max_frames = 4
-    config.data.frames.feature_dim = 512
+    config.data.frames.feature_dim = 512  # the one feature width: the identity encoder takes it
+    assert build_model(config).frame_encoder.output_dim == 512
+    # An older config that also states model.frame_encoder.input_dim: accepted when equal, refused otherwise.
+    values = config.to_dict()
+    values["model"]["frame_encoder"]["input_dim"] = 512
+    assert Config.from_dict(values).to_dict() == config.to_dict()
+    values["model"]["frame_encoder"]["input_dim"] = 768
     with pytest.raises(ValueError, match="feature_dim"):
-        build_model(config)
+        Config.from_dict(values)
 
 
 # --------------------------------------------------------------------------------------------- model folder

@@ -10,15 +10,21 @@ import importlib
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_frame_decoder_option, add_set_option
+from mmcls import names
+from mmcls.cli.options import (
+    add_backend_option,
+    add_device_option,
+    add_frame_decoder_option,
+    add_precision_option,
+    add_set_option,
+)
 
 #: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.engine.bench.torch_backend` for the
-#: factory's signature). Exported backends (ONNX Runtime, AOTInductor) add a line pointing into mmcls.deploy.
+#: factory's signature): the core's own model for torch, the deploy Predictor for every exported backend
+#: (:data:`mmcls.names.BACKENDS`, the records of ``mmcls.deploy.backends``; imported only when run).
 INFER_BACKENDS: dict[str, str] = {
-    "torch": "mmcls.engine.bench:torch_backend",
-    "onnx": "mmcls.deploy.predictor:bench_backend",
-    "aoti": "mmcls.deploy.predictor:bench_backend",
-    "tensorrt": "mmcls.deploy.predictor:bench_backend",
+    name: "mmcls.engine.bench:torch_backend" if name == "torch" else "mmcls.deploy.predictor:bench_backend"
+    for name in names.BACKENDS
 }
 
 
@@ -33,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     data.add_argument("config", type=Path, help="YAML file or preset name (tiny, base, feats)")
     infer = what.add_parser("infer", help="inference: model alone, loader alone, predict end to end")
     infer.add_argument("model", type=Path, help="a model folder or a run directory (its best model)")
-    infer.add_argument("--backend", default="torch", choices=sorted(INFER_BACKENDS), help="inference backend")
+    add_backend_option(infer, default="torch", help="inference backend")
     add_frame_decoder_option(infer)
     train = what.add_parser("train", help="training: optimizer step alone and training end to end")
     train.add_argument("config", type=Path, help="YAML file or preset name (tiny, base, feats)")
@@ -47,8 +53,8 @@ def _common(p: argparse.ArgumentParser, config: bool) -> None:
     p.add_argument("--split", default=None, help="annotation split (default: labeled; infer: test)")
     p.add_argument("--batch-size", type=int, default=32, help="videos per batch")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    add_device_option(p, default="cpu", help="where the model runs", auto=False)
+    add_precision_option(p, default="fp32", help="autocast precision")
     p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
     p.add_argument("--batches", type=int, default=4, help="batches per timed run")

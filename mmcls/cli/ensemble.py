@@ -6,15 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from mmcls.cli.options import add_precision_option
+
 
 def add_predict_options(p: argparse.ArgumentParser) -> None:
     """The options of running members (shared with ``mmcls pseudo-label``)."""
     p.add_argument("--batch-size", type=int, default=64, help="videos per batch and process")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: each model's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument(
-        "--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="inference precision"
-    )
+    add_precision_option(p, default="fp32", help="inference precision")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 

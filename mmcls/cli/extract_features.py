@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_frame_decoder_option
+from mmcls.cli.options import add_frame_decoder_option, add_precision_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="videos per batch")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    add_precision_option(p, default="fp32", help="autocast precision")
     add_frame_decoder_option(p)
     return p
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(summary.seconds, 3),
         "videos_per_s": round(summary.videos_per_s, 2),
         "train_with": f"--set data.frames.source=zip_feats --set data.frames.feature_dim={summary.feature_dim} "
-        f"--set model.frame_encoder.type=identity --set model.frame_encoder.input_dim={summary.feature_dim}",
+        "--set model.frame_encoder.type=identity",
     }
     print(json.dumps(report, indent=2))
     return 0

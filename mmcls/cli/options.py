@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
+
+from mmcls import names
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +41,25 @@ def add_frame_decoder_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frame-decoder",
         default="pil",
-        choices=["pil", "cuda"],
+        choices=get_args(names.FrameDecoder),
         help="JPEG frames decoded by the DataLoader workers (pil, default) or on the GPU in batches (cuda: "
         "nvJPEG, for when the CPU cores cannot keep up; needs --device cuda)",
     )
+
+
+def add_precision_option(parser: argparse.ArgumentParser, *, default: str | None, help: str) -> None:  # noqa: A002
+    """``--precision fp32|bf16|fp16``: the choices of ``train.precision`` (:data:`mmcls.names.Precision`)."""
+    parser.add_argument("--precision", default=default, choices=get_args(names.Precision), help=help)
+
+
+def add_backend_option(parser: argparse.ArgumentParser, *, default: str | None, help: str) -> None:  # noqa: A002
+    """``--backend torch|onnx|aoti|tensorrt``: the inference backends (:data:`mmcls.names.BACKENDS`, the
+    names of ``mmcls.deploy.backends``'s records; the core's commands name them without importing deploy)."""
+    parser.add_argument("--backend", default=default, choices=names.BACKENDS, help=help)
+
+
+def add_device_option(parser: argparse.ArgumentParser, *, default: str, help: str, auto: bool = True) -> None:  # noqa: A002
+    """``--device``: the choices of ``train.device`` (:data:`mmcls.names.Device`), without ``auto`` if not
+    ``auto``."""
+    choices = [d for d in get_args(names.Device) if auto or d != "auto"]
+    parser.add_argument("--device", default=default, choices=choices, help=help)

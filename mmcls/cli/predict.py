@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mmcls.cli.options import add_frame_decoder_option
+from mmcls import names
+from mmcls.cli.options import (
+    add_backend_option,
+    add_device_option,
+    add_frame_decoder_option,
+    add_precision_option,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,17 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument("--batch-size", type=positive_int, default=64, help="videos per batch and process")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
-    p.add_argument(
-        "--precision",
+    add_device_option(p, default="auto", help="where to run the model")
+    add_precision_option(p, default=None, help="inference precision (default: fp32, or the artifact's own)")
+    add_backend_option(
+        p,
         default=None,
-        choices=["fp32", "bf16", "fp16"],
-        help="inference precision (default: fp32, or the artifact's own)",
-    )
-    p.add_argument(
-        "--backend",
-        default=None,
-        choices=["torch", "onnx", "aoti", "tensorrt"],
         help="runtime (default: torch for a model folder, the artifact's format for an artifact folder)",
     )
     add_frame_decoder_option(p)
@@ -73,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
     inputs = [annotation_path(args.data_root, args.split), args.model_dir]
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
-    if args.backend not in (None, "torch") or (args.model_dir / "export.json").is_file():
+    if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
         if args.logit_adjust:
             from mmcls.config import ConfigError
 
             raise ConfigError(
                 "--logit-adjust: only for model folders predicted with the torch backend (the class prior is "
-                "read from the folder's categories.json); leave out --backend or the exported artifact"
+                f"read from the folder's {names.CATEGORIES_FILE}); leave out --backend or the exported artifact"
             )
         return _run_deployed(args)
     ids, preds, category_ids = predict_split(

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "frames", "frame_mask")
+from mmcls.names import LOGITS, MODEL_INPUTS
+
 # Dense (no sparsity) bf16/fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets; --peak-tflops overrides.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 
@@ -238,7 +239,7 @@ def torch_backend(model_dir: str | Path, device: torch.device, precision: str):
     @torch.no_grad()
     def run(batch: dict[str, Any]) -> torch.Tensor:
         with autocast(device, precision):
-            return loaded.model(**{k: batch[k] for k in MODEL_INPUTS})["logits"]
+            return loaded.model(**{k: batch[k] for k in MODEL_INPUTS})[LOGITS]
 
     return run, loaded
 

@@ -14,8 +14,7 @@ from tqdm.auto import tqdm
 
 from mmcls.engine.distributed import all_gather_objects
 from mmcls.engine.prefetch import DevicePrefetcher
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "frames", "frame_mask")
+from mmcls.names import LOGITS, MODEL_INPUTS
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -77,7 +76,7 @@ def predict_loader(
             continue
         with autocast(device, precision):
             out = model(**{k: batch[k] for k in MODEL_INPUTS})
-        probs.append(out["logits"].float().softmax(dim=-1).cpu().numpy())
+        probs.append(out[LOGITS].float().softmax(dim=-1).cpu().numpy())
         indices.append(batch["index"].numpy())
         labels.append(batch["labels"].numpy())
     model.train(was_training)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mmcls import names
 from mmcls.config import Config, ConfigError, flatten, resume_safe_keys, validate
 from mmcls.engine import checkpoint as ckpt
 from mmcls.errors import MmclsError
@@ -24,7 +25,7 @@ from mmcls.models.fusion import check_model_config
 
 log = logging.getLogger("mmcls.train")
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = names.CONFIG_FILE
 # Everything a run writes (files and folders directly in the run directory): what --overwrite may replace.
 RUN_OUTPUTS = (
     CONFIG_FILE,
@@ -34,8 +35,8 @@ RUN_OUTPUTS = (
     "curves.png",
     ckpt.CHECKPOINT_DIR,
     "tensorboard",
-    "best",
-    "last",
+    names.BEST_DIR,
+    names.LAST_DIR,
 )
 
 
@@ -65,7 +66,7 @@ def check_run_dir(
         if latest is not None:
             check_resume_config(cfg, run_dir)
             return
-        if any((run_dir / name).exists() for name in ("best", "last")):
+        if any((run_dir / name).exists() for name in (names.BEST_DIR, names.LAST_DIR)):
             raise RunDirError(
                 f"{run_dir}: a finished run whose checkpoints were deleted; it cannot be resumed. "
                 "Choose a new --out (or pass --overwrite to train it again from scratch)"
@@ -82,7 +83,11 @@ def check_run_dir(
     check_output_dir(run_dir, RUN_MARKER)
     started = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if started:
-        state = "a finished run" if {"best", "last"} & set(started) else "a run without checkpoints"
+        state = (
+            "a finished run"
+            if {names.BEST_DIR, names.LAST_DIR} & set(started)
+            else "a run without checkpoints"
+        )
         raise RunDirError(
             f"{run_dir} already holds {state} ({', '.join(started)}); choose a new --out, "
             "or pass --overwrite to start again (mmcls's outputs in it are replaced, other files kept)"

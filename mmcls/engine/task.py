@@ -27,9 +27,10 @@ from mmcls.config import ConfigError, TrainConfig
 from mmcls.engine import losses
 from mmcls.engine.adversarial import Adversary
 from mmcls.engine.distributed import DistInfo
-from mmcls.engine.inference import MODEL_INPUTS, autocast
+from mmcls.engine.inference import autocast
 from mmcls.engine.soft_targets import TrainingTargets
 from mmcls.engine.swa import WeightAverage
+from mmcls.names import LOGITS, MODEL_INPUTS, VIDEO_LOGITS
 
 
 class TrainingTask(nn.Module):
@@ -235,7 +236,7 @@ class ClassificationTask(TrainingTask):
         outputs = self.train_model(**inputs)
         loss, parts = self.classification_loss(outputs, labels, frame_mask, index)
         if rdrop:
-            first, second = outputs["logits"].chunk(2)
+            first, second = outputs[LOGITS].chunk(2)
             kl = losses.symmetric_kl(first, second)
             loss = loss + self.cfg.rdrop_alpha * kl
             parts["loss_rdrop"] = kl.detach()
@@ -254,7 +255,7 @@ class ClassificationTask(TrainingTask):
         samples at dataset positions ``index``.
         """
         cfg, weights, targets = self.cfg, self.class_weights, self.targets
-        logits = outputs["logits"]
+        logits = outputs[LOGITS]
         if targets is not None:
             loss, parts = targets.fused_loss(logits, labels, index, cfg.label_smoothing)
         else:
@@ -268,11 +269,9 @@ class ClassificationTask(TrainingTask):
             # stops the gradient all-reduce ("Expected to have finished reduction in the prior iteration").
             has_video = frame_mask.any(dim=1)
             if targets is not None:
-                per_sample = targets.cross_entropy(
-                    outputs["video_logits"], labels, index, cfg.label_smoothing
-                )
+                per_sample = targets.cross_entropy(outputs[VIDEO_LOGITS], labels, index, cfg.label_smoothing)
             else:
-                per_sample = losses.per_sample_ce(outputs["video_logits"], labels, cfg.label_smoothing)
+                per_sample = losses.per_sample_ce(outputs[VIDEO_LOGITS], labels, cfg.label_smoothing)
             video_loss = losses.weighted_mean(per_sample, labels, weights, mask=has_video)
             loss = loss + cfg.aux_loss_weight * video_loss
             parts["loss_video"] = video_loss.detach()  # 0 for a batch without any frames

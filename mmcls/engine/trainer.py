@@ -62,6 +62,7 @@ from mmcls.engine.setup import TaskSetup, build_task
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_json
 from mmcls.models import load_init_weights
+from mmcls.names import BEST_DIR, LAST_DIR
 
 log = logging.getLogger("mmcls.train")
 
@@ -315,9 +316,9 @@ class Trainer:
                     self.logger.close()
                     return self._result(interrupted=True)
                 self._end_epoch()
-        self._release("last")
+        self._release(LAST_DIR)
         if self.val_set is None:
-            self._release("best")
+            self._release(BEST_DIR)
         self.logger.close()
         return self._result(interrupted=False)
 
@@ -452,7 +453,7 @@ class Trainer:
             score = self.last_metrics[self.setup.selection.metric]
             if self.setup.selection.improves(score, state.best_score):
                 state.best_score, state.best_epoch = score, state.epoch + 1
-                self._release("best")
+                self._release(BEST_DIR)
             if self.dist.is_main:
                 log.info("epoch %d: %s", state.epoch + 1, json.dumps(self.last_metrics))
         state.epoch += 1

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmcls.config import CLIP_MEAN, CLIP_STD, FrameEncoderConfig
+from mmcls.config import CLIP_MEAN, CLIP_STD, FrameConfig, FrameEncoderConfig
 from mmcls.errors import MmclsError
 
 OPEN_CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "open_clip_configs"
@@ -122,14 +122,16 @@ def build_frame_encoder(
     image_size: int,
     pixel_mean: tuple[float, ...] = CLIP_MEAN,
     pixel_std: tuple[float, ...] = CLIP_STD,
+    feature_dim: int = FrameConfig.feature_dim,
 ) -> FrameEncoder:
     """Build the frame encoder described by ``cfg`` for square frames of ``image_size`` pixels.
 
-    ``pixel_mean``/``pixel_std`` normalise uint8 frames (see :class:`FrameEncoder`).
+    ``pixel_mean``/``pixel_std`` normalise uint8 frames (see :class:`FrameEncoder`); ``feature_dim``
+    (``data.frames.feature_dim``) is the width of the features the identity encoder passes through.
     """
     norm = {"pixel_mean": pixel_mean, "pixel_std": pixel_std}
     if cfg.type == "identity":
-        return FrameEncoder(None, cfg.input_dim, "identity", **norm)
+        return FrameEncoder(None, feature_dim, "identity", **norm)
     if cfg.type == "open_clip":
         backbone, kwargs = _open_clip_visual(cfg, image_size)
     elif cfg.type == "timm":

@@ -24,9 +24,10 @@ from torch import nn
 from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
-from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ConfigError, ModelConfig
+from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ConfigError, FrameConfig, ModelConfig
 from mmcls.data.categories import CategoryMap
 from mmcls.models.frame_encoder import FrameEncoder, PretrainedWeightsError, build_frame_encoder
+from mmcls.names import LOGITS, VIDEO_LOGITS
 
 DEFAULT_VOCAB_SIZE = 21128  # bert-base-chinese
 POOLINGS = ("cls", "mean", "cls_mean")
@@ -43,6 +44,7 @@ class MultimodalClassifier(nn.Module):
             ``cfg.bert_config`` sets ``vocab_size`` itself.
         pixel_mean, pixel_std: normalisation of uint8 frames (``data.frames.mean``/``std``), applied on the
             model's device by the frame encoder.
+        feature_dim: width of the frame features the identity encoder takes (``data.frames.feature_dim``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class MultimodalClassifier(nn.Module):
         vocab_size: int | None = None,
         pixel_mean: tuple[float, ...] = CLIP_MEAN,
         pixel_std: tuple[float, ...] = CLIP_STD,
+        feature_dim: int = FrameConfig.feature_dim,
     ) -> None:
         super().__init__()
         if cfg.pooling not in POOLINGS:
@@ -67,7 +70,7 @@ class MultimodalClassifier(nn.Module):
             )
         hidden = bert_cfg.hidden_size
         self.frame_encoder: FrameEncoder = build_frame_encoder(
-            cfg.frame_encoder, image_size, pixel_mean=pixel_mean, pixel_std=pixel_std
+            cfg.frame_encoder, image_size, pixel_mean=pixel_mean, pixel_std=pixel_std, feature_dim=feature_dim
         )
         self.frame_proj = nn.Linear(self.frame_encoder.output_dim, hidden)
         self.frame_position = nn.Embedding(cfg.max_frames, hidden)
@@ -112,8 +115,8 @@ class MultimodalClassifier(nn.Module):
         pooled = self.pool(hidden_states, joint_mask)
         video = masked_mean(frame_features, frame_mask)
         out = {
-            "logits": self._head(self.classifier, pooled),
-            "video_logits": self._head(self.video_classifier, video),
+            LOGITS: self._head(self.classifier, pooled),
+            VIDEO_LOGITS: self._head(self.video_classifier, video),
         }
         if return_hidden:
             out.update(pooled=pooled, hidden_states=hidden_states, joint_mask=joint_mask)
@@ -232,6 +235,7 @@ def build_model(config: Config, vocab_size: int | None = None) -> MultimodalClas
         vocab_size=vocab_size,
         pixel_mean=tuple(frames.mean),
         pixel_std=tuple(frames.std),
+        feature_dim=frames.feature_dim,
     )
 
 
@@ -247,11 +251,6 @@ def check_model_config(config: Config) -> None:
     if frames.source == "zip_feats" and encoder.type != "identity":
         raise ConfigError(
             "data.frames.source=zip_feats gives features: set model.frame_encoder.type=identity"
-        )
-    if frames.source == "zip_feats" and encoder.input_dim != frames.feature_dim:
-        raise ConfigError(
-            f"model.frame_encoder.input_dim={encoder.input_dim} differs from "
-            f"data.frames.feature_dim={frames.feature_dim}"
         )
 
 

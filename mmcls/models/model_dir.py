@@ -34,15 +34,16 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.initialization import no_init_weights
 
+from mmcls import names
 from mmcls.config import Config
 from mmcls.data.categories import CategoryMap
 from mmcls.errors import MmclsError
 from mmcls.files import check_regular_file, file_mode
 from mmcls.models.fusion import MultimodalClassifier
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
-CATEGORIES_FILE = "categories.json"
+CONFIG_FILE = names.CONFIG_FILE
+WEIGHTS_FILE = names.WEIGHTS_FILE
+CATEGORIES_FILE = names.CATEGORIES_FILE
 INFO_FILE = "model_info.json"
 TOKENIZER_FILE = "tokenizer_config.json"
 FORMAT_VERSION = 1
@@ -159,6 +160,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
                 image_size=frames.image_size,
                 pixel_mean=tuple(frames.mean),
                 pixel_std=tuple(frames.std),
+                feature_dim=frames.feature_dim,
             ).to(device)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ModelDirError(
@@ -235,16 +237,24 @@ def resolve_model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: model folder does not exist")
-    # A run directory also holds a config.yaml, so its best/ model wins when it has one.
-    if (path / WEIGHTS_FILE).is_file():
-        return path
-    if (path / "best" / WEIGHTS_FILE).is_file():
-        return path / "best"
+    found = find_model_dir(path)
+    if found is not None:
+        return found
     if (path / CONFIG_FILE).is_file():
         return path  # an incomplete model folder: load_model_dir names what is missing
     raise FileNotFoundError(
         f"{path}: not a model folder (no {CONFIG_FILE}) and not a training run directory (no best/{WEIGHTS_FILE})"
     )
+
+
+def find_model_dir(path: Path) -> Path | None:
+    """The ``best/`` rule (:data:`mmcls.names.BEST_DIR`): ``path`` if it holds the weights of a model folder,
+    ``path/best`` if it is a training run directory with a best model, else None."""
+    # A run directory also holds a config.yaml, so its best/ model wins when it has one.
+    for folder in (path, path / names.BEST_DIR):
+        if (folder / WEIGHTS_FILE).is_file():
+            return folder
+    return None
 
 
 def portable_config(model: MultimodalClassifier, config: Config) -> Config:

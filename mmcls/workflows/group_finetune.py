@@ -27,6 +27,7 @@ from mmcls.engine.prob_files import write_json
 from mmcls.errors import MmclsError
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import resolve_model_dir
+from mmcls.names import BEST_DIR, CONFIG_FILE
 from mmcls.workflows.members import GROUPS_FILE, GroupFinetuned, PredictOptions, predict_model
 
 log = logging.getLogger("mmcls.group_finetune")
@@ -52,13 +53,15 @@ def group_finetune(
     from mmcls.engine.trainer import train
 
     run_dir, data_root, out_dir = Path(run_dir).resolve(), Path(data_root), Path(out_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "best").is_dir():
-        raise GroupFinetuneError(f"{run_dir}: not a finished training run directory (config.yaml and best/)")
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / BEST_DIR).is_dir():
+        raise GroupFinetuneError(
+            f"{run_dir}: not a finished training run directory ({CONFIG_FILE} and {BEST_DIR}/)"
+        )
     started = (out_dir / GROUPS_FILE).is_file() or any(out_dir.glob("group[0-9][0-9]"))
     if out_dir.exists() and any(out_dir.iterdir()) and not started:
         raise GroupFinetuneError(f"{out_dir} is not empty and holds no group fine-tune: choose a new --out")
     # The best/ model's config rebuilds the architecture without downloads; train.* and data.* are RUN's.
-    base = Config.from_yaml(resolve_model_dir(run_dir) / "config.yaml")
+    base = Config.from_yaml(resolve_model_dir(run_dir) / CONFIG_FILE)
     cfg = Config.from_dict(apply_overrides(base.to_dict(), list(overrides)))
     categories = official_categories()
     records = load_records(

@@ -27,6 +27,7 @@ import numpy as np
 
 from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError
+from mmcls.names import EXPORT_FILE
 
 KFOLD_FILE = "kfold.json"
 GROUPS_FILE = "group_finetune.json"
@@ -94,7 +95,9 @@ class TorchModel:
 
     @staticmethod
     def accepts(path: Path) -> bool:
-        return (path / "model.safetensors").is_file() or (path / "best" / "model.safetensors").is_file()
+        from mmcls.models.model_dir import find_model_dir
+
+        return find_model_dir(path) is not None
 
     def predict(self, data_root, split, options, ids=None):
         return predict_model(self.path, data_root, split, options, ids)
@@ -195,7 +198,7 @@ def load_member(path: str | Path) -> Member:
             return kind(path)
     raise MemberError(
         f"{path}: not a model folder, a run directory (best/), a kfold directory ({KFOLD_FILE}), "
-        f"a group-finetune directory ({GROUPS_FILE}) or an exported artifact (export.json)"
+        f"a group-finetune directory ({GROUPS_FILE}) or an exported artifact ({EXPORT_FILE})"
     )
 
 
