@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmcls.config import Config
 from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
 from mmcls.data.builders import build_dataset
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import load_categories
 from mmcls.data.extra_train import ConcatTrainingSets, load_extra_train
 from mmcls.data.folds import split_labeled
 from mmcls.data.text import load_tokenizer
@@ -103,7 +103,7 @@ class ClassificationSetup(TaskSetup):
 
     def __init__(self, cfg: Config, data_root: str | Path) -> None:
         super().__init__(cfg, data_root)
-        self.categories = official_categories()
+        self.categories = load_categories(cfg.data.categories)
         # Per-class counts of the training split (set by datasets()): class-balanced loss weights, and saved
         # with every released model folder as the class prior of ``mmcls predict --logit-adjust``.
         self.class_counts: np.ndarray | None = None
