@@ -117,7 +117,7 @@ class TritonPythonModel:
             "category_id": np.array([[c.encode()] for c in category_ids], dtype=object),
             # The level-1 id is the parent of the predicted category (as the challenge scores it), so an answer
             # never names a level-1 class that does not contain its level-2 class.
-            "lv1_id": np.array([[c[:2].encode()] for c in category_ids], dtype=object),
+            "lv1_id": np.array([[self.categories.lv1_id(c).encode()] for c in category_ids], dtype=object),
             "probs": probs.astype(np.float32),
             "errors": np.array([[json.dumps(s["frame_errors"]).encode()] for s in samples], dtype=object),
         }
