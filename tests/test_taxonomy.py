@@ -267,6 +267,9 @@ def test_make_data_train_predict_evaluate_report_over_a_users_taxonomy(kind, req
     cfg = Config.from_yaml("tiny", [*FAST, f"data.categories={taxonomy}"])
     torch.manual_seed(0)
     train(cfg, data, tmp_path / "run")
+    summary = (tmp_path / "run" / "summary.md").read_text(encoding="utf-8")
+    weakest = summary.split("## Weakest classes")[1].split("##")[0]
+    assert any(f"| `{c}` | {tax.name(c)} |" in weakest for c in tax.category_ids)  # by id and name
     model = load_model_dir(tmp_path / "run")
     assert model.categories == tax and model.model.cfg.num_classes == tax.num_lv2
 

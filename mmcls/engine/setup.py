@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from mmcls.engine.soft_targets import build_training_targets
 from mmcls.engine.task import ClassificationTask, TrainingTask
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
+from mmcls.report import per_class_scores
 
 log = logging.getLogger("mmcls.train")
 
@@ -107,6 +109,7 @@ class ClassificationSetup(TaskSetup):
         # Per-class counts of the training split (set by datasets()): class-balanced loss weights, and saved
         # with every released model folder as the class prior of ``mmcls predict --logit-adjust``.
         self.class_counts: np.ndarray | None = None
+        self.class_scores: list[dict[str, Any]] | None = None  # per class, of the last evaluation
 
     def datasets(self) -> TaskData:
         cfg = self.cfg
@@ -187,6 +190,9 @@ class ClassificationSetup(TaskSetup):
         )
         preds = gather_predictions(local)
         scores = compute_scores_from_indices(preds.labels, preds.pred, self.categories)
+        # Per-class scores of this validation, by id and name: the run's summary.md lists the weakest classes.
+        ids = np.asarray(self.categories.category_ids, dtype=object)
+        self.class_scores = per_class_scores(list(ids[preds.labels]), list(ids[preds.pred]), self.categories)
         # Cross-entropy of the gathered probabilities, and how many samples were scored: both show at once
         # whether a multi-process evaluation saw each validation sample exactly once.
         known = np.flatnonzero(preds.labels >= 0)

@@ -100,6 +100,7 @@ class TrainResult:
     last_metrics: dict[str, float]
     interrupted: bool = False
     selection_metric: str = "mean_f1"  # the validation score that picked best/ (best_score)
+    class_scores: list[dict[str, Any]] | None = None  # per class (id, name, F1...) of the last validation
 
 
 class StopRequest:
@@ -523,6 +524,7 @@ class Trainer:
             self.last_metrics,
             interrupted,
             self.setup.selection.metric,
+            getattr(self.setup, "class_scores", None),
         )
 
 
