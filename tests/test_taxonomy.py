@@ -326,3 +326,64 @@ def test_cli_refuses_a_bad_taxonomy_in_one_line(tmp_path):
         f"mmcls make-data: error: {bad}: line 3: duplicate id 'a' (first on line 2)"
     ]
     assert not (tmp_path / "data").exists()
+
+
+# ------------------------------------------------------------------------------------------------ workflows
+@pytest.fixture(scope="module")
+def taxonomy_data(two_level, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("taxonomy_data") / "data"
+    make_synthetic_dataset(
+        root, 96, 24, 16, seed=2, num_frames=2, image_size=32, categories=read_taxonomy(two_level)
+    )
+    return root
+
+
+def _random_model(path: Path, taxonomy: Path | None, seed: int) -> Path:
+    cfg = Config.from_yaml("tiny", [*FAST, *([f"data.categories={taxonomy}"] if taxonomy else [])])
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(cfg.data.text.tokenizer)
+    save_model_dir(
+        path, build_model(cfg, vocab_size=len(tokenizer)), cfg, tokenizer, load_categories(taxonomy)
+    )
+    return path
+
+
+def test_ensemble_and_pseudo_labels_over_the_members_taxonomy(two_level, taxonomy_data, tmp_path):
+    from mmcls.workflows.ensemble import run_ensemble
+    from mmcls.workflows.members import MemberError, PredictOptions
+    from mmcls.workflows.pseudo_label import pseudo_label
+
+    tax = read_taxonomy(two_level)
+    options = PredictOptions(batch_size=32, num_workers=0, device="cpu")
+    members = [_random_model(tmp_path / f"m{i}", two_level, seed=i) for i in range(2)]
+    run_ensemble(members, taxonomy_data, "test", tmp_path / "ens.csv", options=options)
+    with (tmp_path / "ens.csv").open(encoding="utf-8") as handle:
+        assert {row[1] for row in csv.reader(handle)} <= set(tax.category_ids)
+    summary = pseudo_label(members, taxonomy_data, "unlabeled", tmp_path / "pl.json", 0.0, options=options)
+    assert summary["passed"] == 24
+    assert set(summary["lv1_histogram"]) <= set(PARENTS)  # level 1 = the file's parents
+    assert sum(summary["lv1_histogram"].values()) == 24
+    wbdc = _random_model(tmp_path / "wbdc", None, seed=3)
+    with pytest.raises(MemberError, match="another taxonomy"):
+        run_ensemble([members[0], wbdc], taxonomy_data, "test", tmp_path / "mixed.csv", options=options)
+
+
+@pytest.mark.slow
+def test_kfold_and_group_finetune_over_a_taxonomy(two_level, taxonomy_data, tmp_path):
+    """kfold's out-of-fold scores and group-finetune's groups (the file's parents) over the 12-class file."""
+    from mmcls.engine.trainer import train
+    from mmcls.workflows.group_finetune import group_finetune
+    from mmcls.workflows.kfold import run_kfold
+
+    tax = read_taxonomy(two_level)
+    cfg = Config.from_yaml("tiny", [*FAST, f"data.categories={two_level}"])
+    result = run_kfold(cfg, taxonomy_data, tmp_path / "kfold", num_folds=2)
+    assert set(result.scores) >= {"mean_f1", "lv1_macro_f1"}
+    train(cfg, taxonomy_data, tmp_path / "run")
+    summary = group_finetune(
+        tmp_path / "run", taxonomy_data, tmp_path / "groups", epochs=1, min_records=1, groups=[0]
+    )
+    assert summary["groups"] == [0]  # the first parent: food
+    group_model = load_model_dir(tmp_path / "groups" / "group00" / "last")
+    assert group_model.categories == tax
+    assert read_taxonomy(tmp_path / "groups" / "categories.csv") == tax
