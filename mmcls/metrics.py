@@ -46,8 +46,12 @@ def compute_scores(
         raise ValueError(f"{len(true_lv2)} true labels but {len(pred_lv2)} predictions")
     if not true_lv2:
         raise ValueError("cannot score an empty set of predictions")
-    true_lv1 = [categories.lv1_index(c) for c in true_lv2]
-    pred_lv1 = [categories.lv1_index(c) for c in pred_lv2]
+    lv1_of = categories.lv1_of_ids()
+    unknown = next((c for c in (*true_lv2, *pred_lv2) if c not in lv1_of), None)
+    if unknown is not None:
+        raise ValueError(f"category id {unknown!r} is not a class of {categories.source}")
+    true_lv1 = [lv1_of[c] for c in true_lv2]
+    pred_lv1 = [lv1_of[c] for c in pred_lv2]
     scores = {
         # zero_division=0 gives the values of sklearn's default ("warn") without the warning spam that
         # classes predicted but absent from the truth (or the reverse) would cause.

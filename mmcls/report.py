@@ -135,8 +135,9 @@ def lv1_confusion(
 ) -> tuple[list[str], np.ndarray]:
     """Level-1 ids present in either list (taxonomy order) and the ``[true, predicted]`` count matrix."""
     categories = categories or official_categories()
-    true_lv1 = [categories.lv1_index(c) for c in true]
-    pred_lv1 = [categories.lv1_index(c) for c in pred]
+    lv1_of = categories.lv1_of_ids()
+    true_lv1 = [lv1_of[c] for c in true]
+    pred_lv1 = [lv1_of[c] for c in pred]
     present = sorted(set(true_lv1) | set(pred_lv1))
     index = {label: i for i, label in enumerate(present)}
     matrix = np.zeros((len(present), len(present)), dtype=np.int64)

@@ -108,6 +108,10 @@ class Taxonomy:
         """Level-1 index of a class, from the file (its parent's row), never from the id's characters."""
         return self.lv1_of_lv2[self.lv2_index(category_id)]
 
+    def lv1_of_ids(self) -> dict[str, int]:
+        """``{category_id: lv1 index}`` for every class (for scoring many labels at once)."""
+        return dict(zip(self.category_ids, self.lv1_of_lv2))
+
     def lv1_id(self, category_id: str) -> str:
         return self.lv1_ids[self.lv1_index(category_id)]
 
