@@ -387,3 +387,12 @@ def test_kfold_and_group_finetune_over_a_taxonomy(two_level, taxonomy_data, tmp_
     group_model = load_model_dir(tmp_path / "groups" / "group00" / "last")
     assert group_model.categories == tax
     assert read_taxonomy(tmp_path / "groups" / "categories.csv") == tax
+
+
+def test_class_id_set_keeps_its_file_across_pickling(two_level):
+    """DataLoader workers get the dataset (and the id set inside it) pickled under the spawn start method."""
+    import pickle
+
+    ids = read_taxonomy(two_level).id_set()
+    again = pickle.loads(pickle.dumps(ids))
+    assert again == ids and again.source == str(two_level)

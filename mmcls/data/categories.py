@@ -52,10 +52,13 @@ class ClassIds(frozenset):
 
     source: str = "the taxonomy"
 
-    def __new__(cls, ids: tuple[str, ...], source: str) -> ClassIds:
+    def __new__(cls, ids: tuple[str, ...], source: str = "the taxonomy") -> ClassIds:
         value = super().__new__(cls, ids)
         value.source = source
         return value
+
+    def __reduce__(self):  # datasets holding the set travel to DataLoader workers
+        return (type(self), (tuple(self), self.source))
 
 
 @dataclass(frozen=True)
