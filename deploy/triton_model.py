@@ -117,7 +117,9 @@ class TritonPythonModel:
             names.SERVED_CATEGORY_ID: np.array([[c.encode()] for c in category_ids], dtype=object),
             # The level-1 id is the parent of the predicted category (as the challenge scores it), so an answer
             # never names a level-1 class that does not contain its level-2 class.
-            names.SERVED_LV1_ID: np.array([[c[:2].encode()] for c in category_ids], dtype=object),
+            names.SERVED_LV1_ID: np.array(
+                [[self.categories.lv1_id(c).encode()] for c in category_ids], dtype=object
+            ),
             names.SERVED_PROBS: probs.astype(np.float32),
             names.SERVED_ERRORS: np.array(
                 [[json.dumps(s["frame_errors"]).encode()] for s in samples], dtype=object

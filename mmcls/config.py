@@ -115,6 +115,9 @@ class DataConfig:
     # Train and validate on these level-1 groups only (``mmcls group-finetune``); the split is made first,
     # so the validation records are the full run's, and the loss is restricted to the groups' classes.
     lv1_groups: list[int] | None = setting(None, min=0)
+    # The taxonomy: a CSV file ``id,name,parent`` (see mmcls/data/categories.py); null = the packaged WBDC2022
+    # list. ``model.num_classes`` follows it when the config does not set it.
+    categories: str | None = None
 
 
 @dataclass
@@ -231,7 +234,7 @@ class Config:
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        return validate(_build(cls, migrate(values), prefix=""))
+        return validate(_build(cls, _num_classes_from_taxonomy(migrate(values)), prefix=""))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -382,6 +385,7 @@ def validate(cfg: Config) -> Config:
             "has none: use data.frames.decoder=pil"
         )
     _check_workflow_settings(cfg)
+    _check_taxonomy(cfg)
     train = cfg.train
     if train.swa_start_epoch is not None and train.swa_start_epoch > train.epochs:
         raise ConfigError(
@@ -390,6 +394,41 @@ def validate(cfg: Config) -> Config:
     if not train.adversarial.target:
         raise ConfigError("train.adversarial.target: empty; name word_embeddings and/or frame_proj")
     return cfg
+
+
+def _num_classes_from_taxonomy(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``model.num_classes`` set to the size of ``data.categories`` when only the latter is given
+    (a taxonomy file that cannot be read is left for :func:`validate` to report)."""
+    data, model = values.get("data"), values.get("model")
+    path = data.get("categories") if isinstance(data, dict) else None
+    if not isinstance(path, str) or (isinstance(model, dict) and "num_classes" in model):
+        return values
+    from mmcls.data.categories import TaxonomyError, load_categories
+
+    try:
+        num_classes = load_categories(path).num_lv2
+    except TaxonomyError:
+        return values
+    model = dict(model) if isinstance(model, dict) else {}
+    return {**values, "model": {**model, "num_classes": num_classes}}
+
+
+def _check_taxonomy(cfg: Config) -> None:
+    """``data.categories`` names a readable taxonomy whose class count is ``model.num_classes``."""
+    path = cfg.data.categories
+    if path is None:
+        return
+    from mmcls.data.categories import TaxonomyError, load_categories
+
+    try:
+        taxonomy = load_categories(path)
+    except TaxonomyError as exc:
+        raise ConfigError(f"data.categories: {exc}") from None
+    if cfg.model.num_classes != taxonomy.num_lv2:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but data.categories={path} has {taxonomy.num_lv2} "
+            f"classes: set model.num_classes={taxonomy.num_lv2} or leave it out (it follows the file)"
+        )
 
 
 def _check_workflow_settings(cfg: Config) -> None:

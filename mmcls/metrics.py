@@ -1,9 +1,15 @@
 """The WBDC2022 score: F1 on level-1 and level-2 categories, micro and macro, averaged.
 
-``mean_f1 = (lv1_micro_f1 + lv1_macro_f1 + lv2_micro_f1 + lv2_macro_f1) / 4``, where the level-1 label is
-derived from the level-2 category id as ``int(category_id[:2])`` and F1 is scikit-learn's ``f1_score``
-(macro F1 averages over every label present in either the truth or the predictions, as sklearn does by
-default). Category ids are strings throughout: ``"0103"`` keeps its leading zero.
+``mean_f1 = (lv1_micro_f1 + lv1_macro_f1 + lv2_micro_f1 + lv2_macro_f1) / 4``, where the level-1 label of a
+class is its parent in the taxonomy (the packaged WBDC2022 list by default, where it equals the official
+scorer's ``int(category_id[:2])``) and F1 is scikit-learn's ``f1_score`` (macro F1 averages over every label
+present in either the truth or the predictions, as sklearn does by default). Category ids are strings
+throughout: ``"0103"`` keeps its leading zero.
+
+A flat taxonomy (no parents) has level 1 = level 2, so the level-1 scores equal the level-2 ones and
+``mean_f1 = (lv2_micro_f1 + lv2_macro_f1) / 2``: the mean of accuracy (micro F1 of single-label
+predictions) and macro F1. A mixed file (some top-level classes without children) scores such a class as
+its own level-1 group.
 """
 
 from __future__ import annotations
@@ -28,16 +34,24 @@ class EvaluationError(MmclsError, ValueError):
     """A prediction or annotation file is unusable; the message names the file and the line or record."""
 
 
-def compute_scores(true_category_ids: Sequence[str], pred_category_ids: Sequence[str]) -> dict[str, float]:
-    """Challenge score of predicted category ids (strings like ``"0103"``) against the true ones."""
+def compute_scores(
+    true_category_ids: Sequence[str], pred_category_ids: Sequence[str], categories: CategoryMap | None = None
+) -> dict[str, float]:
+    """Challenge score of predicted category ids (strings like ``"0103"``) against the true ones; level 1
+    comes from ``categories`` (default: the packaged WBDC2022 list)."""
+    categories = categories or official_categories()
     true_lv2 = [str(c) for c in true_category_ids]
     pred_lv2 = [str(c) for c in pred_category_ids]
     if len(true_lv2) != len(pred_lv2):
         raise ValueError(f"{len(true_lv2)} true labels but {len(pred_lv2)} predictions")
     if not true_lv2:
         raise ValueError("cannot score an empty set of predictions")
-    true_lv1 = [int(c[:2]) for c in true_lv2]
-    pred_lv1 = [int(c[:2]) for c in pred_lv2]
+    lv1_of = categories.lv1_of_ids()
+    unknown = next((c for c in (*true_lv2, *pred_lv2) if c not in lv1_of), None)
+    if unknown is not None:
+        raise ValueError(f"category id {unknown!r} is not a class of {categories.source}")
+    true_lv1 = [lv1_of[c] for c in true_lv2]
+    pred_lv1 = [lv1_of[c] for c in pred_lv2]
     scores = {
         # zero_division=0 gives the values of sklearn's default ("warn") without the warning spam that
         # classes predicted but absent from the truth (or the reverse) would cause.
@@ -65,7 +79,7 @@ def compute_scores_from_indices(
                 f"(unlabeled samples, label -1, cannot be scored)"
             )
     ids = np.asarray(categories.category_ids, dtype=object)
-    return compute_scores(list(ids[true_idx]), list(ids[pred_idx]))
+    return compute_scores(list(ids[true_idx]), list(ids[pred_idx]), categories)
 
 
 def read_predictions(pred_csv: str | Path, categories: CategoryMap | None = None) -> dict[str, str]:
@@ -77,7 +91,8 @@ def _read_prediction_lines(
     pred_csv: str | Path, categories: CategoryMap | None = None, allow_header: bool = False
 ) -> dict[str, tuple[str, int]]:
     """``{id: (category_id, line number)}``, validating every line (``allow_header``: skip ``id,category_id``)."""
-    known = set((categories or official_categories()).category_ids)
+    categories = categories or official_categories()
+    known = set(categories.category_ids)
     path = Path(pred_csv)
     predictions: dict[str, tuple[str, int]] = {}
     try:
@@ -102,7 +117,8 @@ def _read_prediction_lines(
                 header = line_no == 1 and category_id == "category_id"
                 hint = " (a submission has no header line)" if header else ""
                 raise EvaluationError(
-                    f"{path}: line {line_no}: unknown category_id {category_id!r} for id {video_id}{hint}"
+                    f"{path}: line {line_no}: unknown category_id {category_id!r} for id {video_id} "
+                    f"(not a class of {categories.source}){hint}"
                 )
             if video_id in predictions:
                 raise EvaluationError(
@@ -162,7 +178,8 @@ def read_labels(ann_json: str | Path, categories: CategoryMap | None = None) -> 
                 )
         if record["category_id"] not in known:
             raise EvaluationError(
-                f"{path}: record {index}: field 'category_id': unknown category id {record['category_id']!r}"
+                f"{path}: record {index}: field 'category_id': unknown category id {record['category_id']!r} "
+                f"(not a class of {categories.source})"
             )
         if record["id"] in labels:
             raise EvaluationError(f"{path}: record {index}: field 'id': duplicate id {record['id']}")
@@ -185,14 +202,18 @@ def _looks_like_csv(path: Path) -> bool:
     return bool(head) and head[:1] not in (b"[", b"{")
 
 
-def evaluate_files(pred_csv: str | Path, ann_json: str | Path) -> dict[str, float]:
-    """Score a submission CSV against an annotation JSON with labels.
+def evaluate_files(
+    pred_csv: str | Path, ann_json: str | Path, categories: CategoryMap | None = None
+) -> dict[str, float]:
+    """Score a submission CSV against an annotation JSON with labels, over ``categories`` (default: the
+    packaged WBDC2022 list).
 
     Every annotated id needs exactly one prediction and every prediction must be for an annotated id;
     otherwise :class:`EvaluationError` names the file and the line (or the missing ids).
     """
-    labels = read_labels(ann_json)
-    predictions = _read_prediction_lines(pred_csv)
+    categories = categories or official_categories()
+    labels = read_labels(ann_json, categories)
+    predictions = _read_prediction_lines(pred_csv, categories)
     for video_id, (_, line_no) in predictions.items():
         if video_id not in labels:
             raise EvaluationError(f"{pred_csv}: line {line_no}: id {video_id} is not in {ann_json}")
@@ -203,4 +224,4 @@ def evaluate_files(pred_csv: str | Path, ann_json: str | Path) -> dict[str, floa
             f"{pred_csv}: no prediction for {len(missing)} of the {len(labels)} ids in {ann_json}: {shown}"
         )
     ids = list(labels)
-    return compute_scores([labels[i] for i in ids], [predictions[i][0] for i in ids])
+    return compute_scores([labels[i] for i in ids], [predictions[i][0] for i in ids], categories)

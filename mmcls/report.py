@@ -4,7 +4,8 @@
 PNG files beside it) and shows the scores, per-class F1 against class frequency (macro F1 is lost in the long
 tail, and this plot shows where), the level-1 confusion matrix, the most confused level-2 pairs with example
 titles, and a sortable per-class precision/recall/F1 table. The same numbers are in ``DIR/per_class.csv`` and
-``DIR/summary.json`` for scripts.
+``DIR/summary.json`` for scripts. Classes are shown by id and name, and level 1 comes from the taxonomy (its
+parent rows; the packaged WBDC2022 list by default).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.files import (
     REPORT_MARKER,
     atomic_write_bytes,
@@ -42,18 +43,21 @@ def write_evaluation_report(
     titles: dict[str, str] | None = None,
     sources: dict[str, str] | None = None,
     overwrite: bool = False,
+    categories: CategoryMap | None = None,
 ) -> dict[str, Any]:
-    """Write the report of ``predictions`` against ``labels`` (both ``{id: category_id}``); returns the summary."""
+    """Write the report of ``predictions`` against ``labels`` (both ``{id: category_id}``) over the taxonomy
+    ``categories`` (default: the packaged WBDC2022 list); returns the summary."""
+    categories = categories or official_categories()
     out = Path(out_dir)
     claim_output_dir(out, REPORT_MARKER, overwrite=overwrite, command="evaluate --report")
     ids = list(labels)
     true = [labels[i] for i in ids]
     pred = [predictions[i] for i in ids]
-    per_class = per_class_scores(true, pred)
-    pairs = confused_pairs(ids, true, pred, titles or {})
-    lv1_labels, lv1_matrix = lv1_confusion(true, pred)
+    per_class = per_class_scores(true, pred, categories)
+    pairs = confused_pairs(ids, true, pred, titles or {}, categories)
+    lv1_labels, lv1_matrix = lv1_confusion(true, pred, categories)
     summary = {
-        "scores": compute_scores(true, pred),
+        "scores": compute_scores(true, pred, categories),
         "num_samples": len(ids),
         "accuracy": float(np.mean([t == p for t, p in zip(true, pred)])),
         "num_classes_in_truth": len(set(true)),
@@ -70,20 +74,24 @@ def write_evaluation_report(
     return summary
 
 
-def per_class_scores(true: list[str], pred: list[str]) -> list[dict[str, Any]]:
-    """One row per level-2 class present in the truth or the predictions: support, precision, recall, F1."""
+def per_class_scores(
+    true: list[str], pred: list[str], categories: CategoryMap | None = None
+) -> list[dict[str, Any]]:
+    """One row per level-2 class present in the truth or the predictions, in taxonomy order: id, name, level-1
+    id, support, precision, recall, F1."""
+    categories = categories or official_categories()
     true_counts, pred_counts = Counter(true), Counter(pred)
     hits = Counter(t for t, p in zip(true, pred) if t == p)
-    order = {cid: i for i, cid in enumerate(official_categories().category_ids)}
     rows = []
-    for cid in sorted(set(true) | set(pred), key=lambda c: order.get(c, len(order))):
+    for cid in sorted(set(true) | set(pred), key=categories.lv2_index):
         precision = hits[cid] / pred_counts[cid] if pred_counts[cid] else 0.0
         recall = hits[cid] / true_counts[cid] if true_counts[cid] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         rows.append(
             {
                 "category_id": cid,
-                "lv1_id": int(cid[:2]),
+                "name": categories.name(cid),
+                "lv1_id": categories.lv1_id(cid),
                 "support": true_counts[cid],
                 "predicted": pred_counts[cid],
                 "correct": hits[cid],
@@ -96,9 +104,14 @@ def per_class_scores(true: list[str], pred: list[str]) -> list[dict[str, Any]]:
 
 
 def confused_pairs(
-    ids: list[str], true: list[str], pred: list[str], titles: dict[str, str]
+    ids: list[str],
+    true: list[str],
+    pred: list[str],
+    titles: dict[str, str],
+    categories: CategoryMap | None = None,
 ) -> list[dict[str, Any]]:
     """The most frequent (true, predicted) level-2 mistakes, each with a few example ids and titles."""
+    categories = categories or official_categories()
     mistakes = Counter((t, p) for t, p in zip(true, pred) if t != p)
     pairs = []
     for (t, p), count in mistakes.most_common(TOP_PAIRS):
@@ -106,7 +119,9 @@ def confused_pairs(
         pairs.append(
             {
                 "true": t,
+                "true_name": categories.name(t),
                 "predicted": p,
+                "predicted_name": categories.name(p),
                 "count": count,
                 "share_of_true_class": round(count / true.count(t), 4),
                 "examples": [{"id": i, "title": titles.get(i, "")} for i in examples],
@@ -115,16 +130,20 @@ def confused_pairs(
     return pairs
 
 
-def lv1_confusion(true: list[str], pred: list[str]) -> tuple[list[int], np.ndarray]:
-    """Level-1 labels present in either list and the ``[true, predicted]`` count matrix over them."""
-    true_lv1 = [int(c[:2]) for c in true]
-    pred_lv1 = [int(c[:2]) for c in pred]
-    labels = sorted(set(true_lv1) | set(pred_lv1))
-    index = {label: i for i, label in enumerate(labels)}
-    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+def lv1_confusion(
+    true: list[str], pred: list[str], categories: CategoryMap | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Level-1 ids present in either list (taxonomy order) and the ``[true, predicted]`` count matrix."""
+    categories = categories or official_categories()
+    lv1_of = categories.lv1_of_ids()
+    true_lv1 = [lv1_of[c] for c in true]
+    pred_lv1 = [lv1_of[c] for c in pred]
+    present = sorted(set(true_lv1) | set(pred_lv1))
+    index = {label: i for i, label in enumerate(present)}
+    matrix = np.zeros((len(present), len(present)), dtype=np.int64)
     for t, p in zip(true_lv1, pred_lv1):
         matrix[index[t], index[p]] += 1
-    return labels, matrix
+    return [categories.lv1_ids[i] for i in present], matrix
 
 
 def load_titles(ann_path: str | Path) -> dict[str, str]:
@@ -184,18 +203,22 @@ def _plot_f1_vs_frequency(rows: list[dict[str, Any]]) -> bytes:
     present = [r for r in rows if r["support"] > 0]
     support = np.array([r["support"] for r in present])
     f1 = np.array([r["f1"] for r in present])
-    scatter = ax.scatter(support, f1, c=[r["lv1_id"] for r in present], cmap="tab20", s=22, alpha=0.85)
+    groups = {g: i for i, g in enumerate(dict.fromkeys(r["lv1_id"] for r in present))}
+    colour = [groups[r["lv1_id"]] for r in present]
+    scatter = ax.scatter(support, f1, c=colour, cmap="tab20", s=22, alpha=0.85)
     ax.set_xscale("log")
     ax.set_xlabel("class frequency in the ground truth (samples, log scale)")
     ax.set_ylabel("F1 of the class")
     ax.set_ylim(-0.03, 1.03)
     ax.set_title("Per-class F1 against class frequency (colour = level-1 category)")
     ax.grid(alpha=0.3)
-    fig.colorbar(scatter, ax=ax, label="level-1 id")
+    bar = fig.colorbar(scatter, ax=ax, label="level-1 id")
+    if len(groups) <= 30:  # one tick per group, labelled with its id
+        bar.set_ticks(range(len(groups)), labels=list(groups))
     return _figure_png(fig)
 
 
-def _plot_confusion(labels: list[int], matrix: np.ndarray) -> bytes:
+def _plot_confusion(labels: list[str], matrix: np.ndarray) -> bytes:
     plt = _pyplot()
     size = max(5.0, 0.32 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
@@ -250,7 +273,8 @@ def _html(summary: dict[str, Any], rows: list[dict[str, Any]], pairs: list[dict[
     score_values = "".join(f"<td>{v:.4f}</td>" for v in scores.values())
     sources = "".join(f"<li>{e(k)}: <code>{e(str(v))}</code></li>" for k, v in summary["sources"].items())
     pair_rows = "".join(
-        f"<tr><td>{e(p['true'])}</td><td>{e(p['predicted'])}</td><td>{p['count']}</td>"
+        f"<tr><td class='text'>{e(_label(p['true'], p['true_name']))}</td>"
+        f"<td class='text'>{e(_label(p['predicted'], p['predicted_name']))}</td><td>{p['count']}</td>"
         f"<td>{p['share_of_true_class']:.2%}</td><td class='text'>"
         + "<br>".join(e(f"{x['id']}: {x['title'] or '(no title available)'}") for x in p["examples"])
         + "</td></tr>"
@@ -284,6 +308,11 @@ accuracy: {summary["accuracy"]:.4f}, classes present but never predicted right:
 <script>{_SORT_SCRIPT}</script>
 </body></html>
 """
+
+
+def _label(category_id: str, name: str) -> str:
+    """``id name``, or the id alone when the class has no name of its own."""
+    return category_id if name == category_id else f"{category_id} {name}"
 
 
 def _cell(value: Any) -> str:

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from mmcls.config import Config
 from mmcls.data.annotations import annotation_path
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import load_categories
 from mmcls.data.dataset import VideoTextDataset, collate_batch
 from mmcls.data.frames import FrameSource, build_frame_source
 from mmcls.pretrain.masking import IGNORE_INDEX, WordTextEncoder, special_token_ids, whole_word_mask
@@ -45,7 +45,7 @@ class PretrainDataset(VideoTextDataset):
             Subset(index, positions),
             text_encoder,
             None,
-            official_categories(),
+            load_categories(cfg.data.categories),  # labeled records' ids are checked against the taxonomy
             train=train,
             seed=cfg.train.seed,
             on_error=cfg.data.frames.on_error if train else "text_only",
@@ -100,7 +100,9 @@ def build_pretrain_datasets(
 ) -> tuple[PretrainDataset, PretrainDataset | None]:
     """Training and held-out datasets over the records of ``pretrain.splits`` (seeded hold-out of ``val_size``)."""
     p = cfg.pretrain  # type: ignore[attr-defined]
-    index = RecordIndex([annotation_path(data_root, split) for split in p.splits])
+    index = RecordIndex(
+        [annotation_path(data_root, split) for split in p.splits], load_categories(cfg.data.categories)
+    )
     count = min(len(index), p.limit_records) if p.limit_records else len(index)
     order = np.random.default_rng(cfg.train.seed).permutation(count)
     num_val = min(p.val_size, count // 2)

@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="ground truth: annotations JSON with category_id, or the official id,category_id CSV",
     )
     p.add_argument(
+        "--categories",
+        type=Path,
+        metavar="PATH",
+        help="taxonomy file (CSV id,name,parent) the ids belong to; default: the packaged WBDC2022 list",
+    )
+    p.add_argument(
         "--report",
         type=Path,
         metavar="DIR",
@@ -35,23 +41,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmcls.data.categories import load_categories
     from mmcls.metrics import evaluate_files, read_labels, read_predictions
 
+    categories = load_categories(args.categories)  # a bad taxonomy is refused before any other work
     if args.report is not None:  # refuse a foreign report folder before any work
         from mmcls.files import REPORT_MARKER, check_output_dir
 
         check_output_dir(args.report, REPORT_MARKER, overwrite=args.overwrite)
-    scores = evaluate_files(args.pred, args.ann)  # validates both files completely
+    scores = evaluate_files(args.pred, args.ann, categories)  # validates both files completely
     if args.report is not None:
         from mmcls.report import load_titles, write_evaluation_report
 
         write_evaluation_report(
             args.report,
-            read_labels(args.ann),
-            read_predictions(args.pred),
+            read_labels(args.ann, categories),
+            read_predictions(args.pred, categories),
             titles=load_titles(args.ann),
-            sources={"predictions": str(args.pred), "ground truth": str(args.ann)},
+            sources={
+                "predictions": str(args.pred),
+                "ground truth": str(args.ann),
+                "taxonomy": categories.source,
+            },
             overwrite=args.overwrite,
+            categories=categories,
         )
         print(f"report: {args.report / 'index.html'}", file=sys.stderr)
     print(json.dumps(scores, indent=2))

@@ -21,6 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--num-frames", type=int, default=8, help="most frames per video")
     p.add_argument("--image-size", type=int, default=64, help="frame size in pixels")
     p.add_argument(
+        "--categories",
+        type=Path,
+        metavar="FILE",
+        help="taxonomy file (CSV id,name,parent) whose classes label the videos; default: the packaged WBDC2022 "
+        "list (its labeled_count column, if any, sets the class frequencies)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="write into a non-empty folder that make-data did not create (files of the same names are replaced)",
@@ -29,8 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mmcls.data.categories import load_categories
     from mmcls.data.synthetic import make_synthetic_dataset
 
+    categories = load_categories(args.categories)  # a bad taxonomy is refused before anything is written
     summary = make_synthetic_dataset(
         args.out,
         num_labeled=args.num_labeled,
@@ -40,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         num_frames=args.num_frames,
         image_size=args.image_size,
         overwrite=args.overwrite,
+        categories=categories,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

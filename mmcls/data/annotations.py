@@ -111,7 +111,7 @@ def iter_records(
     (default: the 200 official ids). Unknown extra keys are ignored.
     """
     path = Path(path)
-    valid_ids = frozenset((categories or official_categories()).category_ids)
+    valid_ids = (categories or official_categories()).id_set()
     for index, item in _iter_items(path):
         yield _parse_record(item, path, index, require_label, valid_ids)
 
@@ -126,8 +126,8 @@ def parse_record(item: Any, path: Path, index: int, valid_ids: frozenset[str]) -
 
 
 def category_id_set(categories: CategoryMap | None = None) -> frozenset[str]:
-    """The category ids a record may carry (default: the 200 official ones)."""
-    return frozenset((categories or official_categories()).category_ids)
+    """The category ids a record may carry (default: the 200 official ones); the set names its taxonomy file."""
+    return (categories or official_categories()).id_set()
 
 
 def load_records(path: str | Path, **kw: Any) -> list[Record]:
@@ -183,7 +183,7 @@ def load_labels(path: str | Path, *, categories: CategoryMap | None = None) -> d
     error because they would make the ground truth ambiguous.
     """
     path = Path(path)
-    valid_ids = frozenset((categories or official_categories()).category_ids)
+    valid_ids = (categories or official_categories()).id_set()
     labels: dict[str, str] = {}
     for index, item in _iter_items(path):
         if not isinstance(item, dict):
@@ -312,7 +312,10 @@ def _check_category(
     if not isinstance(value, str):
         raise AnnotationError(path, f"expected a string, got {_type_name(value)}", index, "category_id")
     if value not in valid_ids:
-        raise AnnotationError(path, f"unknown category id {value!r}", index, "category_id")
+        source = getattr(valid_ids, "source", "the taxonomy")
+        raise AnnotationError(
+            path, f"unknown category id {value!r} (not a class of {source})", index, "category_id"
+        )
     return value
 
 

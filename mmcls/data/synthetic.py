@@ -10,13 +10,16 @@ Layout written under ``OUT`` (exactly what the real data looks like)::
 
 How the label is hidden in the two modalities
 ---------------------------------------------
-Labels are drawn with the real class frequencies of the 100k labeled set, so a scaled-down set keeps the
-long tail (13 of the 200 classes hold half the videos; the rarest ones may not appear at all).
+The classes and their level-1 groups are a taxonomy's (``categories``: the packaged WBDC2022 list by default,
+or any taxonomy file, see :mod:`mmcls.data.categories`). Labels are drawn with the file's ``labeled_count``
+column: for the WBDC2022 list the real class frequencies of the 100k labeled set, so a scaled-down set keeps
+the long tail (13 of the 200 classes hold half the videos; the rarest ones may not appear at all). A file
+without counts gets a Zipf-like imbalance (class ``i`` of ``n`` in file order weighs ``1 / (i + 1) ** 0.7``).
 
 Every level-2 class ``c`` gets a *text code* and a *visual code* (:class:`SyntheticTask`):
 
 - text code: the classes of each level-1 group are split at random into sub-groups of 2-3 classes, one text
-  code per sub-group (71 codes). The text therefore gives the level-1 class and narrows the level-2 class
+  code per sub-group (71 codes for WBDC2022; in a flat taxonomy every class is its own group and code). The text therefore gives the level-1 class and narrows the level-2 class
   to 2-3 candidates, but cannot tell them apart.
 - visual code: one of 12 (6 colours x horizontal/vertical stripes). Inside every text sub-group the classes
   get distinct visual codes, so (text code, visual code) identifies the class, while each visual code alone is
@@ -59,7 +62,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError
 from mmcls.files import DATA_MARKER, atomic_writer, claim_output_dir
 
@@ -75,6 +78,8 @@ NUM_VISUAL_CODES = 2 * len(PALETTE)
 SCENE_CUT_PROB = 0.2  # fraction of frames showing a random code
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: deterministic zips
 _MAX_FEATURE_FRAMES = 32  # zip_feats arrays hold at most 32 rows in the real data
+_MIN_FILLER = 500  # filler characters left after the keywords (the text must not be all keywords)
+ZIPF_EXPONENT = 0.7  # class imbalance of a taxonomy without a labeled_count column
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,16 @@ def _prototypes(feature_dim: int) -> np.ndarray:
     return rng.standard_normal((NUM_VISUAL_CODES, feature_dim)).astype(np.float32)
 
 
-@lru_cache(maxsize=1)
-def synthetic_task() -> SyntheticTask:
-    """The fixed synthetic task (same for every seed)."""
+def synthetic_task(categories: CategoryMap | None = None) -> SyntheticTask:
+    """The fixed synthetic task of a taxonomy (same for every seed; default: the packaged WBDC2022 list)."""
+    return _synthetic_task(categories or official_categories())
+
+
+@lru_cache(maxsize=4)
+def _synthetic_task(categories: CategoryMap) -> SyntheticTask:
     rng = np.random.default_rng(WORLD_SEED)
-    lv1_of_lv2 = np.array(official_categories().lv1_of_lv2)
-    num_lv2, num_lv1 = len(lv1_of_lv2), int(lv1_of_lv2.max()) + 1
+    lv1_of_lv2 = np.array(categories.lv1_of_lv2)
+    num_lv2, num_lv1 = len(lv1_of_lv2), categories.num_lv1
     text_code = np.empty(num_lv2, dtype=np.int64)
     visual_code = np.empty(num_lv2, dtype=np.int64)
     visual_use = np.zeros(NUM_VISUAL_CODES)
@@ -137,6 +146,11 @@ def synthetic_task() -> SyntheticTask:
     kw_per_lv1, kw_per_code = 2, 2
     split_a = num_lv1 * kw_per_lv1
     split_b = split_a + len(lv1_of_code) * kw_per_code
+    if split_b + _MIN_FILLER > len(chars):
+        raise SyntheticDataError(
+            f"{categories.source}: too many categories for the synthetic text ({num_lv2} classes in "
+            f"{num_lv1} level-1 groups need {split_b} keyword characters, {len(chars) - _MIN_FILLER} available)"
+        )
     return SyntheticTask(
         text_code=text_code,
         visual_code=visual_code,
@@ -170,8 +184,11 @@ def make_synthetic_dataset(
     text_noise: float = 0.1,
     visual_noise: float = 0.1,
     overwrite: bool = False,
+    categories: CategoryMap | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the official layout under ``out`` and return a summary.
+
+    ``categories``: the taxonomy whose classes label the videos (default: the packaged WBDC2022 list).
 
     Videos have between ``ceil(num_frames / 2)`` and ``1.5 * num_frames`` frames (at most 32). ``videos`` > 0
     also writes that many ``.mp4`` files per split (needs PyAV, ``pip install av``). ``out`` must be new, empty
@@ -182,8 +199,8 @@ def make_synthetic_dataset(
 
     Returns ``{"root", "seed", "counts": {split: videos}, "frames": {split: frames written},
     "videos": {split: .mp4 files written}, "num_classes": lv2 classes present in labeled, "num_text_codes",
-    "num_visual_codes", "paths": {"annotations", "test_labels", "zip_frames", "zip_feats"[, "videos"]},
-    "seconds"}``.
+    "num_visual_codes", "categories" (the taxonomy's file), "paths": {"annotations", "test_labels",
+    "zip_frames", "zip_feats"[, "videos"]}, "seconds"}``.
     """
     counts = {"labeled": num_labeled, "unlabeled": num_unlabeled, "test": num_test}
     _check_args(counts, num_frames, image_size, feature_dim, videos, text_noise, visual_noise)
@@ -193,8 +210,9 @@ def make_synthetic_dataset(
     claim_output_dir(out, DATA_MARKER, overwrite=overwrite, command="make-data")
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "zip_feats").mkdir(parents=True, exist_ok=True)
-    task = synthetic_task()
-    sampler = _Sampler(task, num_frames, image_size, feature_dim, text_noise, visual_noise)
+    categories = categories or official_categories()
+    task = synthetic_task(categories)
+    sampler = _Sampler(task, categories, num_frames, image_size, feature_dim, text_noise, visual_noise)
     taken_ids: set[str] = set()
     summary: dict[str, Any] = {"root": str(out), "seed": seed, "counts": counts, "frames": {}, "videos": {}}
     for split_index, split in enumerate(SPLITS):
@@ -215,6 +233,7 @@ def make_synthetic_dataset(
         _write_json(out / "annotations" / f"{split}.json", records)
     summary["num_text_codes"] = task.num_text_codes
     summary["num_visual_codes"] = task.num_visual_codes
+    summary["categories"] = categories.source
     summary["paths"] = {
         "annotations": str(out / "annotations"),
         "test_labels": str(out / "annotations" / "test_labels.json"),
@@ -224,6 +243,14 @@ def make_synthetic_dataset(
     }
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
+
+
+def class_frequencies(categories: CategoryMap) -> np.ndarray:
+    """The label distribution: the taxonomy's ``labeled_count`` column, else a Zipf-like long tail."""
+    counts = np.asarray(categories.labeled_counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        counts = 1.0 / np.arange(1, categories.num_lv2 + 1) ** ZIPF_EXPONENT
+    return counts / counts.sum()
 
 
 class SyntheticDataError(MmclsError, ValueError):
@@ -270,6 +297,7 @@ class _Sampler:
     def __init__(
         self,
         task: SyntheticTask,
+        categories: CategoryMap,
         num_frames: int,
         image_size: int,
         feature_dim: int,
@@ -277,10 +305,8 @@ class _Sampler:
         visual_noise: float,
     ) -> None:
         self.task = task
-        cats = official_categories()
-        self.category_ids = cats.category_ids
-        counts = np.asarray(cats.labeled_counts, dtype=np.float64)
-        self.class_probs = counts / counts.sum()
+        self.category_ids = categories.category_ids
+        self.class_probs = class_frequencies(categories)
         self.min_frames = -(-num_frames // 2)
         self.max_frames = min(_MAX_FEATURE_FRAMES, num_frames + num_frames // 2)
         self.image_size = image_size

@@ -203,10 +203,10 @@ def _dataset(
 ):
     from mmcls.data.annotations import annotation_path, load_records
     from mmcls.data.builders import build_dataset
-    from mmcls.data.categories import official_categories
+    from mmcls.data.categories import load_categories
     from mmcls.data.text import load_tokenizer
 
-    categories = official_categories()
+    categories = load_categories(cfg.data.categories)
     tokenizer = tokenizer or load_tokenizer(cfg.data.text.tokenizer)
     records = load_records(annotation_path(data_root, opts.split), categories=categories)[: opts.limit]
     dataset = build_dataset(cfg, data_root, opts.split, records, tokenizer, categories, train=train, **extra)

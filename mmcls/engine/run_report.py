@@ -19,6 +19,8 @@ from typing import Any
 from mmcls.config import Config, ConfigError, flatten
 from mmcls.files import atomic_write_bytes, atomic_write_text
 
+WEAKEST_CLASSES = 10  # rows of summary.md's weakest-classes table
+
 
 def write_run_report(run_dir: str | Path, cfg: Config, result: Any, seconds: float) -> None:
     """Write ``curves.png`` and ``summary.md`` for a finished run (``result``: the trainer's TrainResult)."""
@@ -116,9 +118,30 @@ def summary_markdown(run_dir: Path, cfg: Config, result: Any, seconds: float) ->
         lines += [f"| {k} | {_md(v)} |" for k, v in result.last_metrics.items()]
     else:
         lines += ["(no validation)"]
+    lines += _weakest_classes(getattr(result, "class_scores", None))
     lines += ["", "## Data problems", "", _data_errors(run_dir / "data_errors.json"), ""]
     lines += ["Curves: `curves.png`; every logged value: `metrics.csv`.", ""]
     return "\n".join(lines)
+
+
+def _weakest_classes(rows: list[dict[str, Any]] | None, count: int = WEAKEST_CLASSES) -> list[str]:
+    """The classes of the validation split with the lowest F1 (then the most samples), by id and name."""
+    present = [r for r in rows or [] if r["support"] > 0]
+    if not present:
+        return []
+    weakest = sorted(present, key=lambda r: (r["f1"], -r["support"]))[:count]
+    lines = ["", f"## Weakest classes (last validation, {len(weakest)} of {len(present)})", ""]
+    lines += ["| class | name | samples | precision | recall | F1 |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| `{r['category_id']}` | {_md_text(r['name'])} | {r['support']} | {r['precision']:.3f} | "
+        f"{r['recall']:.3f} | {r['f1']:.3f} |"
+        for r in weakest
+    ]
+    return lines
+
+
+def _md_text(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def _data_errors(path: Path) -> str:

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from mmcls.config import Config
 from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
 from mmcls.data.builders import build_dataset
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import load_categories
 from mmcls.data.extra_train import ConcatTrainingSets, load_extra_train
 from mmcls.data.folds import split_labeled
 from mmcls.data.text import load_tokenizer
@@ -33,6 +34,7 @@ from mmcls.engine.soft_targets import build_training_targets
 from mmcls.engine.task import ClassificationTask, TrainingTask
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
+from mmcls.report import per_class_scores
 
 log = logging.getLogger("mmcls.train")
 
@@ -103,10 +105,11 @@ class ClassificationSetup(TaskSetup):
 
     def __init__(self, cfg: Config, data_root: str | Path) -> None:
         super().__init__(cfg, data_root)
-        self.categories = official_categories()
+        self.categories = load_categories(cfg.data.categories)
         # Per-class counts of the training split (set by datasets()): class-balanced loss weights, and saved
         # with every released model folder as the class prior of ``mmcls predict --logit-adjust``.
         self.class_counts: np.ndarray | None = None
+        self.class_scores: list[dict[str, Any]] | None = None  # per class, of the last evaluation
 
     def datasets(self) -> TaskData:
         cfg = self.cfg
@@ -187,6 +190,9 @@ class ClassificationSetup(TaskSetup):
         )
         preds = gather_predictions(local)
         scores = compute_scores_from_indices(preds.labels, preds.pred, self.categories)
+        # Per-class scores of this validation, by id and name: the run's summary.md lists the weakest classes.
+        ids = np.asarray(self.categories.category_ids, dtype=object)
+        self.class_scores = per_class_scores(list(ids[preds.labels]), list(ids[preds.pred]), self.categories)
         # Cross-entropy of the gathered probabilities, and how many samples were scored: both show at once
         # whether a multi-process evaluation saw each validation sample exactly once.
         known = np.flatnonzero(preds.labels >= 0)

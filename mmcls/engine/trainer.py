@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from mmcls.config import Config, ConfigError
 from mmcls.data.builders import build_eval_loader, build_loader
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import load_categories
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
     DistInfo,
@@ -101,6 +101,7 @@ class TrainResult:
     last_metrics: dict[str, float]
     interrupted: bool = False
     selection_metric: str = "mean_f1"  # the validation score that picked best/ (best_score)
+    class_scores: list[dict[str, Any]] | None = None  # per class (id, name, F1...) of the last validation
 
 
 class StopRequest:
@@ -184,8 +185,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         # Everything that can be refused is refused here, before any data is read or any file written.
-        # model.num_classes must match the official categories for classification (the default setup).
-        num_classes = official_categories().num_lv2 if setup is None else None
+        # model.num_classes must match the taxonomy (data.categories) for classification (the default setup).
+        num_classes = load_categories(cfg.data.categories).num_lv2 if setup is None else None
         check_run_dir(cfg, self.run_dir, resume=resume, overwrite=overwrite, num_classes=num_classes)
         tcfg = cfg.train
 
@@ -524,6 +525,7 @@ class Trainer:
             self.last_metrics,
             interrupted,
             self.setup.selection.metric,
+            getattr(self.setup, "class_scores", None),
         )
 
 

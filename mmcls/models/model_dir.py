@@ -7,9 +7,13 @@ Contents::
                        model.frame_encoder.pretrained=null); data.* keeps the preprocessing settings
     model.safetensors  all weights (safetensors.torch.save_model: shared/tied tensors handled)
     tokenizer files    tokenizer.save_pretrained(folder)
-    categories.json    the category map (ids, lv1 parents, class counts of the official labeled set) and
+    categories.json    the taxonomy the model predicts: ``category_ids`` (the classes in output order),
+                       ``names``, ``parents``, ``lv1_of_lv2``, ``lv1_ids``/``lv1_names``, the taxonomy file's
+                       rows (``taxonomy``: columns and rows, extra columns kept), ``labeled_counts``, and
                        ``train_counts``: the per-class counts of the split the model was trained on (the class
-                       prior of ``mmcls predict --logit-adjust``)
+                       prior of ``mmcls predict --logit-adjust``). A folder written before taxonomies were
+                       files (only ``category_ids``/``lv1_of_lv2``) loads as the packaged WBDC2022 list.
+                       config.yaml's ``data.categories`` is null in a folder: this file is its taxonomy.
     model_info.json    informational: the original pretrained sources, library versions
 
 A training run directory (with ``best/`` and ``last/`` model folders) is accepted too: it means ``best/``.
@@ -36,7 +40,7 @@ from transformers.initialization import no_init_weights
 
 from mmcls import names
 from mmcls.config import Config
-from mmcls.data.categories import CategoryMap
+from mmcls.data.categories import CategoryMap, Taxonomy, TaxonomyError
 from mmcls.errors import MmclsError
 from mmcls.files import check_regular_file, file_mode
 from mmcls.models.fusion import MultimodalClassifier
@@ -203,22 +207,31 @@ def _load_train_counts(path: Path, num_classes: int) -> list[int] | None:
 
 
 def _load_categories(path: Path) -> CategoryMap:
-    """The folder's category map, checked enough that a hand-edited or corrupt file fails here, in one line."""
+    """The folder's taxonomy, checked enough that a hand-edited or corrupt file fails here, in one line."""
     try:
         values = json.loads(path.read_bytes().decode("utf-8"))
         ids, lv1 = values["category_ids"], values.get("lv1_of_lv2")
-        if (
-            not isinstance(ids, list)
-            or not ids
-            or not all(isinstance(c, str) and c[:2].isdigit() for c in ids)
-        ):
-            raise ValueError("category_ids must be a non-empty list of id strings like '0103'")
+        if not isinstance(ids, list) or not ids or not all(isinstance(c, str) and c for c in ids):
+            raise ValueError("category_ids must be a non-empty list of id strings")
         if lv1 is not None and (not isinstance(lv1, list) or len(lv1) != len(ids)):
             raise ValueError("lv1_of_lv2 must be a list as long as category_ids")
-        return CategoryMap.from_dict(values)
+        categories = Taxonomy.from_dict(values, source=str(path))
+        if list(categories.category_ids) != ids:
+            raise ValueError("category_ids differ from the classes of its taxonomy rows")
+        return categories
+    except TaxonomyError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        raise ModelDirError(f"{path}: not a valid category map: {detail}") from exc
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         detail = f"missing key {exc}" if isinstance(exc, KeyError) else _first_line(exc)
         raise ModelDirError(f"{path}: not a valid category map: {detail}") from exc
+
+
+def load_model_categories(path: str | Path) -> CategoryMap:
+    """The taxonomy of a model folder (or a run directory's ``best/``), without loading the model."""
+    folder = resolve_model_dir(path)
+    check_regular_file(folder / CATEGORIES_FILE, what=CATEGORIES_FILE)
+    return _load_categories(folder / CATEGORIES_FILE)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -263,6 +276,7 @@ def portable_config(model: MultimodalClassifier, config: Config) -> Config:
     saved.model = copy.deepcopy(model.cfg)
     saved.model.text_encoder = None
     saved.model.init_from = None  # the folder's own weights are what it starts from
+    saved.data.categories = None  # categories.json is the folder's taxonomy (a path would not travel)
     saved.model.bert_config = bert_config_dict(model.text_encoder.config)
     encoder = saved.model.frame_encoder
     encoder.pretrained = None

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from mmcls.data.categories import CategoryMap, official_categories
+from mmcls.data.categories import CategoryMap
 from mmcls.engine.prob_files import load_probs, rows_for, save_probs, sidecar, write_json
 from mmcls.errors import MmclsError
-from mmcls.workflows.members import PredictOptions, load_member
+from mmcls.workflows.members import PredictOptions, load_member, same_categories
 
 STEPS = (0.5, 0.25, 0.1, -0.1, -0.25)
 
@@ -156,11 +156,11 @@ def run_ensemble(
     from mmcls.engine.predict import write_submission
 
     options = options or PredictOptions()
-    categories = official_categories()
     out_csv = Path(out_csv)
     summary_path = out_csv.with_suffix(".ensemble.json")
     refuse_existing([out_csv, summary_path, *([Path(save_probs_to)] if save_probs_to else [])], overwrite)
     members = [load_member(p) for p in member_paths]
+    categories = same_categories(members)
     summary: dict[str, Any] = {"members": [m.name for m in members], "method": method, "split": split}
 
     sources = list(oof_sources or [])

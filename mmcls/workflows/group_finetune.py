@@ -25,12 +25,15 @@ from mmcls.data.folds import split_labeled
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.prob_files import write_json
 from mmcls.errors import MmclsError
+from mmcls.files import atomic_write_text
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import resolve_model_dir
+from mmcls.models.model_dir import load_model_categories
 from mmcls.names import BEST_DIR, CONFIG_FILE
 from mmcls.workflows.members import GROUPS_FILE, GroupFinetuned, PredictOptions, predict_model
 
 log = logging.getLogger("mmcls.group_finetune")
+TAXONOMY_FILE = "categories.csv"  # RUN's taxonomy, for the group runs' data.categories
 
 
 class GroupFinetuneError(MmclsError, ValueError):
@@ -57,13 +60,23 @@ def group_finetune(
         raise GroupFinetuneError(
             f"{run_dir}: not a finished training run directory ({CONFIG_FILE} and {BEST_DIR}/)"
         )
-    started = (out_dir / GROUPS_FILE).is_file() or any(out_dir.glob("group[0-9][0-9]"))
+    started = (
+        (out_dir / GROUPS_FILE).is_file()
+        or (out_dir / TAXONOMY_FILE).is_file()
+        or any(out_dir.glob("group[0-9][0-9]"))
+    )
     if out_dir.exists() and any(out_dir.iterdir()) and not started:
         raise GroupFinetuneError(f"{out_dir} is not empty and holds no group fine-tune: choose a new --out")
     # The best/ model's config rebuilds the architecture without downloads; train.* and data.* are RUN's.
     base = Config.from_yaml(resolve_model_dir(run_dir) / CONFIG_FILE)
     cfg = Config.from_dict(apply_overrides(base.to_dict(), list(overrides)))
-    categories = official_categories()
+    # The groups are the parents of RUN's taxonomy (its model folder's categories.json).
+    categories = load_model_categories(run_dir)
+    if categories != official_categories():
+        # The group runs train over the same taxonomy: a copy in out_dir, as config.yaml cannot carry it.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / TAXONOMY_FILE, categories.to_csv())
+        cfg.data.categories = str((out_dir / TAXONOMY_FILE).resolve())
     records = load_records(
         annotation_path(data_root, cfg.data.train_split), require_label=True, categories=categories
     )

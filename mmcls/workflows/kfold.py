@@ -24,7 +24,7 @@ import numpy as np
 
 from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import load_categories
 from mmcls.data.folds import record_folds
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
@@ -86,7 +86,7 @@ def run_kfold(
         write_json(out_dir / KFOLD_FILE, _plan(cfg))
     barrier()
 
-    categories = official_categories()
+    categories = load_categories(cfg.data.categories)
     records = load_records(
         annotation_path(data_root, cfg.data.train_split), require_label=True, categories=categories
     )

@@ -25,7 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mmcls.data.categories import CategoryMap, official_categories
+from mmcls.data.categories import CategoryMap, Taxonomy
 from mmcls.errors import MmclsError
 from mmcls.names import EXPORT_FILE
 
@@ -145,7 +145,8 @@ class GroupFinetuned:
         info = json.loads((path / GROUPS_FILE).read_text(encoding="utf-8"))
         self.base = Path(info["base"])
         self.group_dirs = {int(g): path / d for g, d in info["groups"].items()}
-        self.categories = categories or official_categories()
+        # The groups are level-1 indices of the base model's taxonomy.
+        self.categories = categories or _folder_categories(self.base)
 
     @staticmethod
     def accepts(path: Path) -> bool:
@@ -186,6 +187,38 @@ MEMBER_TYPES: list[type | str] = [
     TorchModel,
     "mmcls.deploy.ensemble_member:ExportedArtifact",
 ]
+
+
+def member_categories(member: Member) -> CategoryMap:
+    """The taxonomy a member predicts over: the ``categories.json`` of its (first) model folder."""
+    held = getattr(member, "categories", None)  # a group-finetune member holds its base model's
+    if isinstance(held, Taxonomy):
+        return held
+    folder = getattr(member, "fold_dirs", [None])[0] or getattr(member, "path", None)
+    if folder is None:
+        raise MemberError(f"{member.name}: no model folder to read its categories.json from")
+    return _folder_categories(Path(folder))
+
+
+def same_categories(members: Sequence[Member]) -> CategoryMap:
+    """The members' common taxonomy; members trained over different class lists cannot be blended."""
+    first = member_categories(members[0])
+    for member in members[1:]:
+        if member_categories(member).category_ids != first.category_ids:
+            raise MemberError(
+                f"{member.name}: predicts other classes than {members[0].name} (another taxonomy)"
+            )
+    return first
+
+
+def _folder_categories(path: Path) -> CategoryMap:
+    """``categories.json`` of a model folder, a run directory (``best/``) or an exported artifact folder."""
+    from mmcls.models.model_dir import CATEGORIES_FILE, load_model_categories
+
+    if TorchModel.accepts(path):
+        return load_model_categories(path)
+    source = path / CATEGORIES_FILE  # an exported artifact keeps the model folder's copy
+    return Taxonomy.from_dict(json.loads(source.read_text(encoding="utf-8")), str(source))
 
 
 def load_member(path: str | Path) -> Member:

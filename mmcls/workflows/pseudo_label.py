@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from mmcls.data.annotations import annotation_path, load_records, write_records
-from mmcls.data.categories import official_categories
 from mmcls.workflows.ensemble import EnsembleError, blend, refuse_existing
-from mmcls.workflows.members import PredictOptions, load_member
+from mmcls.workflows.members import PredictOptions, load_member, same_categories
 
 MIN_SOFT_PROB = 1e-4  # smaller probabilities are left out of soft_label (the file stays readable)
 
@@ -43,8 +42,8 @@ def pseudo_label(
     out = Path(out)
     refuse_existing([out], overwrite)
     options = options or PredictOptions()
-    categories = official_categories()
     members = [load_member(p) for p in member_paths]
+    categories = same_categories(members)
     ids, member_probs = None, []
     for member in members:
         member_ids, probs = member.predict(data_root, split, options)
@@ -73,6 +72,7 @@ def pseudo_label(
     if world_info_from_env().is_main:
         write_records(out, items())
     histogram = Counter(labels)
+    lv1_counts = Counter(categories.lv1_id(c) for c in labels)  # level 1 from the taxonomy, in its order
     return {
         "out": str(out),
         "split": split,
@@ -82,6 +82,6 @@ def pseudo_label(
         "records": len(records),
         "passed": len(chosen),
         "passed_fraction": round(len(chosen) / max(len(records), 1), 4),
-        "lv1_histogram": dict(sorted(Counter(c[:2] for c in labels).items())),
+        "lv1_histogram": {g: lv1_counts[g] for g in categories.lv1_ids if g in lv1_counts},
         "histogram": dict(histogram.most_common()),
     }
