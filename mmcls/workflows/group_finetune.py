@@ -62,7 +62,9 @@ def group_finetune(
     cfg = Config.from_dict(apply_overrides(base.to_dict(), list(overrides)))
     categories = official_categories()
     records = load_records(
-        annotation_path(data_root, cfg.data.train_split), require_label=True, categories=categories
+        annotation_path(data_root, cfg.data.train_split, cfg.data.annotations),
+        require_label=True,
+        categories=categories,
     )
     if cfg.data.limit_train:
         records = records[: cfg.data.limit_train]
