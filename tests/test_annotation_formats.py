@@ -233,7 +233,7 @@ def own_files_root(data_root) -> Path:
     root = data_root.parent / "own"
     (root / "mine").mkdir(parents=True)
     (root / "zip_frames").symlink_to(data_root / "zip_frames")
-    for split in ("labeled", "test"):
+    for split in ("labeled", "unlabeled", "test"):
         records = load_records(annotation_path(data_root, split))
         write_jsonl(root / "mine" / f"{split}.jsonl", records)
         write_csv(root / "mine" / f"{split}.csv", records)
@@ -265,6 +265,23 @@ def test_jsonl_and_csv_train_the_same_model_and_predict_split_reads_the_mapping(
         assert weights.keys() == outputs[kind][0].keys()
         for key, value in weights.items():
             assert torch.equal(value, outputs[kind][0][key]), (kind, key)
+
+
+def test_pseudo_label_reads_the_split_its_members_were_given(own_files_root, tmp_path):
+    from mmcls.models import build_model, save_model_dir
+    from mmcls.workflows.members import PredictOptions
+    from mmcls.workflows.pseudo_label import pseudo_label
+
+    cfg = Config.from_yaml("tiny", [*FAST, "data.annotations={unlabeled: mine/unlabeled.csv}"])
+    tokenizer = load_tokenizer(cfg.data.text.tokenizer)
+    torch.manual_seed(0)
+    save_model_dir(tmp_path / "m", build_model(cfg, vocab_size=len(tokenizer)), cfg, tokenizer, CATEGORIES)
+    options = PredictOptions(batch_size=8, num_workers=0, device="cpu")
+    out = tmp_path / "labels.json"
+    summary = pseudo_label([tmp_path / "m"], own_files_root, "unlabeled", out, 0.0, options=options)
+    expected = load_records(own_files_root / "mine" / "unlabeled.csv")
+    assert summary["records"] == summary["passed"] == len(expected) == 4
+    assert [(r.id, r.title, r.ocr) for r in load_records(out)] == [(r.id, r.title, r.ocr) for r in expected]
 
 
 def test_a_malformed_line_stops_training_with_one_line(data_root, own_files_root, tmp_path, capsys):
