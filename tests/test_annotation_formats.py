@@ -407,3 +407,35 @@ def test_training_counts_the_own_video_errors(video_root, tmp_path):
         torch.isfinite(v).all()
         for v in load_file(str(tmp_path / "run" / "last" / "model.safetensors")).values()
     )
+
+
+# -------------------------------------------------------------------------------------------- pretraining
+
+
+def test_pretraining_index_reads_jsonl_and_csv_back_by_position(tmp_path):
+    import pickle
+
+    from mmcls.pretrain.records import RecordIndex
+
+    records = hard_records() * 3
+    write_records(tmp_path / "a.json", records)
+    paths = [
+        tmp_path / "a.json",
+        write_jsonl(tmp_path / "a.jsonl", records),
+        write_csv(tmp_path / "a.csv", records),
+    ]
+    # Excel's dialect: CRLF line ends (a cell's own newline stays LF) and a BOM.
+    text = (tmp_path / "a.csv").read_text("utf-8")
+    rows = list(csv.reader(text.splitlines(keepends=True)))
+    with (tmp_path / "b.csv").open("w", encoding="utf-8-sig", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    assert b"\r\n" in (tmp_path / "b.csv").read_bytes()
+    index = RecordIndex([*paths, tmp_path / "b.csv"])
+    assert len(index) == 4 * len(records) and index.file_of.tolist() == [i for i in range(4) for _ in records]
+    expected = records * 4
+    assert [index[i] for i in reversed(range(len(index)))] == expected[::-1]  # any order: by byte span
+    assert [pickle.loads(pickle.dumps(index))[i] for i in range(len(index))] == expected
+    lines = (tmp_path / "a.jsonl").read_text("utf-8").splitlines()
+    (tmp_path / "bad.jsonl").write_text("\n".join([*lines[:4], lines[4].replace('"id": "102"', '"id": 102')]))
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl: line 5: field 'id': expected a string of digits"):
+        RecordIndex([tmp_path / "bad.jsonl"])

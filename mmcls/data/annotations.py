@@ -287,61 +287,121 @@ def _open_annotations(path: Path) -> BinaryIO:
 
 
 def _iter_jsonl_items(path: Path) -> Iterator[tuple[int, int, Any]]:
-    """JSON Lines: one JSON value a line; blank lines are skipped (a trailing newline is common)."""
-    index = 0
-    with _open_annotations(path) as fh:
-        for line_number, raw in enumerate(fh, start=1):
-            if line_number == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
-            if not raw.strip(_WHITESPACE):
-                continue
-            try:
-                item = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise AnnotationError(path, f"not valid UTF-8: {exc.reason}", line=line_number) from None
-            except json.JSONDecodeError as exc:
-                raise AnnotationError(
-                    path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=line_number
-                ) from None
-            yield index, line_number, item
-            index += 1
+    for index, line, item, _, _ in _jsonl_spans(path):
+        yield index, line, item
 
 
 def _iter_csv_items(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """CSV with a header row (UTF-8, BOM allowed); each row becomes the dict a JSON record would be.
+    for index, line, item, _, _ in _csv_spans(path, []):
+        yield index, line, item
 
-    A column the header does not have is absent from every record: empty text for ``title``/``asr``/``ocr``,
-    no label, no own video. An empty ``category_id`` or ``video`` cell is absent too. The ``ocr`` cell is the
-    official JSON list when it parses as one, otherwise one OCR line of plain text at time 0 (see
-    :func:`_csv_item`). Extra columns are ignored, like unknown keys of a JSON record.
-    """
+
+def _jsonl_spans(path: Path) -> Iterator[tuple[int, int, Any, int, int]]:
+    """JSON Lines: ``(index, line, item, byte start, byte length)`` of each record; blank lines are skipped."""
+    index, position = 0, 0
     with _open_annotations(path) as fh:
-        text = io.TextIOWrapper(fh, encoding="utf-8-sig", newline="")
-        reader = csv.reader(text)
-        index, header, line_number = 0, None, 1
+        for line_number, raw in enumerate(fh, start=1):
+            start, position = position, position + len(raw)
+            if line_number == 1 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM) :], start + len(_BOM)
+            if not raw.strip(_WHITESPACE):
+                continue
+            yield index, line_number, _json_line(raw, path, line_number), start, len(raw)
+            index += 1
+
+
+def _json_line(raw: bytes, path: Path, line: int) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(path, f"not valid UTF-8: {exc.reason}", line=line) from None
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(path, f"invalid JSON: {exc.msg} (column {exc.colno})", line=line) from None
+
+
+def _csv_spans(path: Path, header: list[str]) -> Iterator[tuple[int, int, dict[str, Any], int, int]]:
+    """CSV with a header row (UTF-8, BOM allowed): ``(index, line, item, byte start, byte length)`` per row.
+
+    ``item`` is the dict a JSON record would be (see :func:`_csv_item`); ``header`` (empty) receives the header's
+    columns. A column the header does not have is absent from every record: empty text for ``title``/``asr``/
+    ``ocr``, no label, no own video. An empty ``category_id`` or ``video`` cell is absent too. Extra columns are
+    ignored, like unknown keys of a JSON record. The file is read as binary lines so that each row's byte span
+    is known (a quoted cell may hold newlines: the csv reader then pulls several lines for one row).
+    """
+    ends = [0]  # byte offset after each line handed to the csv reader (index 0: the start of the file)
+
+    def lines(fh: BinaryIO) -> Iterator[str]:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                ends[0] = len(_BOM)
+                raw = raw[len(_BOM) :]
+            ends.append(ends[-1] + len(raw))
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise AnnotationError(path, f"not valid UTF-8: {exc.reason}", line=number) from None
+
+    with _open_annotations(path) as fh:
+        reader = csv.reader(lines(fh))
+        index = 0
         while True:
-            line_number = reader.line_num + 1  # the line this row starts on
+            first = reader.line_num  # lines consumed so far: this row starts on the next one
             try:
                 row = next(reader, None)
-            except UnicodeDecodeError as exc:
-                raise AnnotationError(path, f"not valid UTF-8: {exc.reason}", line=line_number) from None
             except csv.Error as exc:
-                raise AnnotationError(path, f"not valid CSV: {exc}", line=line_number) from None
+                raise AnnotationError(path, f"not valid CSV: {exc}", line=first + 1) from None
             if row is None:
                 break
             if not row:  # a blank line
                 continue
-            if header is None:
-                header = _csv_header(row, path, line_number)
+            if not header:
+                header.extend(_csv_header(row, path, first + 1))
                 continue
             if len(row) != len(header):
                 raise AnnotationError(
-                    path, f"{len(row)} fields, the header has {len(header)}", index, line=line_number
+                    path, f"{len(row)} fields, the header has {len(header)}", index, line=first + 1
                 )
-            yield index, line_number, _csv_item(dict(zip(header, row)))
+            start = ends[first]
+            yield index, first + 1, _csv_item(dict(zip(header, row))), start, ends[reader.line_num] - start
             index += 1
-    if header is None:
+    if not header:
         raise AnnotationError(path, "empty file, expected a CSV header row with an 'id' column")
+
+
+class LineRecordReader:
+    """The records of a JSON Lines or CSV file by byte span: an offset index's scan and re-read.
+
+    :meth:`scan` validates every record and yields its byte span; :meth:`parse` turns the bytes of one span back
+    into its :class:`Record`. Holds no open file (it pickles to DataLoader workers).
+    """
+
+    def __init__(self, path: str | Path, categories: CategoryMap | None = None) -> None:
+        self.path = Path(path)
+        self.format = annotation_format(self.path)
+        if self.format == "json":
+            raise AnnotationError(self.path, "a JSON list is not a line-based annotation file")
+        self.valid_ids = category_id_set(categories)
+        self.header: list[str] = []
+
+    def scan(self) -> Iterator[tuple[int, int]]:
+        """``(byte start, byte length)`` of each record, in file order, each one validated."""
+        self.header = []
+        spans = _jsonl_spans(self.path) if self.format == "jsonl" else _csv_spans(self.path, self.header)
+        for index, line, item, start, length in spans:
+            try:
+                _parse_record(item, self.path, index, False, self.valid_ids)
+            except AnnotationError as exc:
+                raise _on_line(exc, line) from None
+            yield start, length
+
+    def parse(self, raw: bytes, index: int) -> Record:
+        """The record whose span held ``raw`` (``index``: its position in the file, for error messages)."""
+        if self.format == "jsonl":
+            item = json.loads(raw.decode("utf-8"))
+        else:
+            row = next(csv.reader(io.StringIO(raw.decode("utf-8"), newline="")))
+            item = _csv_item(dict(zip(self.header, row)))
+        return _parse_record(item, self.path, index, False, self.valid_ids)
 
 
 def _csv_header(row: list[str], path: Path, line: int) -> list[str]:
