@@ -439,3 +439,24 @@ def test_pretraining_index_reads_jsonl_and_csv_back_by_position(tmp_path):
     (tmp_path / "bad.jsonl").write_text("\n".join([*lines[:4], lines[4].replace('"id": "102"', '"id": 102')]))
     with pytest.raises(AnnotationError, match=r"bad\.jsonl: line 5: field 'id': expected a string of digits"):
         RecordIndex([tmp_path / "bad.jsonl"])
+
+
+def test_extra_training_files_may_be_jsonl_or_csv(tmp_path):
+    from mmcls.data.extra_train import load_extra_train
+
+    items = [
+        {"id": "1", "title": "t", "category_id": LABEL, "source_split": "test", "soft_label": {LABEL: 0.9}},
+        {"id": "2", "title": "u", "category_id": LABEL},
+    ]
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items), "utf-8")
+    extra = load_extra_train([tmp_path / "x.jsonl"], CATEGORIES)
+    assert extra.source_splits == ["test", "unlabeled"] and extra.soft_targets[0].sum() == pytest.approx(1)
+    (tmp_path / "x.csv").write_text(
+        f"id,title,category_id,source_split\n1,t,{LABEL},test\n2,u,{LABEL},\n", "utf-8"
+    )
+    with pytest.raises(
+        AnnotationError, match=r"x\.csv: record 1: field 'source_split': expected a split name"
+    ):
+        load_extra_train([tmp_path / "x.csv"], CATEGORIES)  # an empty cell is not a split
+    (tmp_path / "x.csv").write_text(f"id,title,category_id,source_split\n1,t,{LABEL},test\n", "utf-8")
+    assert load_extra_train([tmp_path / "x.csv"], CATEGORIES).source_splits == ["test"]

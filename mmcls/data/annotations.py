@@ -255,6 +255,14 @@ def load_labels(path: str | Path, *, categories: CategoryMap | None = None) -> d
 # ----------------------------------------------------------------------------------------------- reading
 
 
+def iter_annotation_items(path: str | Path) -> Iterator[tuple[int, int | None, Any]]:
+    """``(index, line, item)`` of each record, not yet validated, for readers of extra keys (``soft_label``).
+
+    ``line`` is None in a JSON list. A CSV row's item also keeps its extra columns, as strings.
+    """
+    return _iter_located_items(Path(path))
+
+
 def _iter_located_items(path: Path) -> Iterator[tuple[int, int | None, Any]]:
     """``(index, line, item)`` for each record of the file, in the file's format; ``line`` is None in a JSON list.
 
@@ -420,7 +428,8 @@ def _csv_header(row: list[str], path: Path, line: int) -> list[str]:
 
 def _csv_item(row: dict[str, str]) -> dict[str, Any]:
     """A CSV row as the equivalent JSON record (``title``/``asr`` default to empty, like ``asr`` in JSON)."""
-    item: dict[str, Any] = {"id": row["id"], "title": row.get("title", ""), "asr": row.get("asr", "")}
+    item: dict[str, Any] = {key: value for key, value in row.items() if key not in CSV_COLUMNS}  # id, extras
+    item.update(title=row.get("title", ""), asr=row.get("asr", ""))
     for key in ("category_id", "video"):
         if row.get(key):
             item[key] = row[key]
