@@ -460,3 +460,13 @@ def test_extra_training_files_may_be_jsonl_or_csv(tmp_path):
         load_extra_train([tmp_path / "x.csv"], CATEGORIES)  # an empty cell is not a split
     (tmp_path / "x.csv").write_text(f"id,title,category_id,source_split\n1,t,{LABEL},test\n", "utf-8")
     assert load_extra_train([tmp_path / "x.csv"], CATEGORIES).source_splits == ["test"]
+
+
+def test_an_endless_line_is_refused_at_the_line_limit(tmp_path, monkeypatch):
+    from mmcls.data import annotations
+
+    monkeypatch.setattr(annotations, "_MAX_LINE_BYTES", 64)
+    (tmp_path / "a.jsonl").write_text('{"id": "1", "title": "t"}\n' + "x" * 100, "utf-8")
+    assert read_error(tmp_path / "a.jsonl").problem == "line longer than 64 bytes"
+    (tmp_path / "a.csv").write_text("id,title\n1,t\n2," + "x" * 100, "utf-8")
+    assert read_error(tmp_path / "a.csv").line == 3

@@ -30,6 +30,9 @@ from mmcls.files import InputFileError, open_regular
 
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
+# Longest line of a JSON Lines or CSV file: far above any real record, and a file of one endless line (not a
+# list of records) fails at this size instead of being read into memory whole.
+_MAX_LINE_BYTES = 64 * 1024 * 1024
 #: The annotation formats, by file extension (see the module docstring).
 ANNOTATION_SUFFIXES = (".json", ".jsonl", ".csv")
 #: The columns a CSV annotation file may have besides ``id`` (others are ignored, like unknown JSON keys).
@@ -308,7 +311,7 @@ def _jsonl_spans(path: Path) -> Iterator[tuple[int, int, Any, int, int]]:
     """JSON Lines: ``(index, line, item, byte start, byte length)`` of each record; blank lines are skipped."""
     index, position = 0, 0
     with _open_annotations(path) as fh:
-        for line_number, raw in enumerate(fh, start=1):
+        for line_number, raw in _bounded_lines(fh, path):
             start, position = position, position + len(raw)
             if line_number == 1 and raw.startswith(_BOM):
                 raw, start = raw[len(_BOM) :], start + len(_BOM)
@@ -316,6 +319,16 @@ def _jsonl_spans(path: Path) -> Iterator[tuple[int, int, Any, int, int]]:
                 continue
             yield index, line_number, _json_line(raw, path, line_number), start, len(raw)
             index += 1
+
+
+def _bounded_lines(fh: BinaryIO, path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(line number, bytes)`` of each line, refusing a line longer than :data:`_MAX_LINE_BYTES`."""
+    number = 0
+    while raw := fh.readline(_MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > _MAX_LINE_BYTES:
+            raise AnnotationError(path, f"line longer than {_MAX_LINE_BYTES} bytes", line=number)
+        yield number, raw
 
 
 def _json_line(raw: bytes, path: Path, line: int) -> Any:
@@ -339,7 +352,7 @@ def _csv_spans(path: Path, header: list[str]) -> Iterator[tuple[int, int, dict[s
     ends = [0]  # byte offset after each line handed to the csv reader (index 0: the start of the file)
 
     def lines(fh: BinaryIO) -> Iterator[str]:
-        for number, raw in enumerate(fh, start=1):
+        for number, raw in _bounded_lines(fh, path):
             if number == 1 and raw.startswith(_BOM):
                 ends[0] = len(_BOM)
                 raw = raw[len(_BOM) :]
