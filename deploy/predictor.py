@@ -222,7 +222,7 @@ class Predictor:
 
         check_frame_decoder(frame_decoder, self.device, setting="--frame-decoder")
         cfg, categories = self.assets.config, self.assets.categories
-        records = records_to_predict(data_root, split, categories)
+        records = records_to_predict(data_root, split, categories, files=cfg.data.annotations)
         tokenizer = self.assets.tokenizer
         dataset = build_dataset(
             cfg,

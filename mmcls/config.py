@@ -98,6 +98,11 @@ class DataConfig:
     text: TextConfig = field(default_factory=TextConfig)
     frames: FrameConfig = field(default_factory=FrameConfig)
     train_split: str = "labeled"
+    # Where each split's records are: {labeled: PATH, unlabeled: PATH, test: PATH} (any subset; a path relative to
+    # the data root, or absolute; .json official list, .jsonl JSON Lines or .csv). A split not named here is
+    # DATA_ROOT/annotations/{split}.json. Every command that reads a split by name (train, predict --split, ...)
+    # goes through mmcls.data.annotations.annotation_path.
+    annotations: dict[str, str] = field(default_factory=dict)
     # Labeled records held out for validation (deterministic by seed); 0 disables evaluation.
     val_fraction: float = setting(0.1, min=0, below=1)
     num_workers: int = setting(2, min=0, resume_safe=True)
@@ -386,6 +391,7 @@ def validate(cfg: Config) -> Config:
         )
     _check_workflow_settings(cfg)
     _check_taxonomy(cfg)
+    _check_annotation_files(cfg.data)
     train = cfg.train
     if train.swa_start_epoch is not None and train.swa_start_epoch > train.epochs:
         raise ConfigError(
@@ -443,6 +449,25 @@ def _check_workflow_settings(cfg: Config) -> None:
     if data.lv1_groups is not None and data.extra_train:
         # The loss is restricted to the groups' classes; extra records of other groups would be unlearnable.
         raise ConfigError("data.lv1_groups cannot be combined with data.extra_train")
+
+
+ANNOTATION_SPLITS = ("labeled", "unlabeled", "test")
+
+
+def _check_annotation_files(data: DataConfig) -> None:
+    """``data.annotations``: known split names (the three, or ``data.train_split``), supported file types."""
+    from mmcls.data.annotations import ANNOTATION_SUFFIXES  # the readers' fact; imported late (light module)
+
+    splits = sorted({*ANNOTATION_SPLITS, data.train_split})
+    for split, path in data.annotations.items():
+        if split not in splits:
+            raise ConfigError(f"data.annotations: unknown split {split!r}; known: {', '.join(splits)}")
+        suffix = Path(path).suffix.lower()
+        if not path.strip() or suffix not in ANNOTATION_SUFFIXES:
+            raise ConfigError(
+                f"data.annotations.{split}: {path!r} is not a {'/'.join(ANNOTATION_SUFFIXES)} file "
+                "(the extension chooses the format)"
+            )
 
 
 def _check_section(section: Any, prefix: str) -> None:

@@ -101,7 +101,8 @@ def build_pretrain_datasets(
     """Training and held-out datasets over the records of ``pretrain.splits`` (seeded hold-out of ``val_size``)."""
     p = cfg.pretrain  # type: ignore[attr-defined]
     index = RecordIndex(
-        [annotation_path(data_root, split) for split in p.splits], load_categories(cfg.data.categories)
+        [annotation_path(data_root, split, cfg.data.annotations) for split in p.splits],
+        load_categories(cfg.data.categories),
     )
     count = min(len(index), p.limit_records) if p.limit_records else len(index)
     order = np.random.default_rng(cfg.train.seed).permutation(count)

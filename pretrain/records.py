@@ -1,5 +1,8 @@
 """An offset index over annotation files: a million records without a million Python objects.
 
+JSON Lines and CSV files (:class:`~mmcls.data.annotations.LineRecordReader`) are indexed the same way, a
+record's span being its line (or its lines, for a CSV row with a quoted newline).
+
 Pretraining reads the unlabeled split (1,000,000 records in the challenge) plus others. A list of
 :class:`~mmcls.data.annotations.Record` would hold every title, ASR text and OCR line as Python objects in
 every process (and DataLoader workers touch their reference counts, so fork's copy-on-write does not help).
@@ -24,7 +27,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mmcls.data.annotations import AnnotationError, Record, category_id_set, parse_record
+from mmcls.data.annotations import (
+    AnnotationError,
+    LineRecordReader,
+    Record,
+    annotation_format,
+    category_id_set,
+    parse_record,
+)
 from mmcls.data.categories import CategoryMap
 
 _CHUNK = 4 * 1024 * 1024
@@ -40,8 +50,14 @@ class RecordIndex(Sequence[Record]):
         self.paths = [Path(p) for p in paths]
         self.valid_ids = category_id_set(categories)
         starts, lengths, files = [], [], []
+        # JSON Lines and CSV files are scanned and re-read by their own reader (it knows a CSV file's header).
+        self.line_readers: dict[int, LineRecordReader] = {}
         for file_index, path in enumerate(self.paths):
-            s, n = scan_record_offsets(path, categories)
+            if annotation_format(path) != "json":
+                reader = self.line_readers[file_index] = LineRecordReader(path, categories)
+                s, n = _spans_to_arrays(reader.scan())
+            else:
+                s, n = scan_record_offsets(path, categories)
             starts.append(s)
             lengths.append(n)
             files.append(np.full(len(s), file_index, dtype=np.uint8))
@@ -64,6 +80,8 @@ class RecordIndex(Sequence[Record]):
         handle.seek(int(self.starts[position]))
         raw = handle.read(int(self.lengths[position]))
         index_in_file = position - int(self.first_index[file_index])
+        if file_index in self.line_readers:
+            return self.line_readers[file_index].parse(raw, index_in_file)
         return parse_record(json.loads(raw), path, index_in_file, self.valid_ids)
 
     def _handle(self, file_index: int) -> BinaryIO:
@@ -94,6 +112,17 @@ class Subset(Sequence[Record]):
 
     def source_position(self, i: int) -> int:
         return int(self.positions[i])
+
+
+def _spans_to_arrays(spans) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` arrays of ``(start, length)`` pairs, grown in compact arrays."""
+    starts, lengths = array.array("q"), array.array("q")
+    for start, length in spans:
+        starts.append(start)
+        lengths.append(length)
+    return np.frombuffer(starts, dtype=np.int64).copy(), np.frombuffer(lengths, dtype=np.int64).astype(
+        np.int32
+    )
 
 
 def scan_record_offsets(

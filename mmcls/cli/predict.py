@@ -66,11 +66,10 @@ def error_report_path(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmcls.data.annotations import annotation_path
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
     from mmcls.engine.predict import check_submission_path, predict_split
 
-    inputs = [annotation_path(args.data_root, args.split), args.model_dir]
+    inputs = [_split_annotation_path(args), args.model_dir]
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
@@ -97,6 +96,21 @@ def run(args: argparse.Namespace) -> int:
         _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))
     shutdown_distributed()
     return 0
+
+
+def _split_annotation_path(args: argparse.Namespace) -> Path:
+    """The file ``--split`` names under the model's ``data.annotations`` (the default layout when the folder's
+    config cannot be read here: loading the model then reports why)."""
+    from mmcls.config import Config
+    from mmcls.data.annotations import annotation_path
+    from mmcls.errors import MmclsError
+    from mmcls.models.model_dir import CONFIG_FILE, resolve_model_dir
+
+    try:
+        files = Config.from_yaml(resolve_model_dir(args.model_dir) / CONFIG_FILE).data.annotations
+    except (OSError, MmclsError):
+        files = None
+    return annotation_path(args.data_root, args.split, files)
 
 
 def _write_outputs(out: Path, ids: list[str], category_ids: list[str], errors: dict[str, int]) -> None:

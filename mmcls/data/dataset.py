@@ -99,7 +99,7 @@ class VideoTextDataset(torch.utils.data.Dataset):
         if source is None:
             return torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool), []
         try:
-            clip = source.read(record.id, self.rng(index))
+            clip = source.read_record(record, self.rng(index))
         except FrameError as exc:
             if self.on_error == "raise":
                 raise

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ijson
 import numpy as np
 import torch
 
-from mmcls.data.annotations import AnnotationError, Record, load_records
+from mmcls.data.annotations import AnnotationError, Record, iter_annotation_items, load_records
 from mmcls.data.categories import CategoryMap
 from mmcls.data.dataset import VideoTextDataset
 
@@ -81,13 +80,12 @@ def load_extra_train(
 
 def _iter_extra_fields(path: Path, categories: CategoryMap):
     """``(source_split, soft target or None)`` of every record of ``path`` (already validated as records)."""
-    with path.open("rb") as fh:
-        for index, item in enumerate(ijson.items(fh, "item", use_float=True)):
-            split = item.get("source_split", DEFAULT_SOURCE_SPLIT)
-            if not isinstance(split, str) or not split or "/" in split or split.startswith("."):
-                raise AnnotationError(path, f"expected a split name, got {split!r}", index, "source_split")
-            soft = item.get("soft_label")
-            yield split, None if soft is None else _soft_target(soft, categories, path, index)
+    for index, _, item in iter_annotation_items(path):  # any annotation format
+        split = item.get("source_split", DEFAULT_SOURCE_SPLIT)
+        if not isinstance(split, str) or not split or "/" in split or split.startswith("."):
+            raise AnnotationError(path, f"expected a split name, got {split!r}", index, "source_split")
+        soft = item.get("soft_label")
+        yield split, None if soft is None else _soft_target(soft, categories, path, index)
 
 
 def _soft_target(value: Any, categories: CategoryMap, path: Path, index: int) -> np.ndarray:

@@ -9,6 +9,9 @@ evaluation, a random sorted subset for training.
 Safety and robustness rules:
 
 * Zip member names are only ever used as keys (``ZipFile.open(info)``), never as file-system paths.
+* A record's own ``video`` path (``data.frames.source: video``) is read only inside the data root when it is
+  relative: a ``..`` component, or a path whose resolved form (symlinks followed) lies outside the resolved
+  data root, is that record's ``unsafe_path`` frame error. An absolute path is the user's explicit choice.
 * Members larger than ``cfg.max_member_bytes`` or compressed more than ``cfg.max_compression_ratio`` times are
   refused (zip-bomb guard); reads are bounded even if a member's header lies about its size.
 * Zip files are opened lazily in the process that reads them. DataLoader workers are forked: a ``ZipFile``
@@ -36,6 +39,7 @@ import torch
 from PIL import Image, ImageOps
 
 from mmcls.config import ConfigError, FrameConfig
+from mmcls.data.annotations import Record
 from mmcls.errors import MmclsError, unwrap_worker_report
 from mmcls.files import InputFileError, check_regular_file, open_regular
 
@@ -48,6 +52,7 @@ FRAME_ERROR_KINDS = (
     "wrong_shape",
     "unsafe_member",
     "bad_video",
+    "unsafe_path",
 )
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Errors that reading one zip member can raise: CRC mismatch (BadZipFile), broken deflate stream, short
@@ -153,6 +158,10 @@ class FrameSource(ABC):
     @abstractmethod
     def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
         """The clip of ``video_id``; ``rng`` selects training sampling. Raises :class:`FrameError`."""
+
+    def read_record(self, record: Record, rng: np.random.Generator | None = None) -> FrameClip:
+        """The clip of ``record`` (what the dataset calls): by its id here; a video source honours ``video``."""
+        return self.read(record.id, rng)
 
     def empty(self) -> FrameClip:
         """An all-padding clip (mask all False), used when a sample falls back to text only."""
@@ -397,27 +406,63 @@ class ZipFeatsSource(FrameSource):
 
 
 class VideoFileSource(_ImageSource):
-    """``{video_dir}/{id}{ext}`` decoded with decord; frames resized like the JPEG frames."""
+    """``{video_dir}/{id}{ext}``, or a record's own ``video`` path, decoded with decord; frames resized like JPEGs.
 
-    def __init__(self, cfg: FrameConfig, video_dir: str | Path, ext: str | None = None):
+    A relative ``video`` path is relative to ``data_root`` (default: ``video_dir``) and must stay inside it
+    (see the module docstring); an absolute one is read where it is.
+    """
+
+    def __init__(
+        self,
+        cfg: FrameConfig,
+        video_dir: str | Path,
+        ext: str | None = None,
+        data_root: str | Path | None = None,
+    ):
         super().__init__(cfg)
         self.video_dir = Path(video_dir)
         self.ext = cfg.video_ext if ext is None else ext
+        self.data_root = Path(data_root) if data_root is not None else self.video_dir
 
     def path(self, video_id: str) -> Path:
         _check_video_id(video_id)
         return self.video_dir / f"{video_id}{self.ext}"
 
+    def record_path(self, video: str) -> Path:
+        """Where a record's ``video`` is read; a relative path that would leave the data root raises ``unsafe_path``."""
+        path = Path(video)
+        if path.is_absolute():
+            return path
+        joined = self.data_root / path
+        if ".." in path.parts:
+            raise FrameError("unsafe_path", joined, "a relative video path may not contain '..'")
+        try:
+            root, target = self.data_root.resolve(), joined.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise FrameError("bad_video", joined, f"cannot resolve the path: {exc}") from None
+        if not target.is_relative_to(root):
+            raise FrameError("unsafe_path", joined, f"resolves to {target}, outside the data root {root}")
+        return target  # the checked path, so a symlink changed later cannot redirect the read
+
     def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
+        return self._read_file(self.path(video_id), rng)
+
+    def read_record(self, record: Record, rng: np.random.Generator | None = None) -> FrameClip:
+        if record.video is None:
+            return self.read(record.id, rng)
+        return self._read_file(self.record_path(record.video), rng)
+
+    def _read_file(self, path: Path, rng: np.random.Generator | None) -> FrameClip:
         import decord  # lazy: decord wheels are missing on some platforms that only use zips
 
-        path = self.path(video_id)
         try:
             check_regular_file(path, self.cfg.max_file_bytes, what="video file")
         except FileNotFoundError:
             raise FrameError("missing_file", path, "no such video file") from None
         except InputFileError as exc:
             raise FrameError("bad_video", path, exc.problem) from None
+        except OSError as exc:  # e.g. a path through a file, or too long a name
+            raise FrameError("missing_file", path, f"cannot open: {exc.strerror or exc}") from None
         try:
             # One decoding thread: DataLoader workers already provide the parallelism.
             reader = decord.VideoReader(str(path), num_threads=1)
@@ -444,7 +489,7 @@ def build_frame_source(cfg: FrameConfig, data_root: str | Path, split: str) -> F
         return ZipFeatsSource(cfg, root / "zip_feats" / f"{split}.zip")
     if cfg.source == "video":
         video_dir = Path(cfg.video_dir) if cfg.video_dir else root / "videos" / split
-        return VideoFileSource(cfg, video_dir, cfg.video_ext)
+        return VideoFileSource(cfg, video_dir, cfg.video_ext, data_root=root)
     if cfg.source == "none":
         return None
     raise ConfigError(

@@ -208,7 +208,9 @@ def _dataset(
 
     categories = load_categories(cfg.data.categories)
     tokenizer = tokenizer or load_tokenizer(cfg.data.text.tokenizer)
-    records = load_records(annotation_path(data_root, opts.split), categories=categories)[: opts.limit]
+    records = load_records(
+        annotation_path(data_root, opts.split, cfg.data.annotations), categories=categories
+    )[: opts.limit]
     dataset = build_dataset(cfg, data_root, opts.split, records, tokenizer, categories, train=train, **extra)
     return dataset, tokenizer.pad_token_id or 0
 

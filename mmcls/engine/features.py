@@ -86,7 +86,9 @@ def extract_features(
             f"{cfg.data.frames.source!r}; feature extraction needs an image model (zip_frames or video frames)"
         )
     cfg.data.frames.max_frames = max_frames
-    records = load_records(annotation_path(data_root, split), categories=loaded.categories)
+    records = load_records(
+        annotation_path(data_root, split, cfg.data.annotations), categories=loaded.categories
+    )
     dataset = build_dataset(
         cfg,
         data_root,

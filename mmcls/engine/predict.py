@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,7 @@ def predict_split(
     dist_info = init_distributed(torch_device)
     loaded = load_model_dir(model_dir, device=torch_device)
     cfg = loaded.config
-    records = records_to_predict(data_root, split, loaded.categories, ids)
+    records = records_to_predict(data_root, split, loaded.categories, ids, cfg.data.annotations)
     dataset = build_dataset(
         cfg,
         data_root,
@@ -119,10 +119,17 @@ def predict_split(
 
 
 def records_to_predict(
-    data_root: str | Path, split: str, categories: CategoryMap, ids: Collection[str] | None = None
+    data_root: str | Path,
+    split: str,
+    categories: CategoryMap,
+    ids: Collection[str] | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> list[Record]:
-    """The records of ``split`` to predict (only ``ids`` when given); refuses an empty split and repeated ids."""
-    ann_path = annotation_path(data_root, split)
+    """The records of ``split`` to predict (only ``ids`` when given); refuses an empty split and repeated ids.
+
+    ``files`` is the model's ``data.annotations`` (where its config says each split's records are).
+    """
+    ann_path = annotation_path(data_root, split, files)
     records = load_records(ann_path, categories=categories)
     if not records:
         raise AnnotationError(ann_path, "no records to predict")

@@ -114,13 +114,13 @@ class ClassificationSetup(TaskSetup):
     def datasets(self) -> TaskData:
         cfg = self.cfg
         records = load_records(
-            annotation_path(self.data_root, cfg.data.train_split),
+            annotation_path(self.data_root, cfg.data.train_split, cfg.data.annotations),
             require_label=True,
             categories=self.categories,
         )
         if cfg.data.limit_train:
             records = records[: cfg.data.limit_train]
-        path = annotation_path(self.data_root, cfg.data.train_split)
+        path = annotation_path(self.data_root, cfg.data.train_split, cfg.data.annotations)
         if not records:
             raise AnnotationError(path, "no labeled records to train on")
         # Kept (each is a training sample) but counted: the trainer reports them in data_errors.json.

@@ -78,7 +78,9 @@ def group_finetune(
         atomic_write_text(out_dir / TAXONOMY_FILE, categories.to_csv())
         cfg.data.categories = str((out_dir / TAXONOMY_FILE).resolve())
     records = load_records(
-        annotation_path(data_root, cfg.data.train_split), require_label=True, categories=categories
+        annotation_path(data_root, cfg.data.train_split, cfg.data.annotations),
+        require_label=True,
+        categories=categories,
     )
     if cfg.data.limit_train:
         records = records[: cfg.data.limit_train]

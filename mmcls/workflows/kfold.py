@@ -88,7 +88,9 @@ def run_kfold(
 
     categories = load_categories(cfg.data.categories)
     records = load_records(
-        annotation_path(data_root, cfg.data.train_split), require_label=True, categories=categories
+        annotation_path(data_root, cfg.data.train_split, cfg.data.annotations),
+        require_label=True,
+        categories=categories,
     )
     if cfg.data.limit_train:
         records = records[: cfg.data.limit_train]

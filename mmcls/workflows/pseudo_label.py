@@ -8,6 +8,7 @@ the ensemble's probabilities (those of at least :data:`MIN_SOFT_PROB`, renormali
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from mmcls.data.annotations import annotation_path, load_records, write_records
+from mmcls.names import BEST_DIR, CONFIG_FILE
 from mmcls.workflows.ensemble import EnsembleError, blend, refuse_existing
-from mmcls.workflows.members import PredictOptions, load_member, same_categories
+from mmcls.workflows.members import GROUPS_FILE, PredictOptions, load_member, same_categories
 
 MIN_SOFT_PROB = 1e-4  # smaller probabilities are left out of soft_label (the file stays readable)
 
@@ -50,7 +52,8 @@ def pseudo_label(
         ids = ids or member_ids
         member_probs.append(probs)
     probs = blend(member_probs, [1.0 / len(members)] * len(members))
-    records = load_records(annotation_path(data_root, split), categories=categories)
+    files = member_annotation_files(member_paths[0])
+    records = load_records(annotation_path(data_root, split, files), categories=categories)
     assert [r.id for r in records] == ids
     confidence = probs.max(axis=1)
     chosen = np.flatnonzero(confidence >= min_confidence)
@@ -85,3 +88,21 @@ def pseudo_label(
         "lv1_histogram": {g: lv1_counts[g] for g in categories.lv1_ids if g in lv1_counts},
         "histogram": dict(histogram.most_common()),
     }
+
+
+def member_annotation_files(path: str | Path) -> dict[str, str]:
+    """The ``data.annotations`` a member predicted with (where it found each split's records).
+
+    The config of a model folder, run directory or exported artifact, of a kfold directory's first fold or of
+    a group fine-tune's base model; ``{}`` (the default layout) when none is found.
+    """
+    from mmcls.config import Config
+
+    path = Path(path)
+    folders = [path, path / BEST_DIR, path / "fold0"]
+    if (path / GROUPS_FILE).is_file():
+        folders.append(Path(json.loads((path / GROUPS_FILE).read_text(encoding="utf-8"))["base"]))
+    for folder in folders:
+        if (folder / CONFIG_FILE).is_file():
+            return Config.from_yaml(folder / CONFIG_FILE).data.annotations
+    return {}
