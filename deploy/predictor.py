@@ -199,10 +199,10 @@ class Predictor:
         progress: bool = True,
         frame_decoder: str = "pil",
     ):
-        """``(ids, predictions, category_ids)`` for ``split``, as ``mmcls.engine.predict.predict_split``."""
+        """``(ids, predictions, category_ids)`` for ``split``, as ``mmcls.inference.predict.predict_split``."""
         from mmcls.data.builders import build_dataset, build_eval_loader
         from mmcls.engine.distributed import check_frame_decoder
-        from mmcls.engine.predict import records_to_predict
+        from mmcls.inference.predict import records_to_predict
 
         check_frame_decoder(frame_decoder, self.device, setting="--frame-decoder")
         cfg, categories = self.assets.config, self.assets.categories

@@ -153,7 +153,7 @@ def run_ensemble(
     """Blend the members' probabilities on ``split``, write the submission CSV (and the probabilities), and
     return the summary that is also saved as ``<out>.ensemble.json`` (members, weights, OOF scores)."""
     from mmcls.engine.distributed import world_info_from_env
-    from mmcls.engine.predict import write_submission
+    from mmcls.inference.predict import write_submission
 
     options = options or PredictOptions()
     categories = official_categories()

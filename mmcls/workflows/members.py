@@ -69,7 +69,7 @@ def predict_model(
     ids: Collection[str] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """One torch model's probabilities, rows in annotation order (``predict_split`` orders them by index)."""
-    from mmcls.engine.predict import predict_split
+    from mmcls.inference.predict import predict_split
 
     split_ids, preds, _ = predict_split(
         model_dir,
