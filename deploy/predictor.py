@@ -253,7 +253,7 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 def bench_backend(path: str | Path, device: torch.device, precision: str):
     """``mmcls bench infer --backend onnx|aoti|tensorrt``: an artifact's runner in the form the core's
-    benchmark takes (see ``mmcls.engine.bench.torch_backend``): ``(run(batch) -> log-probabilities, assets)``.
+    benchmark takes (see ``mmcls.bench.torch_backend``): ``(run(batch) -> log-probabilities, assets)``.
 
     An artifact's precision was fixed at export, so ``precision`` is only checked against it: ``fp32`` (the
     benchmark's default) means "as exported".

@@ -1,6 +1,6 @@
 """``mmcls bench data|infer|train``: throughput and memory of the data path, the model and both together.
 
-The measurements live in :mod:`mmcls.engine.bench` (what each key means is documented there).
+The measurements live in :mod:`mmcls.bench` (what each key means is documented there).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 from mmcls.cli.options import add_frame_decoder_option, add_set_option
 
-#: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.engine.bench.torch_backend` for the
+#: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.bench.torch_backend` for the
 #: factory's signature). Exported backends (ONNX Runtime, AOTInductor) add a line pointing into mmcls.deploy.
 INFER_BACKENDS: dict[str, str] = {
-    "torch": "mmcls.engine.bench:torch_backend",
+    "torch": "mmcls.bench:torch_backend",
     "onnx": "mmcls.deploy.predictor:bench_backend",
     "aoti": "mmcls.deploy.predictor:bench_backend",
     "tensorrt": "mmcls.deploy.predictor:bench_backend",
@@ -68,8 +68,8 @@ def _common(p: argparse.ArgumentParser, config: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from mmcls import bench
     from mmcls.config import Config
-    from mmcls.engine import bench
 
     opts = bench.BenchOptions(
         split=args.split or ("test" if args.bench_target == "infer" else "labeled"),
