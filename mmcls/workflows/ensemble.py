@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmcls.data.categories import CategoryMap, official_categories
-from mmcls.engine.prob_files import load_probs, rows_for, save_probs, sidecar, write_json
+from mmcls.data.prob_files import load_probs, rows_for, save_probs, sidecar, write_json
 from mmcls.errors import MmclsError
 from mmcls.workflows.members import PredictOptions, load_member
 
