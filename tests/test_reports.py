@@ -27,7 +27,7 @@ from mmcls.config import Config
 from mmcls.data.annotations import write_records
 from mmcls.data.categories import official_categories
 from mmcls.engine.logger import show_progress
-from mmcls.engine.run_report import write_run_report
+from mmcls.run_report import write_run_report
 
 REPORT_FILES = {
     ".mmcls-report",

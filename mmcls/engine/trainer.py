@@ -57,11 +57,11 @@ from mmcls.engine.logger import RunLogger, show_progress
 from mmcls.engine.optim import build_optimizer, build_scheduler
 from mmcls.engine.prefetch import DevicePrefetcher
 from mmcls.engine.run_dir import check_run_dir, start_run_dir
-from mmcls.engine.run_report import write_run_report
 from mmcls.engine.setup import TaskSetup, build_task
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_json
 from mmcls.models import load_init_weights
+from mmcls.run_report import write_run_report
 
 log = logging.getLogger("mmcls.train")
 
