@@ -59,6 +59,9 @@ MEASURE = PRELUDE + textwrap.dedent(
     elif what == "infer":
         result = bench.bench_infer(arg, root, opts)
     else:
+        from mmcls.engine.trainer import Trainer
+        if not hasattr(Trainer, "train_step"):  # a checkout from before the step was public
+            Trainer.train_step = Trainer._train_step
         cfg = Config.from_yaml(Path(mmcls.__file__).parents[1] / "configs" / f"{arg}.yaml", overrides)
         result = (bench.bench_data if what == "data" else bench.bench_train)(cfg, root, opts)
     result["mmcls_file"] = mmcls.__file__

@@ -348,7 +348,7 @@ class Trainer:
         self.task.train()
         while step_in_epoch < self.steps_per_epoch:
             micro_batches = [next(batches) for _ in range(tcfg.grad_accum_steps)]
-            losses = self._train_step(micro_batches)
+            losses = self.train_step(micro_batches)
             step_in_epoch += 1
             state.global_step += 1
             state.samples_done += tcfg.batch_size * tcfg.grad_accum_steps
@@ -370,7 +370,7 @@ class Trainer:
         bar.close()
         return False
 
-    def _train_step(self, micro_batches: list[dict]) -> dict[str, torch.Tensor] | None:
+    def train_step(self, micro_batches: list[dict]) -> dict[str, torch.Tensor] | None:
         """One optimizer step over ``grad_accum_steps`` micro-batches; None if the step was skipped.
 
         The batches' model inputs are already on the device (see :class:`DevicePrefetcher`). The returned
