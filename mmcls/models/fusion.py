@@ -206,6 +206,11 @@ class MultimodalClassifier(nn.Module):
         )
         toggle()
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules FSDP shards one by one (each BERT layer; the rest goes with the root): parameters are
+        then gathered one layer at a time in forward and backward."""
+        return list(self.text_encoder.encoder.layer)
+
     def _init_new_layers(self, std: float) -> None:
         # Same scheme as BERT's own init, so the new tokens start on the scale the encoder expects.
         for module in (self.frame_proj, self.classifier[1], self.video_classifier[1]):
