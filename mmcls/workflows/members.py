@@ -176,7 +176,7 @@ class GroupFinetuned:
 
 
 # Tried in order; the first whose ``accepts(path)`` is true loads the member. A "module:Class" string is
-# imported only when reached (how an exported-artifact backend from mmcls.deploy would be added).
+# imported only when reached: the exported-artifact member lives in mmcls.deploy, which the core never imports.
 MEMBER_TYPES: list[type | str] = [
     KFoldMean,
     GroupFinetuned,
