@@ -98,9 +98,7 @@ class PretrainingModel(MultimodalClassifier):
         fused_frames = shown
         if mfm_mask is not None:
             fused_frames = torch.where(mfm_mask.unsqueeze(-1), torch.zeros_like(shown), shown)
-        text_tokens = self.text_encoder.embeddings(
-            input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)
-        )
+        text_tokens = self.embed_text(input_ids)
         joint = torch.cat([text_tokens, self.embed_frames(fused_frames)], dim=1)
         joint_mask = torch.cat([attention_mask.bool(), shown_mask], dim=1)
         hidden = self.encode(joint, joint_mask)
@@ -129,9 +127,7 @@ class PretrainingModel(MultimodalClassifier):
         features: torch.Tensor,
         frame_mask: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        text_tokens = self.text_encoder.embeddings(
-            input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)
-        )
+        text_tokens = self.embed_text(input_ids)
         text_hidden = self.encode(text_tokens, attention_mask.bool())
         text = masked_mean(text_hidden, attention_mask)
         video = masked_mean(features, frame_mask)

@@ -130,9 +130,7 @@ class MultimodalClassifier(nn.Module):
         ``[B, H]`` (the projected frame features' mean over real frames, before fusion), ``hidden_states``
         ``[B, L+T, H]`` and ``joint_mask`` ``[B, L+T]``. Inputs as for :meth:`forward`."""
         frame_mask = frame_mask.bool()
-        text_tokens = self.text_encoder.embeddings(
-            input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)
-        )
+        text_tokens = self.embed_text(input_ids)
         frame_features = self.project_frames(frames)
         frame_tokens = self.embed_frames(frame_features)
         hidden_states = torch.cat([text_tokens, frame_tokens], dim=1)
@@ -171,6 +169,10 @@ class MultimodalClassifier(nn.Module):
         if not self.training or self.head_samples <= 1:
             return head(features)
         return torch.stack([head(features) for _ in range(self.head_samples)]).mean(dim=0)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """BERT's embeddings of the text tokens (token type 0): ``[B, L, H]``."""
+        return self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
 
     def project_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frame encoder + projection to the BERT width: ``[B, T, H]`` (before position/type embeddings).
