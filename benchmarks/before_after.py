@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/before_after.py --before /tmp/perf-before --rounds 3 --out /tmp/before_after.json
 
 Each measurement runs in a fresh process whose ``PYTHONPATH`` puts one checkout's ``mmcls`` first; the timing
-code is this checkout's ``mmcls/engine/bench.py``, loaded by file path, so both sides are timed by the same code
+code is this checkout's ``mmcls/bench.py``, loaded by file path, so both sides are timed by the same code
 through the library's stable entry points. Rounds alternate before/after, and each figure is the median over the
 rounds (each round's figure being itself a median of ``--repeats`` runs): on a machine shared with other jobs,
 load shifts during a run hit both sides alike.
@@ -59,6 +59,9 @@ MEASURE = PRELUDE + textwrap.dedent(
     elif what == "infer":
         result = bench.bench_infer(arg, root, opts)
     else:
+        from mmcls.engine.trainer import Trainer
+        if not hasattr(Trainer, "train_step"):  # a checkout from before the step was public
+            Trainer.train_step = Trainer._train_step
         cfg = Config.from_yaml(Path(mmcls.__file__).parents[1] / "configs" / f"{arg}.yaml", overrides)
         result = (bench.bench_data if what == "data" else bench.bench_train)(cfg, root, opts)
     result["mmcls_file"] = mmcls.__file__
@@ -69,7 +72,7 @@ MEASURE = PRELUDE + textwrap.dedent(
 
 def measure(tree: Path, what: str, arg: str, root: Path, opts: dict, overrides: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    bench_file = REPO / "mmcls" / "engine" / "bench.py"
+    bench_file = REPO / "mmcls" / "bench.py"
     cmd = [sys.executable, "-c", MEASURE, str(bench_file), what, arg, str(root), json.dumps(opts)]
     out = subprocess.run([*cmd, json.dumps(overrides)], env=env, capture_output=True, text=True, cwd=root)
     if out.returncode:

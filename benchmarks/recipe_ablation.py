@@ -52,7 +52,7 @@ def train_argv(data_root: Path, run_dir: Path, epochs: int, seed: int, settings:
 
 def test_scores(run_dir: Path, data_root: Path, tau: float) -> dict[str, float]:
     from mmcls.data.annotations import load_labels
-    from mmcls.engine.predict import predict_split
+    from mmcls.inference.predict import predict_split
     from mmcls.metrics import compute_scores
 
     ids, _, predicted = predict_split(run_dir, data_root, "test", progress=False, logit_adjust=tau)

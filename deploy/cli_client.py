@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from mmcls.deploy.client import predict_split_remote
-    from mmcls.engine.predict import write_submission
+    from mmcls.inference.predict import write_submission
 
     ids, category_ids, errors = predict_split_remote(
         args.url,

@@ -215,10 +215,10 @@ class Predictor:
         progress: bool = True,
         frame_decoder: str = "pil",
     ):
-        """``(ids, predictions, category_ids)`` for ``split``, as ``mmcls.engine.predict.predict_split``."""
+        """``(ids, predictions, category_ids)`` for ``split``, as ``mmcls.inference.predict.predict_split``."""
         from mmcls.data.builders import build_dataset, build_eval_loader
         from mmcls.engine.distributed import check_frame_decoder
-        from mmcls.engine.predict import records_to_predict
+        from mmcls.inference.predict import records_to_predict
 
         check_frame_decoder(frame_decoder, self.device, setting="--frame-decoder")
         cfg, categories = self.assets.config, self.assets.categories
@@ -268,7 +268,7 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 def bench_backend(path: str | Path, device: torch.device, precision: str):
     """``mmcls bench infer --backend onnx|aoti|tensorrt``: an artifact's runner in the form the core's
-    benchmark takes (see ``mmcls.engine.bench.torch_backend``): ``(run(batch) -> log-probabilities, assets)``.
+    benchmark takes (see ``mmcls.bench.torch_backend``): ``(run(batch) -> log-probabilities, assets)``.
 
     An artifact's precision was fixed at export, so ``precision`` is only checked against it: ``fp32`` (the
     benchmark's default) means "as exported".

@@ -36,8 +36,8 @@ def setting(
     default: Any = dataclasses.MISSING,
     *,
     factory: Any = dataclasses.MISSING,
-    min: float | None = None,  # noqa: A002 - reads as the rule it is
-    max: float | None = None,  # noqa: A002
+    min: float | None = None,  # min/max shadow the builtins in here: `min=0` reads as the rule
+    max: float | None = None,
     above: float | None = None,
     below: float | None = None,
     resume_safe: bool = False,
@@ -216,9 +216,8 @@ class TrainConfig:
     log_every_steps: int = setting(10, min=1, resume_safe=True)
     checkpoint_every_steps: int = setting(200, min=1, resume_safe=True)  # plus one at every epoch end
     keep_last_checkpoints: int = setting(2, min=1, resume_safe=True)
-    max_nonfinite_steps: int = setting(
-        5, min=1, resume_safe=True
-    )  # stop after this many NaN/inf losses in a row
+    # Stop after this many NaN/inf losses in a row.
+    max_nonfinite_steps: int = setting(5, min=1, resume_safe=True)
     distributed: Literal["ddp", "fsdp"] = "ddp"  # only used under torchrun with world size > 1
     device: Device = setting("auto", resume_safe=True)
     # torch.compile the model (nn.Module.compile: in place, weight names unchanged). Pays a compile time at

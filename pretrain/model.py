@@ -1,7 +1,7 @@
 """The pretraining model: the fine-tuning backbone with pretraining heads instead of classifiers.
 
-:class:`PretrainingModel` *is* a :class:`~mmcls.models.MultimodalClassifier` minus its two classifiers, so its
-parameter names are the classifier's (``text_encoder.*``, ``frame_encoder.*``, ``frame_proj.*``, ...): a
+:class:`PretrainingModel` *is* a :class:`~mmcls.models.MultimodalClassifier` built without its two classifiers
+(the encoder alone, ``heads=False``) plus the pretraining heads, so its parameter names are the classifier's (``text_encoder.*``, ``frame_encoder.*``, ``frame_proj.*``, ...): a
 pretraining model folder loads into the classifier with ``model.init_from``, which reports exactly
 ``classifier.*`` and ``video_classifier.*`` as missing and the pretraining heads as unexpected. Only the heads
 of enabled objectives are built: under DDP every parameter must receive a gradient each step.
@@ -26,7 +26,7 @@ from torch import nn
 
 from mmcls.config import CLIP_MEAN, CLIP_STD, Config, FrameConfig, ModelConfig
 from mmcls.models import MultimodalClassifier, masked_mean
-from mmcls.models.fusion import check_model_config
+from mmcls.models.fusion import check_model_config, init_linear
 from mmcls.pretrain.config import PretrainSection
 
 
@@ -41,8 +41,7 @@ class PretrainingModel(MultimodalClassifier):
         pixel_std: tuple[float, ...] = CLIP_STD,
         feature_dim: int = FrameConfig.feature_dim,
     ) -> None:
-        super().__init__(cfg, image_size, vocab_size, pixel_mean, pixel_std, feature_dim)
-        del self.classifier, self.video_classifier  # fine-tuning builds these fresh
+        super().__init__(cfg, image_size, vocab_size, pixel_mean, pixel_std, feature_dim, heads=False)
         weights = objectives.weights()
         bert = self.text_encoder.config
         hidden, std = bert.hidden_size, bert.initializer_range
@@ -54,18 +53,18 @@ class PretrainingModel(MultimodalClassifier):
                 nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=bert.layer_norm_eps)
             )
             self.mlm_bias = nn.Parameter(torch.zeros(bert.vocab_size))
-            _init_linear(self.mlm_transform[0], std)
+            init_linear(self.mlm_transform[0], std)
         if "mfm" in self.objectives:
             self.mfm_head = nn.Linear(hidden, hidden)
-            _init_linear(self.mfm_head, std)
+            init_linear(self.mfm_head, std)
         if "vtm" in self.objectives:
             self.vtm_head = nn.Linear(pooled_dim, 1)
-            _init_linear(self.vtm_head, std)
+            init_linear(self.vtm_head, std)
         if "itc" in self.objectives:
             self.itc_text_proj = nn.Linear(hidden, objectives.itc_dim)
             self.itc_video_proj = nn.Linear(hidden, objectives.itc_dim)
-            _init_linear(self.itc_text_proj, std)
-            _init_linear(self.itc_video_proj, std)
+            init_linear(self.itc_text_proj, std)
+            init_linear(self.itc_video_proj, std)
             # CLIP's parametrisation: logit scale = exp(itc_logit_scale) = 1 / temperature.
             self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / objectives.itc_init_temperature)))
 
@@ -100,9 +99,7 @@ class PretrainingModel(MultimodalClassifier):
         fused_frames = shown
         if mfm_mask is not None:
             fused_frames = torch.where(mfm_mask.unsqueeze(-1), torch.zeros_like(shown), shown)
-        text_tokens = self.text_encoder.embeddings(
-            input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)
-        )
+        text_tokens = self.embed_text(input_ids)
         joint = torch.cat([text_tokens, self.embed_frames(fused_frames)], dim=1)
         joint_mask = torch.cat([attention_mask.bool(), shown_mask], dim=1)
         hidden = self.encode(joint, joint_mask)
@@ -131,9 +128,7 @@ class PretrainingModel(MultimodalClassifier):
         features: torch.Tensor,
         frame_mask: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        text_tokens = self.text_encoder.embeddings(
-            input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)
-        )
+        text_tokens = self.embed_text(input_ids)
         text_hidden = self.encode(text_tokens, attention_mask.bool())
         text = masked_mean(text_hidden, attention_mask)
         video = masked_mean(features, frame_mask)
@@ -143,11 +138,6 @@ class PretrainingModel(MultimodalClassifier):
             # Clamped as in CLIP: a scale above 100 makes the softmax unstable.
             "itc_scale": self.itc_logit_scale.clamp(max=math.log(100.0)).exp(),
         }
-
-
-def _init_linear(layer: nn.Linear, std: float) -> None:
-    nn.init.normal_(layer.weight, std=std)
-    nn.init.zeros_(layer.bias)
 
 
 def build_pretraining_model(

@@ -33,6 +33,7 @@ from mmcls.engine.inference import autocast
 from mmcls.engine.prefetch import to_device
 from mmcls.engine.setup import Selection, TaskData, TaskSetup
 from mmcls.engine.task import TrainingTask
+from mmcls.models.fusion import check_model_config
 from mmcls.models.model_dir import CONFIG_FILE, WEIGHTS_FILE, portable_config, unwrap_model
 from mmcls.names import MODEL_INPUTS
 from mmcls.pretrain.config import PretrainConfig, PretrainSection
@@ -133,6 +134,9 @@ class PretrainingSetup(TaskSetup):
     def __init__(self, cfg: PretrainConfig, data_root: str | Path) -> None:
         super().__init__(cfg, data_root)
         self.cfg: PretrainConfig = cfg
+
+    def check_config(self) -> None:
+        check_model_config(self.cfg)  # data/model agreement, before any file is written
 
     def datasets(self) -> TaskData:
         train_set, val_set = build_pretrain_datasets(self.cfg, self.data_root, self.tokenizer)

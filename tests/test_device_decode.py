@@ -225,8 +225,8 @@ def test_predict_refuses_the_gpu_decoder_on_the_cpu(tmp_path, capsys):
 
 
 def test_bench_times_the_device_decoding_and_refuses_it_off_the_gpu(synthetic_root, capsys):
+    from mmcls import bench
     from mmcls.cli import main
-    from mmcls.engine import bench
 
     cfg = Config.from_yaml("tiny", ["data.frames.decoder=cuda", "data.frames.image_size=32"])
     opts = bench.BenchOptions(split="test", batch_size=2, repeats=1, warmup=0, batches=2)

@@ -280,6 +280,44 @@ def test_param_groups_and_layer_ids():
     assert model.text_encoder.pooler is None  # no unused parameters (DDP would complain)
 
 
+def test_parameter_names_survive_the_encoder_heads_split():
+    """Model folders, ``model.init_from``, layer decay, EMA and checkpoints address parameters by name: the
+    names below are the ones the model had before it was split into encoder and heads."""
+    model = MultimodalClassifier(tiny_cfg("identity", pooling="cls_mean"), IMAGE, vocab_size=1000)
+    names = list(model.state_dict())
+    bert = BertModel(model.text_encoder.config, add_pooling_layer=False)
+    assert names[: len(bert.state_dict())] == [f"text_encoder.{k}" for k in bert.state_dict()]
+    assert names[len(bert.state_dict()) :] == [
+        "frame_proj.weight", "frame_proj.bias", "frame_position.weight", "frame_norm.weight", "frame_norm.bias",
+        "classifier.1.weight", "classifier.1.bias", "video_classifier.1.weight", "video_classifier.1.bias",
+    ]  # fmt: skip
+    # The encoder alone (what pretraining builds): the same names without the heads'.
+    encoder = MultimodalClassifier(model.cfg, IMAGE, vocab_size=1000, heads=False)
+    assert list(encoder.state_dict()) == [
+        n for n in names if not n.startswith(("classifier.", "video_classifier."))
+    ]
+
+
+def test_forward_is_the_heads_over_the_features_and_heads_can_be_replaced():
+    model = MultimodalClassifier(tiny_cfg("identity"), IMAGE, vocab_size=1000).eval()
+    g = torch.Generator().manual_seed(0)
+    ids, frames = torch.randint(1, 1000, (2, 6), generator=g), random_frames("identity", 2, 3, g)
+    inputs = (ids, torch.ones(2, 6), frames, torch.tensor([[True, True, False], [True, True, True]]))
+    with torch.no_grad():
+        out = model(*inputs)
+        features = model.forward_features(*inputs)
+        assert features["pooled"].shape == (2, model.classifier[1].in_features)
+        assert features["video"].shape == (2, model.video_classifier[1].in_features)
+        for key, value in model.forward_head(features).items():
+            torch.testing.assert_close(value, out[key], rtol=0, atol=0)
+        model.reset_classifier(7)
+        assert model.forward_head(features)["logits"].shape == (2, 7) and model.cfg.num_classes == 7
+        model.reset_classifier(0)
+        assert not any(n.startswith(("classifier.", "video_classifier.")) for n in model.state_dict())
+        with pytest.raises(RuntimeError, match="without heads"):
+            model.forward_head(features)
+
+
 def test_lv1_probs():
     categories = official_categories()
     logits = torch.randn(4, 200, generator=torch.Generator().manual_seed(0))

@@ -20,9 +20,9 @@ from mmcls.data.builders import build_frame_source
 from mmcls.data.categories import official_categories
 from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.data.text import load_tokenizer
-from mmcls.engine.features import OutputExistsError, extract_features
 from mmcls.engine.prefetch import DevicePrefetcher
 from mmcls.engine.trainer import train
+from mmcls.inference.features import OutputExistsError, extract_features
 from mmcls.models import build_model, load_model_dir, save_model_dir
 
 TINY_FAST = ["train.epochs=1", "train.batch_size=8", "train.progress_bar=false", "train.tensorboard=false"]

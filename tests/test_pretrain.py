@@ -12,9 +12,10 @@ import pytest
 import rjieba
 import torch
 
-from mmcls.config import TextConfig
+from mmcls.config import ConfigError, TextConfig
 from mmcls.data.annotations import AnnotationError, Record, load_records, write_records
 from mmcls.data.text import TextEncoder
+from mmcls.engine.trainer import Trainer
 from mmcls.models import build_model, load_init_weights
 from mmcls.pretrain import records as records_module
 from mmcls.pretrain.config import PretrainConfig
@@ -22,7 +23,7 @@ from mmcls.pretrain.masking import IGNORE_INDEX, WordTextEncoder, special_token_
 from mmcls.pretrain.model import build_pretraining_model
 from mmcls.pretrain.objectives import itc_loss, nce_loss, vtm_loss
 from mmcls.pretrain.records import RecordIndex
-from mmcls.pretrain.task import mask_frames, save_pretrained_dir, swap_frames
+from mmcls.pretrain.task import PretrainingSetup, mask_frames, save_pretrained_dir, swap_frames
 
 # Real Chinese text (news-style sentences written for this test), segmented by rjieba into words of 1-4 chars.
 TITLE = "国家统计局今天发布数据，全国粮食总产量连续九年稳定在一万三千亿斤以上"
@@ -177,6 +178,14 @@ def test_pretraining_folder_loads_into_the_classifier_with_exactly_the_expected_
     assert all(torch.equal(own[k], pretrained[k]) for k in report.loaded)
     # The MLM decoder is the word-embedding table itself, saved once under BERT's name.
     assert "text_encoder.embeddings.word_embeddings.weight" in report.loaded
+
+
+def test_a_pretraining_run_refuses_a_model_that_does_not_fit_the_data_before_writing(tmp_path):
+    cfg = tiny_pretrain_config("data.frames.source=zip_feats")  # features, but an image encoder
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="model.frame_encoder.type=identity"):
+        Trainer(cfg, tmp_path, run, setup=PretrainingSetup(cfg, tmp_path))
+    assert not run.exists()
 
 
 def test_disabled_objectives_build_no_heads(bert_tokenizer):

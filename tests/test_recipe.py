@@ -22,9 +22,9 @@ from mmcls.engine import losses
 from mmcls.engine.adversarial import Adversary, step_towards
 from mmcls.engine.inference import Predictions
 from mmcls.engine.optim import build_optimizer, build_scheduler, lr_factor
-from mmcls.engine.predict import adjusted_predictions
 from mmcls.engine.swa import WeightAverage
 from mmcls.engine.task import ClassificationTask
+from mmcls.inference.predict import adjusted_predictions
 from mmcls.models import build_model, lv1_probs
 
 CPU = torch.device("cpu")

@@ -22,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
-from mmcls.data.builders import split_train_val
 from mmcls.data.categories import official_categories
+from mmcls.data.folds import split_train_val
 from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmcls.engine.task import ClassificationTask

@@ -27,7 +27,7 @@ from mmcls.config import Config
 from mmcls.data.annotations import write_records
 from mmcls.data.categories import official_categories
 from mmcls.engine.logger import show_progress
-from mmcls.engine.run_report import write_run_report
+from mmcls.run_report import write_run_report
 
 REPORT_FILES = {
     ".mmcls-report",
@@ -156,7 +156,13 @@ def test_training_report_curves_and_summary(tmp_path):
             writer.writerow([0, step, step // 20, "val/mean_f1", f1])
     (run / "data_errors.json").write_text(json.dumps({"train": {"epoch_1": {}, "total": {"bad_image": 3}}}))
     cfg = Config.from_yaml("tiny", ["train.lr=0.002", "train.epochs=2"])
-    result = SimpleNamespace(global_step=40, best_epoch=2, best_score=0.5, last_metrics={"mean_f1": 0.5})
+    result = SimpleNamespace(
+        global_step=40,
+        best_epoch=2,
+        best_score=0.5,
+        last_metrics={"mean_f1": 0.5},
+        selection_metric="mean_f1",
+    )
     write_run_report(run, cfg, result, seconds=95.0)
     summary = (run / "summary.md").read_text()
     assert "preset `tiny`" in summary and "| `train.lr` | 0.001 | 0.002 |" in summary

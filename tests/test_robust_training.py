@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmcls.config import Config
 from mmcls.data.annotations import AnnotationError, annotation_path, load_records
-from mmcls.data.builders import build_dataset, split_train_val
+from mmcls.data.builders import build_dataset
 from mmcls.data.categories import official_categories
+from mmcls.data.folds import split_train_val
 from mmcls.data.frames import FrameError
 from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.trainer import train

@@ -237,7 +237,7 @@ def test_synthetic_data_follows_the_taxonomy(two_level, tmp_path):
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.parametrize("kind", ["two_level", "flat"])
 def test_make_data_train_predict_evaluate_report_over_a_users_taxonomy(kind, request, tmp_path):
-    from mmcls.engine.predict import predict_split, write_submission
+    from mmcls.inference.predict import predict_split, write_submission
     from mmcls.engine.trainer import train
 
     taxonomy = request.getfixturevalue(kind)

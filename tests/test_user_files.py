@@ -17,9 +17,9 @@ import pytest
 from mmcls.cli import main
 from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import save_checkpoint
-from mmcls.engine.predict import write_submission
 from mmcls.engine.run_dir import start_run_dir
 from mmcls.files import RUN_MARKER, atomic_write_text, file_mode
+from mmcls.inference.predict import write_submission
 
 from commands import train_args
 

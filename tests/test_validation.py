@@ -74,7 +74,7 @@ def test_a_config_changed_in_code_is_checked_too(tmp_path):
     cfg = Config.from_yaml("tiny")
     cfg.train.epochs = 0
     with pytest.raises(ConfigError, match=r"train\.epochs"):
-        check_run_dir(cfg, tmp_path / "run", resume=False, overwrite=False, num_classes=200)
+        check_run_dir(cfg, tmp_path / "run", resume=False, overwrite=False)
 
 
 def test_a_mistyped_config_path_is_an_error_never_the_preset(tmp_path, capsys):
@@ -146,14 +146,14 @@ def test_resume_with_a_changed_setting_is_refused_with_the_list_of_changes(saved
 def test_resume_allows_safe_changes_and_says_so(saved_run, caplog):
     cfg = Config.from_yaml("tiny", ["train.epochs=20", "data.num_workers=0", "train.progress_bar=false"])
     with caplog.at_level("INFO", logger="mmcls"):
-        check_run_dir(cfg, saved_run, resume=True, overwrite=False, num_classes=200)
+        check_run_dir(cfg, saved_run, resume=True, overwrite=False)
     message = " ".join(r.getMessage() for r in caplog.records)
     assert "safe to change" in message and "train.epochs=20 (was 10)" in message
 
 
 def test_resume_and_overwrite_together_are_refused(saved_run):
     with pytest.raises(RunDirError, match="only one"):
-        check_run_dir(Config.from_yaml("tiny"), saved_run, resume=True, overwrite=True, num_classes=200)
+        check_run_dir(Config.from_yaml("tiny"), saved_run, resume=True, overwrite=True)
 
 
 def test_every_resume_safe_key_is_a_real_setting():

@@ -23,10 +23,10 @@ from mmcls.data.annotations import AnnotationError, Record, annotation_path, loa
 from mmcls.data.categories import official_categories
 from mmcls.data.extra_train import load_extra_train
 from mmcls.data.folds import assign_folds, split_labeled
+from mmcls.data.prob_files import load_probs
 from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.data.text import load_tokenizer
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint
-from mmcls.engine.prob_files import load_probs
 from mmcls.engine.soft_targets import distillation_kl, soft_cross_entropy
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
@@ -232,7 +232,7 @@ def test_a_class_subset_restricts_the_loss_to_the_groups_classes():
 
 
 def test_probability_files_are_looked_up_by_id(tmp_path):
-    from mmcls.engine.prob_files import ProbFileError, rows_for, save_probs
+    from mmcls.data.prob_files import ProbFileError, rows_for, save_probs
 
     probs = np.random.default_rng(0).random((3, 200)).astype(np.float32)
     save_probs(tmp_path / "p.npy", probs, ["7", "8", "9"], CATEGORIES, split="labeled")

@@ -4,8 +4,9 @@ A thin registry: :data:`COMMANDS` maps each sub-command to the module that defin
 ``add_parser(subparsers)`` (argparse only, cheap to import) and ``run(args) -> int``, whose heavy imports
 (torch, transformers, open_clip, onnxruntime, Triton) happen inside ``run``, so ``mmcls --help`` and
 ``mmcls evaluate`` stay quick. A command whose body belongs to a feature package lives there (the deployment
-commands in ``mmcls.deploy``, pretraining in ``mmcls.pretrain``); the core never imports those packages except
-through this table.
+commands in ``mmcls.deploy``, pretraining in ``mmcls.pretrain``). The core imports those packages only by name
+and only when reached: through this table, and where a command is given an exported artifact (``predict``,
+``bench infer --backend``, an ``ensemble`` member).
 """
 
 from __future__ import annotations

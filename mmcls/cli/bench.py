@@ -1,6 +1,6 @@
 """``mmcls bench data|infer|train``: throughput and memory of the data path, the model and both together.
 
-The measurements live in :mod:`mmcls.engine.bench` (what each key means is documented there).
+The measurements live in :mod:`mmcls.bench` (what each key means is documented there).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from mmcls.cli.options import (
     add_set_option,
 )
 
-#: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.engine.bench.torch_backend` for the
+#: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.bench.torch_backend` for the
 #: factory's signature): the core's own model for torch, the deploy Predictor for every exported backend
 #: (:data:`mmcls.names.BACKENDS`, the records of ``mmcls.deploy.backends``; imported only when run).
 INFER_BACKENDS: dict[str, str] = {
-    name: "mmcls.engine.bench:torch_backend" if name == "torch" else "mmcls.deploy.predictor:bench_backend"
+    name: "mmcls.bench:torch_backend" if name == "torch" else "mmcls.deploy.predictor:bench_backend"
     for name in names.BACKENDS
 }
 
@@ -74,8 +74,8 @@ def _common(p: argparse.ArgumentParser, config: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from mmcls import bench
     from mmcls.config import Config
-    from mmcls.engine import bench
 
     opts = bench.BenchOptions(
         split=args.split or ("test" if args.bench_target == "infer" else "labeled"),

@@ -93,8 +93,8 @@ def _run_variant(
     name: str, data_root: Path, run_dir: Path, epochs: int | None, seed: int
 ) -> dict[str, float]:
     from mmcls.config import Config
-    from mmcls.engine.predict import predict_split, write_submission
     from mmcls.engine.trainer import train
+    from mmcls.inference.predict import predict_split, write_submission
     from mmcls.metrics import evaluate_files
 
     overrides = [*VARIANTS[name], f"train.seed={seed}"]

@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmcls.engine.features import extract_features
+    from mmcls.inference.features import extract_features
 
     summary = extract_features(
         args.model_dir,

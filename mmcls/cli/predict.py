@@ -67,7 +67,7 @@ def error_report_path(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
-    from mmcls.engine.predict import check_submission_path, predict_split
+    from mmcls.inference.predict import check_submission_path, predict_split
 
     inputs = [_split_annotation_path(args), args.model_dir]
     check_submission_path(args.out, inputs)
@@ -115,7 +115,7 @@ def _split_annotation_path(args: argparse.Namespace) -> Path:
 
 def _write_outputs(out: Path, ids: list[str], category_ids: list[str], errors: dict[str, int]) -> None:
     """The submission CSV and the data-problem totals beside it (both atomically), and one summary line."""
-    from mmcls.engine.predict import write_error_report, write_submission
+    from mmcls.inference.predict import write_error_report, write_submission
 
     write_submission(out, ids, category_ids)
     write_error_report(error_report_path(out), errors)

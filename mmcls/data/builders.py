@@ -10,7 +10,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -20,18 +19,6 @@ from mmcls.data.categories import CategoryMap
 from mmcls.data.dataset import VideoTextDataset
 from mmcls.data.frames import build_frame_source
 from mmcls.data.text import TextEncoder
-
-
-def split_train_val(
-    records: Sequence[Record], val_fraction: float, seed: int
-) -> tuple[list[Record], list[Record]]:
-    """Deterministic hold-out split of the labeled records (same seed, same split, on every rank)."""
-    order = np.random.default_rng(seed).permutation(len(records))
-    num_val = int(round(len(records) * val_fraction))
-    val_idx = set(order[:num_val].tolist())
-    train = [r for i, r in enumerate(records) if i not in val_idx]
-    val = [r for i, r in enumerate(records) if i in val_idx]
-    return train, val
 
 
 def build_dataset(

@@ -15,8 +15,19 @@ import numpy as np
 
 from mmcls.config import DataConfig
 from mmcls.data.annotations import Record
-from mmcls.data.builders import split_train_val
 from mmcls.data.categories import CategoryMap
+
+
+def split_train_val(
+    records: Sequence[Record], val_fraction: float, seed: int
+) -> tuple[list[Record], list[Record]]:
+    """Deterministic hold-out split of the labeled records (same seed, same split, on every rank)."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    num_val = int(round(len(records) * val_fraction))
+    val_idx = set(order[:num_val].tolist())
+    train = [r for i, r in enumerate(records) if i not in val_idx]
+    val = [r for i, r in enumerate(records) if i in val_idx]
+    return train, val
 
 
 def assign_folds(labels: Sequence[int] | np.ndarray, num_folds: int, seed: int) -> np.ndarray:

@@ -21,7 +21,6 @@ from mmcls.config import Config, ConfigError, flatten, resume_safe_keys, validat
 from mmcls.engine import checkpoint as ckpt
 from mmcls.errors import MmclsError
 from mmcls.files import RUN_MARKER, check_output_dir, claim_output_dir
-from mmcls.models.fusion import check_model_config
 
 log = logging.getLogger("mmcls.train")
 
@@ -44,21 +43,13 @@ class RunDirError(MmclsError, RuntimeError):
     """The run directory cannot be used as asked (it holds another run, or resuming would change it)."""
 
 
-def check_run_dir(
-    cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool, num_classes: int | None = None
-) -> None:
+def check_run_dir(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse before any work: a bad config, a foreign or finished run directory, a resume that changes the run.
 
-    ``num_classes``: the number of categories the model must predict (None: not a classification run).
-    Read-only, so every rank of a distributed run can call it before the process group exists.
+    Read-only, so every rank of a distributed run can call it before the process group exists. What only one
+    kind of run refuses (classification: the class count) is its setup's ``check_config``.
     """
     validate(cfg)  # a config built or changed in code gets the same checks as one loaded from YAML
-    if num_classes is not None:
-        if cfg.model.num_classes != num_classes:
-            raise ConfigError(
-                f"model.num_classes={cfg.model.num_classes} does not match the {num_classes} categories"
-            )
-        check_model_config(cfg)  # data/model consistency, which building the model would only find later
     if resume and overwrite:
         raise RunDirError("--resume continues a run and --overwrite starts it again: pass only one of them")
     latest = ckpt.latest_checkpoint(run_dir)

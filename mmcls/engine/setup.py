@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mmcls.config import Config
+from mmcls.config import Config, ConfigError
 from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
 from mmcls.data.builders import build_dataset
 from mmcls.data.categories import load_categories
@@ -34,6 +34,7 @@ from mmcls.engine.soft_targets import build_training_targets
 from mmcls.engine.task import ClassificationTask, TrainingTask
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
+from mmcls.models.fusion import check_model_config
 from mmcls.report import per_class_scores
 
 log = logging.getLogger("mmcls.train")
@@ -62,6 +63,9 @@ class TaskSetup(ABC):
     """The parts of a training run that depend on what is trained (see the module docstring)."""
 
     selection: Selection
+    #: Per-class scores (id, name, F1...) of the last evaluation, for the run's summary.md; None where the kind
+    #: of run has no classes (pretraining) or before the first evaluation.
+    class_scores: list[dict[str, Any]] | None = None
 
     def __init__(self, cfg: Config, data_root: str | Path) -> None:
         self.cfg = cfg
@@ -69,9 +73,22 @@ class TaskSetup(ABC):
         self.tokenizer = load_tokenizer(cfg.data.text.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
+    def check_config(self) -> None:
+        """Refuse settings that only this kind of run cannot use (raise :class:`ConfigError`).
+
+        Called by the trainer after the generic checks and before any data is read or any file written, on
+        every rank. The base accepts everything.
+        """
+        return None
+
     @abstractmethod
     def datasets(self) -> TaskData:
         """The training and validation datasets (identical on every rank)."""
+
+    def annotation_problems(self) -> dict[str, int]:
+        """Problems found in the annotations by :meth:`datasets` (``{kind: count}``, nothing if none): the
+        trainer records them under ``"annotations"`` in ``RUN_DIR/data_errors.json``. The base finds none."""
+        return {}
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model (also used to gather FSDP shards into one copy for saving)."""
@@ -109,7 +126,18 @@ class ClassificationSetup(TaskSetup):
         # Per-class counts of the training split (set by datasets()): class-balanced loss weights, and saved
         # with every released model folder as the class prior of ``mmcls predict --logit-adjust``.
         self.class_counts: np.ndarray | None = None
-        self.class_scores: list[dict[str, Any]] | None = None  # per class, of the last evaluation
+        self.duplicate_ids = 0  # records repeating an earlier id (set by datasets())
+
+    def check_config(self) -> None:
+        """The model predicts one score per category, and ``data.frames`` fits the model (frame count, features
+        vs. encoder): found here rather than when the model is built."""
+        num_classes = self.categories.num_lv2
+        if self.cfg.model.num_classes != num_classes:
+            raise ConfigError(
+                f"model.num_classes={self.cfg.model.num_classes} does not match the {num_classes} classes of "
+                f"{self.categories.source}"
+            )
+        check_model_config(self.cfg)
 
     def datasets(self) -> TaskData:
         cfg = self.cfg
@@ -162,6 +190,9 @@ class ClassificationSetup(TaskSetup):
         )
         return TaskData(train_set, val_set)
 
+    def annotation_problems(self) -> dict[str, int]:
+        return {"duplicate_ids": self.duplicate_ids} if self.duplicate_ids else {}
+
     def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
         # datasets() runs first and records the training records in dataset order.
         targets = build_training_targets(
@@ -206,7 +237,7 @@ class ClassificationSetup(TaskSetup):
         save_model_dir(path, model, self.cfg, self.tokenizer, self.categories, train_counts=counts)
 
 
-def build_task(cfg: Config, data_root: str | Path) -> TaskSetup:
+def build_setup(cfg: Config, data_root: str | Path) -> TaskSetup:
     """The setup of an ``mmcls train`` run: classification. Other kinds of run (``mmcls pretrain``) pass their
     own :class:`TaskSetup` to the trainer; the core does not know them."""
     return ClassificationSetup(cfg, data_root)

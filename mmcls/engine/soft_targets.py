@@ -132,8 +132,8 @@ def teacher_probs(
 ) -> np.ndarray:
     """``[len(records), C]`` teacher probabilities from ``train.distill_from``: a ``.npy`` probabilities file
     (rows looked up by id), or a model folder / run directory that predicts each needed split once."""
-    from mmcls.engine.predict import predict_split
-    from mmcls.engine.prob_files import rows_for
+    from mmcls.data.prob_files import rows_for
+    from mmcls.inference.predict import predict_split
 
     source = cfg.train.distill_from
     assert source is not None

@@ -94,9 +94,15 @@ class TrainingTask(nn.Module):
                     "train.adversarial.method is not supported with train.distributed=fsdp; use train.distributed=ddp"
                 )
 
-            # Shard each transformer layer, then the root: parameters are gathered layer by layer.
-            for layer in self.model.text_encoder.encoder.layer:
-                fully_shard(layer)
+            if not hasattr(self.model, "fsdp_units"):
+                raise ConfigError(
+                    f"train.distributed=fsdp: {type(self.model).__name__} does not name its FSDP units "
+                    "(fsdp_units()); use train.distributed=ddp"
+                )
+            # Shard each unit the model names (its transformer layers), then the root: parameters are
+            # gathered unit by unit.
+            for unit in self.model.fsdp_units():
+                fully_shard(unit)
             fully_shard(self.model)
             self.train_model = self.model
             self.is_sharded = True

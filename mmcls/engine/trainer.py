@@ -37,7 +37,6 @@ from tqdm.auto import tqdm
 
 from mmcls.config import Config, ConfigError
 from mmcls.data.builders import build_eval_loader, build_loader
-from mmcls.data.categories import load_categories
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
     DistInfo,
@@ -57,12 +56,12 @@ from mmcls.engine.logger import RunLogger, show_progress
 from mmcls.engine.optim import build_optimizer, build_scheduler
 from mmcls.engine.prefetch import DevicePrefetcher
 from mmcls.engine.run_dir import check_run_dir, start_run_dir
-from mmcls.engine.run_report import write_run_report
-from mmcls.engine.setup import TaskSetup, build_task
+from mmcls.engine.setup import TaskSetup, build_setup
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_json
 from mmcls.models import load_init_weights
 from mmcls.names import BEST_DIR, LAST_DIR
+from mmcls.run_report import write_run_report
 
 log = logging.getLogger("mmcls.train")
 
@@ -99,8 +98,8 @@ class TrainResult:
     best_score: float | None
     best_epoch: int | None
     last_metrics: dict[str, float]
-    interrupted: bool = False
-    selection_metric: str = "mean_f1"  # the validation score that picked best/ (best_score)
+    interrupted: bool
+    selection_metric: str  # the validation score that picked best/ (best_score): the setup's Selection.metric
     class_scores: list[dict[str, Any]] | None = None  # per class (id, name, F1...) of the last validation
 
 
@@ -168,7 +167,7 @@ def _as_tuple(value: Any) -> Any:
 class Trainer:
     """One training run: ``Trainer(cfg, data_root, run_dir, resume=...).fit()``.
 
-    ``setup``: what is trained (default: classification, :func:`mmcls.engine.setup.build_task`).
+    ``setup``: what is trained (default: classification, :func:`mmcls.engine.setup.build_setup`).
     """
 
     def __init__(
@@ -185,9 +184,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.resume = resume
         # Everything that can be refused is refused here, before any data is read or any file written.
-        # model.num_classes must match the taxonomy (data.categories) for classification (the default setup).
-        num_classes = load_categories(cfg.data.categories).num_lv2 if setup is None else None
-        check_run_dir(cfg, self.run_dir, resume=resume, overwrite=overwrite, num_classes=num_classes)
+        check_run_dir(cfg, self.run_dir, resume=resume, overwrite=overwrite)
+        self.setup = setup if setup is not None else build_setup(cfg, self.data_root)
+        self.setup.check_config()
         tcfg = cfg.train
 
         # ---- processes and devices
@@ -209,7 +208,6 @@ class Trainer:
         barrier()
 
         # ---- data
-        self.setup = setup if setup is not None else build_task(cfg, self.data_root)
         self.pad_id = self.setup.pad_id
         data = self.setup.datasets()
         self.train_set, self.val_set = data.train_set, data.val_set
@@ -350,7 +348,7 @@ class Trainer:
         self.task.train()
         while step_in_epoch < self.steps_per_epoch:
             micro_batches = [next(batches) for _ in range(tcfg.grad_accum_steps)]
-            losses = self._train_step(micro_batches)
+            losses = self.train_step(micro_batches)
             step_in_epoch += 1
             state.global_step += 1
             state.samples_done += tcfg.batch_size * tcfg.grad_accum_steps
@@ -372,7 +370,7 @@ class Trainer:
         bar.close()
         return False
 
-    def _train_step(self, micro_batches: list[dict]) -> dict[str, torch.Tensor] | None:
+    def train_step(self, micro_batches: list[dict]) -> dict[str, torch.Tensor] | None:
         """One optimizer step over ``grad_accum_steps`` micro-batches; None if the step was skipped.
 
         The batches' model inputs are already on the device (see :class:`DevicePrefetcher`). The returned
@@ -495,11 +493,9 @@ class Trainer:
         part.pop("total", None)  # recomputed below, and kept last
         part[f"epoch_{self.state.epoch + 1}"] = dict(errors)
         part["total"] = dict(sum((Counter(v) for v in part.values()), Counter()))
-        duplicate_ids = getattr(
-            self.setup, "duplicate_ids", 0
-        )  # counted by the setup when it read the records
-        if duplicate_ids:
-            report["annotations"] = {"duplicate_ids": duplicate_ids}
+        annotation_problems = self.setup.annotation_problems()  # found when the setup read the records
+        if annotation_problems:
+            report["annotations"] = annotation_problems
         atomic_write_json(path, report)
 
     def _release(self, name: str) -> None:
@@ -523,9 +519,9 @@ class Trainer:
             state.best_score,
             state.best_epoch,
             self.last_metrics,
-            interrupted,
-            self.setup.selection.metric,
-            getattr(self.setup, "class_scores", None),
+            interrupted=interrupted,
+            selection_metric=self.setup.selection.metric,
+            class_scores=self.setup.class_scores,
         )
 
 

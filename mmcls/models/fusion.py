@@ -9,13 +9,21 @@ through BERT's encoder layers under one padding mask::
 Frame positions do not depend on the text length, so padding the text (or the frames) of a sample never changes
 its logits. A video-only head on the projected frame features (before fusion) gives the auxiliary loss.
 
+The model is an encoder and heads, as timm's models are (``forward_features``, ``forward_head``,
+``reset_classifier``): the encoder (text embeddings, frame encoder + projection + frame embeddings, the BERT
+layers, pooling) gives the pooled fused features and the pooled frame features; the heads (the fused classifier
+and the video-only classifier) turn them into logits. Both live on the one module, so the parameter names do
+not depend on the split; ``heads=False`` builds the encoder alone (pretraining adds its own heads).
+
 Parameter naming is part of the interface: ``frame_encoder.*`` (the image backbone), ``text_encoder.*`` (the
 ``BertModel``) and everything else is "head" (frame projection/embeddings and the classifiers); the trainer
-assigns learning rates by these prefixes (see :meth:`MultimodalClassifier.param_group_of`).
+assigns learning rates by these prefixes (see :meth:`MultimodalClassifier.param_group_of`). Model folders,
+``model.init_from``, EMA and checkpoints rely on the names too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -45,6 +53,8 @@ class MultimodalClassifier(nn.Module):
         pixel_mean, pixel_std: normalisation of uint8 frames (``data.frames.mean``/``std``), applied on the
             model's device by the frame encoder.
         feature_dim: width of the frame features the identity encoder takes (``data.frames.feature_dim``).
+        heads: build the classifiers (``cfg.num_classes`` outputs each); False gives the encoder alone, whose
+            :meth:`forward_features` works and :meth:`forward_head` refuses.
     """
 
     def __init__(
@@ -55,6 +65,8 @@ class MultimodalClassifier(nn.Module):
         pixel_mean: tuple[float, ...] = CLIP_MEAN,
         pixel_std: tuple[float, ...] = CLIP_STD,
         feature_dim: int = FrameConfig.feature_dim,
+        *,
+        heads: bool = True,
     ) -> None:
         super().__init__()
         if cfg.pooling not in POOLINGS:
@@ -76,9 +88,10 @@ class MultimodalClassifier(nn.Module):
         self.frame_position = nn.Embedding(cfg.max_frames, hidden)
         self.frame_norm = nn.LayerNorm(hidden, eps=bert_cfg.layer_norm_eps)
         self.frame_dropout = nn.Dropout(bert_cfg.hidden_dropout_prob)
-        pooled_dim = hidden * 2 if cfg.pooling == "cls_mean" else hidden
-        self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(pooled_dim, cfg.num_classes))
-        self.video_classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(hidden, cfg.num_classes))
+        self.classifier: nn.Sequential | None = None
+        self.video_classifier: nn.Sequential | None = None
+        if heads:
+            self._build_heads(cfg.num_classes)
         # Multi-sample dropout (``train.multi_dropout``, set by the training task): in training, the heads
         # average the logits of this many dropout samples. Not an architecture setting: the weights and the
         # eval-mode outputs do not depend on it.
@@ -94,7 +107,8 @@ class MultimodalClassifier(nn.Module):
         frame_mask: torch.Tensor,
         return_hidden: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Compute ``{"logits": [B, C], "video_logits": [B, C]}``.
+        """Compute ``{"logits": [B, C], "video_logits": [B, C]}``: :meth:`forward_head` of
+        :meth:`forward_features`.
 
         ``input_ids``/``attention_mask``: ``[B, L]``; ``frames``: ``[B, T, 3, H, W]`` uint8 pixels or normalised
         floats (or ``[B, T, D]`` features);
@@ -102,31 +116,66 @@ class MultimodalClassifier(nn.Module):
         With ``return_hidden`` the dict also holds ``pooled`` ``[B, P]``, ``hidden_states`` ``[B, L+T, H]``
         (text positions first) and ``joint_mask`` ``[B, L+T]``.
         """
+        features = self.forward_features(input_ids, attention_mask, frames, frame_mask)
+        out = self.forward_head(features)
+        if return_hidden:
+            out.update({k: features[k] for k in ("pooled", "hidden_states", "joint_mask")})
+        return out
+
+    def forward_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        frames: torch.Tensor,
+        frame_mask: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The encoder: ``pooled`` ``[B, P]`` (the fused sequence pooled by ``model.pooling``), ``video``
+        ``[B, H]`` (the projected frame features' mean over real frames, before fusion), ``hidden_states``
+        ``[B, L+T, H]`` and ``joint_mask`` ``[B, L+T]``. Inputs as for :meth:`forward`."""
         frame_mask = frame_mask.bool()
-        text_tokens = self.text_encoder.embeddings(
-            input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)
-        )
+        text_tokens = self.embed_text(input_ids)
         frame_features = self.project_frames(frames)
         frame_tokens = self.embed_frames(frame_features)
         hidden_states = torch.cat([text_tokens, frame_tokens], dim=1)
         joint_mask = torch.cat([attention_mask.bool(), frame_mask], dim=1)
         hidden_states = self.encode(hidden_states, joint_mask)
-
-        pooled = self.pool(hidden_states, joint_mask)
-        video = masked_mean(frame_features, frame_mask)
-        out = {
-            LOGITS: self._head(self.classifier, pooled),
-            VIDEO_LOGITS: self._head(self.video_classifier, video),
+        return {
+            "pooled": self.pool(hidden_states, joint_mask),
+            "video": masked_mean(frame_features, frame_mask),
+            "hidden_states": hidden_states,
+            "joint_mask": joint_mask,
         }
-        if return_hidden:
-            out.update(pooled=pooled, hidden_states=hidden_states, joint_mask=joint_mask)
-        return out
+
+    def forward_head(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The heads over :meth:`forward_features`' output: ``logits`` from ``pooled`` (the fused classifier)
+        and ``video_logits`` from ``video`` (the video-only classifier of the auxiliary loss)."""
+        if self.classifier is None or self.video_classifier is None:
+            raise RuntimeError(f"{type(self).__name__} was built without heads: use forward_features")
+        return {
+            LOGITS: self._head(self.classifier, features["pooled"]),
+            VIDEO_LOGITS: self._head(self.video_classifier, features["video"]),
+        }
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Fresh heads with ``num_classes`` outputs each, initialised as at construction; 0 removes the heads.
+        ``cfg.num_classes`` follows a new class count, so a model folder saved afterwards describes the heads."""
+        if not num_classes:
+            self.classifier = self.video_classifier = None
+            return
+        self._build_heads(num_classes)
+        for layer in self._head_layers():
+            init_linear(layer, self.text_encoder.config.initializer_range)
+        self.cfg = dataclasses.replace(self.cfg, num_classes=num_classes)
 
     def _head(self, head: nn.Module, features: torch.Tensor) -> torch.Tensor:
         """``head(features)``; in training with ``head_samples = K > 1``, the mean over K dropout samples."""
         if not self.training or self.head_samples <= 1:
             return head(features)
         return torch.stack([head(features) for _ in range(self.head_samples)]).mean(dim=0)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """BERT's embeddings of the text tokens (token type 0): ``[B, L, H]``."""
+        return self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
 
     def project_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frame encoder + projection to the BERT width: ``[B, T, H]`` (before position/type embeddings).
@@ -209,12 +258,32 @@ class MultimodalClassifier(nn.Module):
         )
         toggle()
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules FSDP shards one by one (each BERT layer; the rest goes with the root): parameters are
+        then gathered one layer at a time in forward and backward."""
+        return list(self.text_encoder.encoder.layer)
+
+    def _build_heads(self, num_classes: int) -> None:
+        """The fused classifier (over the pooled fused sequence) and the video-only classifier, not initialised."""
+        hidden = self.text_encoder.config.hidden_size
+        pooled_dim = hidden * 2 if self.cfg.pooling == "cls_mean" else hidden
+        self.classifier = nn.Sequential(nn.Dropout(self.cfg.dropout), nn.Linear(pooled_dim, num_classes))
+        self.video_classifier = nn.Sequential(nn.Dropout(self.cfg.dropout), nn.Linear(hidden, num_classes))
+
+    def _head_layers(self) -> list[nn.Linear]:
+        return [head[1] for head in (self.classifier, self.video_classifier) if head is not None]
+
     def _init_new_layers(self, std: float) -> None:
         # Same scheme as BERT's own init, so the new tokens start on the scale the encoder expects.
-        for module in (self.frame_proj, self.classifier[1], self.video_classifier[1]):
-            nn.init.normal_(module.weight, std=std)
-            nn.init.zeros_(module.bias)
+        for module in (self.frame_proj, *self._head_layers()):
+            init_linear(module, std)
         nn.init.normal_(self.frame_position.weight, std=std)
+
+
+def init_linear(layer: nn.Linear, std: float) -> None:
+    """BERT's init for a new linear layer: normal weights of standard deviation ``std``, zero bias."""
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmcls.data.categories import CategoryMap
-from mmcls.engine.prob_files import load_probs, rows_for, save_probs, sidecar, write_json
+from mmcls.data.prob_files import load_probs, rows_for, save_probs, sidecar, write_json
 from mmcls.errors import MmclsError
 from mmcls.workflows.members import PredictOptions, load_member, same_categories
 
@@ -153,7 +153,7 @@ def run_ensemble(
     """Blend the members' probabilities on ``split``, write the submission CSV (and the probabilities), and
     return the summary that is also saved as ``<out>.ensemble.json`` (members, weights, OOF scores)."""
     from mmcls.engine.distributed import world_info_from_env
-    from mmcls.engine.predict import write_submission
+    from mmcls.inference.predict import write_submission
 
     options = options or PredictOptions()
     out_csv = Path(out_csv)

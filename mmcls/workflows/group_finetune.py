@@ -22,8 +22,8 @@ from mmcls.config import Config, apply_overrides
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.categories import official_categories
 from mmcls.data.folds import split_labeled
+from mmcls.data.prob_files import write_json
 from mmcls.engine import checkpoint as ckpt
-from mmcls.engine.prob_files import write_json
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_text
 from mmcls.metrics import compute_scores_from_indices

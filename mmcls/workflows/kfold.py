@@ -26,6 +26,7 @@ from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.categories import load_categories
 from mmcls.data.folds import record_folds
+from mmcls.data.prob_files import load_probs, save_probs, write_json
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
     barrier,
@@ -35,7 +36,6 @@ from mmcls.engine.distributed import (
     shutdown_distributed,
     world_info_from_env,
 )
-from mmcls.engine.prob_files import load_probs, save_probs, write_json
 from mmcls.errors import MmclsError
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.workflows.members import KFOLD_FILE, PredictOptions, predict_model

@@ -70,7 +70,7 @@ def predict_model(
     ids: Collection[str] | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """One torch model's probabilities, rows in annotation order (``predict_split`` orders them by index)."""
-    from mmcls.engine.predict import predict_split
+    from mmcls.inference.predict import predict_split
 
     split_ids, preds, _ = predict_split(
         model_dir,
@@ -180,7 +180,7 @@ class GroupFinetuned:
 
 
 # Tried in order; the first whose ``accepts(path)`` is true loads the member. A "module:Class" string is
-# imported only when reached (how an exported-artifact backend from mmcls.deploy would be added).
+# imported only when reached: the exported-artifact member lives in mmcls.deploy, which the core never imports.
 MEMBER_TYPES: list[type | str] = [
     KFoldMean,
     GroupFinetuned,

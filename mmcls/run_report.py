@@ -101,9 +101,8 @@ def summary_markdown(run_dir: Path, cfg: Config, result: Any, seconds: float) ->
     lines = [f"# Training run `{run_dir.name}`", ""]
     lines += [f"- wall time: {seconds / 60:.1f} min ({seconds:.0f} s), {result.global_step} optimizer steps"]
     if result.best_epoch is not None:
-        lines += [
-            f"- best epoch: {result.best_epoch} (validation {getattr(result, 'selection_metric', 'mean_f1')} {result.best_score:.4f}), model in `best/`"
-        ]
+        score = f"validation {result.selection_metric} {result.best_score:.4f}"
+        lines += [f"- best epoch: {result.best_epoch} ({score}), model in `best/`"]
     else:
         lines += ["- no validation split (data.val_fraction=0): `best/` is the last epoch"]
     lines += ["", f"## Config: differences from the preset `{preset}`", ""]

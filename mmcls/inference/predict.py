@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
 from mmcls.config import ConfigError
 from mmcls.data.annotations import (
@@ -40,7 +42,7 @@ from mmcls.engine.logger import show_progress
 from mmcls.engine.losses import adjust_logits, log_prior
 from mmcls.errors import MmclsError
 from mmcls.files import OutputError, atomic_write_json, atomic_writer, same_file
-from mmcls.models import load_model_dir
+from mmcls.models import LoadedModel, load_model_dir
 
 
 class LogitAdjustError(MmclsError, ValueError):
@@ -77,27 +79,18 @@ def predict_split(
     check_frame_decoder(frame_decoder, torch_device, setting="--frame-decoder")
     dist_info = init_distributed(torch_device)
     loaded = load_model_dir(model_dir, device=torch_device)
-    cfg = loaded.config
-    records = records_to_predict(data_root, split, loaded.categories, ids, cfg.data.annotations)
-    dataset = build_dataset(
-        cfg,
+    records = records_to_predict(data_root, split, loaded.categories, ids, loaded.config.data.annotations)
+    loader = model_data_loader(
+        loaded,
         data_root,
         split,
         records,
-        loaded.tokenizer,
-        loaded.categories,
-        train=False,
-        on_error="text_only",
+        batch_size=batch_size,
+        num_workers=num_workers,
         frame_decoder=frame_decoder,
-    )
-    loader = build_eval_loader(
-        dataset,
-        batch_size,
-        cfg.data.num_workers if num_workers is None else num_workers,
-        loaded.tokenizer.pad_token_id or 0,
+        device=torch_device,
         rank=dist_info.rank,
         world_size=dist_info.world_size,
-        device=torch_device,
     )
     model = cast_for_inference(loaded.model, torch_device, precision)
     preds = predict_loader(
@@ -116,6 +109,41 @@ def predict_split(
         raise RuntimeError(f"prediction covered {len(preds.indices)} of {len(records)} records of {split!r}")
     category_ids = [loaded.categories.category_id(int(i)) for i in preds.pred[order]]
     return [r.id for r in records], preds, category_ids
+
+
+def model_data_loader(
+    loaded: LoadedModel,
+    data_root: str | Path,
+    split: str,
+    records: Sequence[Record],
+    *,
+    batch_size: int,
+    num_workers: int | None,
+    frame_decoder: str,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """An in-order loader over ``records`` of ``split`` as the model folder ``loaded`` reads data (its config
+    and tokenizer). Unreadable frames fall back to text, so every record gets an output; ``num_workers``
+    None takes the model's ``data.num_workers``; ``rank``/``world_size`` give this process's shard."""
+    cfg = loaded.config
+    dataset = build_dataset(
+        cfg,
+        data_root,
+        split,
+        records,
+        loaded.tokenizer,
+        loaded.categories,
+        train=False,
+        on_error="text_only",
+        frame_decoder=frame_decoder,
+    )
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    return build_eval_loader(
+        dataset, batch_size, workers, pad_id, rank=rank, world_size=world_size, device=device
+    )
 
 
 def records_to_predict(

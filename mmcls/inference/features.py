@@ -13,6 +13,7 @@ replaced with ``overwrite=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -26,11 +27,11 @@ import torch
 
 from mmcls.config import ConfigError
 from mmcls.data.annotations import annotation_path, load_records
-from mmcls.data.builders import build_dataset, build_eval_loader
 from mmcls.engine.distributed import check_frame_decoder, resolve_device, world_info_from_env
 from mmcls.engine.inference import autocast
 from mmcls.engine.prefetch import DevicePrefetcher
 from mmcls.errors import MmclsError
+from mmcls.inference.predict import model_data_loader
 from mmcls.models import load_model_dir
 
 log = logging.getLogger("mmcls.features")
@@ -89,20 +90,15 @@ def extract_features(
     records = load_records(
         annotation_path(data_root, split, cfg.data.annotations), categories=loaded.categories
     )
-    dataset = build_dataset(
-        cfg,
+    loader = model_data_loader(
+        dataclasses.replace(loaded, config=cfg),
         data_root,
         split,
         records,
-        loaded.tokenizer,
-        loaded.categories,
-        train=False,
-        on_error="text_only",
+        batch_size=batch_size,
+        num_workers=num_workers,
         frame_decoder=frame_decoder,
-    )
-    workers = cfg.data.num_workers if num_workers is None else num_workers
-    loader = build_eval_loader(
-        dataset, batch_size, workers, loaded.tokenizer.pad_token_id or 0, device=torch_device
+        device=torch_device,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

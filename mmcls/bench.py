@@ -11,7 +11,7 @@ What each figure means:
 * ``loader_videos_per_s``: the DataLoader alone with ``workers`` processes (batches consumed and dropped),
   timed from its first batch, so worker start-up is warm-up.
 * ``model_videos_per_s``: the model alone on batches already on the device (inference: forward; training: the
-  whole optimizer step of ``Trainer._train_step``).
+  whole optimizer step of ``Trainer.train_step``).
 * ``e2e_videos_per_s``: what ``mmcls predict`` (:func:`~mmcls.engine.inference.predict_loader`) or one
   training epoch achieves, loader included.
 * ``device_decode_videos_per_s`` (``data.frames.decoder: cuda``): the batched device decoding alone
@@ -21,8 +21,9 @@ What each figure means:
 * ``mfu`` (CUDA, training): FLOPs of one forward+backward counted by ``torch.utils.flop_counter`` (matmuls,
   convolutions, attention), times steps per second, over the device's dense bf16/fp16 peak.
 
-This module only uses the library's stable entry points (``build_dataset``, ``build_loader``, ``Trainer``,
-``predict_loader``), so ``benchmarks/before_after.py`` can load it against an older checkout to compare.
+This module only uses the library's public entry points (the data builders, ``load_model_dir``, ``autocast``,
+``DevicePrefetcher``, and a ``Trainer``'s ``train_step``, ``task``, ``optimizer`` and training set), so
+``benchmarks/before_after.py`` can load it against an older checkout to compare.
 """
 
 from __future__ import annotations
@@ -323,7 +324,7 @@ def bench_train(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str
         steps = [ready[i : i + tcfg.grad_accum_steps] for i in range(0, len(ready), tcfg.grad_accum_steps)]
         videos = sum(len(b["index"]) for b in ready)
         step_s = median_time(
-            lambda: [trainer._train_step(s) for s in steps], opts.repeats, opts.warmup, device, opts.clock
+            lambda: [trainer.train_step(s) for s in steps], opts.repeats, opts.warmup, device, opts.clock
         )
         e2e_rates = [_train_rate(trainer, device) for _ in range(opts.warmup + opts.repeats)]
         result: dict[str, Any] = {
@@ -351,7 +352,7 @@ def _train_loader(trainer: Any) -> Any:
 
 def _train_rate(trainer: Any, device: torch.device) -> float:
     """Videos/s of the training loop over one pass of a fresh loader: device prefetch, then
-    ``Trainer._train_step`` per step; timed from the end of the first step (worker start-up is warm-up)."""
+    ``Trainer.train_step`` per step; timed from the end of the first step (worker start-up is warm-up)."""
     accum = trainer.cfg.train.grad_accum_steps
     batches = _device_batches(_train_loader(trainer), device, (*MODEL_INPUTS, "labels"))
     start, videos, micro = None, 0, []
@@ -359,7 +360,7 @@ def _train_rate(trainer: Any, device: torch.device) -> float:
         micro.append(batch)
         if len(micro) < accum:
             continue
-        trainer._train_step(micro)
+        trainer.train_step(micro)
         if start is None:
             _synchronize(device)
             start = time.perf_counter()
