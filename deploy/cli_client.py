@@ -93,7 +93,7 @@ def _run_split(args: argparse.Namespace) -> int:
 def _run_videos(args: argparse.Namespace) -> int:
     """One request per file (its bytes as input ``video``); one line per file: id, probability, name."""
     from mmcls.deploy.client import ClientError, Connection
-    from mmcls.files import check_regular_file
+    from mmcls.files import InputFileError, check_regular_file
 
     connection = Connection(args.url, args.protocol, args.timeout)
     try:
@@ -101,10 +101,10 @@ def _run_videos(args: argparse.Namespace) -> int:
             try:
                 check_regular_file(path, what="video file")
                 data = path.read_bytes()
+            except InputFileError as exc:  # a folder, a FIFO
+                raise ClientError(f"--video {path}: {exc.problem}") from None
             except OSError as exc:
-                raise ClientError(
-                    f"--video {path}: {getattr(exc, 'problem', None) or exc.strerror or exc}"
-                ) from None
+                raise ClientError(f"--video {path}: {exc.strerror or exc}") from None
             result = connection.infer(args.title, args.asr, args.ocr, name=str(path), video=data)
             prob = float(result.probs.max())
             errors = f"  ({'; '.join(result.errors)})" if result.errors else ""

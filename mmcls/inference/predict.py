@@ -47,7 +47,14 @@ from mmcls.engine.inference import Predictions, cast_for_inference, gather_predi
 from mmcls.engine.logger import show_progress
 from mmcls.engine.losses import adjust_logits, log_prior
 from mmcls.errors import MmclsError
-from mmcls.files import OutputError, atomic_write_json, atomic_writer, check_regular_file, same_file
+from mmcls.files import (
+    InputFileError,
+    OutputError,
+    atomic_write_json,
+    atomic_writer,
+    check_regular_file,
+    same_file,
+)
 from mmcls.models import LoadedModel, load_model_dir
 
 
@@ -267,8 +274,10 @@ def video_records(
             check_regular_file(video, what="video file")
         except FileNotFoundError:
             raise VideoInputError(f"--video {video}: no such file") from None
-        except OSError as exc:  # InputFileError (a folder, a FIFO) included
-            raise VideoInputError(f"--video {video}: {getattr(exc, 'problem', None) or exc}") from None
+        except InputFileError as exc:  # a folder, a FIFO
+            raise VideoInputError(f"--video {video}: {exc.problem}") from None
+        except OSError as exc:
+            raise VideoInputError(f"--video {video}: {exc.strerror or exc}") from None
         item = {"id": str(index), "title": title, "asr": asr, "ocr": _ocr_lines(ocr)}
         record = parse_record(item, Path("--ocr"), 0, frozenset())
         records.append(dataclasses.replace(record, video=str(Path(video).resolve())))
