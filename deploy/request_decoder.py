@@ -71,6 +71,11 @@ class RequestDecoder:
         return names.SERVED_FRAME_FEATS if self.frame_input == "features" else names.SERVED_FRAMES
 
     @property
+    def required_inputs(self) -> tuple[str, ...]:
+        """The inputs every request must carry: the text fields, and the features of a feature model."""
+        return (*TEXT_INPUTS, names.SERVED_FRAME_FEATS) if self.frame_input == "features" else TEXT_INPUTS
+
+    @property
     def input_names(self) -> tuple[str, ...]:
         """The inputs a request may carry: text, then frames (or features); a pixel model also takes a video."""
         frames = (

@@ -108,6 +108,10 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
+        # Triton stops checking for required inputs once a model has optional ones (frames, video): done here.
+        missing = [name for name in self.decoder.required_inputs if name not in inputs]
+        if missing:
+            raise RequestError(f"missing required input(s) {missing}")
         rows = {len(values) for values in inputs.values()}
         if len(rows) != 1 or 0 in rows:
             raise RequestError(f"inputs {sorted(inputs)} must all hold the same number (>= 1) of videos")
