@@ -1,4 +1,5 @@
-"""``mmcls client URL --data-root ROOT --split test --out result.csv``: predict a split through a running server."""
+"""``mmcls client URL --data-root ROOT --split test --out result.csv``: predict a split through a running server;
+``mmcls client URL --video PATH [PATH...]``: send video files, decoded on the server (input ``video``)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,105 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "client",
-        help="send a data split to a running `mmcls serve` and write the submission CSV",
-        epilog="example: mmcls client http://127.0.0.1:8000 --data-root data/ --split test --out result.csv",
+        help="send a data split (or video files) to a running `mmcls serve` and write the submission CSV",
+        epilog="examples: mmcls client http://127.0.0.1:8000 --data-root data/ --split test --out result.csv\n"
+        "          mmcls client http://127.0.0.1:8000 --video clip.mp4 --title '...'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", help="http://HOST:PORT or grpc://HOST:PORT of the server")
-    p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
-    p.add_argument("--split", default="test", help="annotation split (default: test)")
-    p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    p.add_argument("--data-root", type=Path, help="data in the official layout (not with --video)")
+    p.add_argument("--split", default=None, help="annotation split (default: test)")
+    p.add_argument("--out", type=Path, help="submission CSV to write (required with --data-root)")
+    p.add_argument(
+        "--with-names", action="store_true", help="a third CSV column: the name of each predicted class"
+    )
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     p.add_argument("--protocol", choices=["http", "grpc"], default=None, help="default: from the URL")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one answer")
+    videos = p.add_argument_group("video files (instead of --data-root/--split/--out)")
+    videos.add_argument(
+        "--video", type=Path, nargs="+", metavar="PATH", help="encoded video files (mp4, ...) to classify"
+    )
+    videos.add_argument("--title", default="", help="title text of the video(s)")
+    videos.add_argument("--asr", default="", help="speech transcript of the video(s)")
+    videos.add_argument(
+        "--ocr", default="", help='on-screen text: plain text or [{"time": t, "text": s}, ...]'
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmcls.deploy.client import predict_split_remote
-    from mmcls.inference.predict import write_submission
+    from mmcls.config import ConfigError
 
-    ids, category_ids, errors = predict_split_remote(
+    if args.video:
+        given = [
+            name
+            for name, value in (
+                ("--data-root", args.data_root),
+                ("--split", args.split),
+                ("--out", args.out),
+                ("--with-names", args.with_names),
+            )
+            if value
+        ]
+        if given:
+            raise ConfigError(f"--video and {'/'.join(given)}: give files with --video or a split, not both")
+        return _run_videos(args)
+    given = [
+        name for name, value in (("--title", args.title), ("--asr", args.asr), ("--ocr", args.ocr)) if value
+    ]
+    if given:
+        raise ConfigError(f"{'/'.join(given)}: only with --video")
+    missing = [name for name, value in (("--data-root", args.data_root), ("--out", args.out)) if not value]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} required (or --video PATH to send files)")
+    return _run_split(args)
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    import csv
+
+    from mmcls.deploy.client import classify_split_remote
+    from mmcls.files import atomic_writer
+
+    results = classify_split_remote(
         args.url,
         args.data_root,
-        args.split,
+        args.split or "test",
         concurrency=args.concurrency,
         protocol=args.protocol,
         timeout=args.timeout,
     )
-    write_submission(args.out, ids, category_ids)
-    note = f", {len(errors)} videos with frame errors" if errors else ""
-    print(f"wrote {len(ids)} predictions to {args.out}{note}")
+    with atomic_writer(args.out, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        for record, result in results:
+            row = [record.id, result.category_id]
+            writer.writerow([*row, result.category_name] if args.with_names else row)
+    errors = sum(1 for _, result in results if result.errors)
+    note = f", {errors} videos with frame errors" if errors else ""
+    print(f"wrote {len(results)} predictions to {args.out}{note}")
+    return 0
+
+
+def _run_videos(args: argparse.Namespace) -> int:
+    """One request per file (its bytes as input ``video``); one line per file: id, probability, name."""
+    from mmcls.deploy.client import ClientError, Connection
+    from mmcls.files import InputFileError, check_regular_file
+
+    connection = Connection(args.url, args.protocol, args.timeout)
+    try:
+        for path in args.video:
+            try:
+                check_regular_file(path, what="video file")
+                data = path.read_bytes()
+            except InputFileError as exc:  # a folder, a FIFO
+                raise ClientError(f"--video {path}: {exc.problem}") from None
+            except OSError as exc:
+                raise ClientError(f"--video {path}: {exc.strerror or exc}") from None
+            result = connection.infer(args.title, args.asr, args.ocr, name=str(path), video=data)
+            prob = float(result.probs.max())
+            errors = f"  ({'; '.join(result.errors)})" if result.errors else ""
+            print(f"{path}\t{result.category_id}\t{prob:.4f}\t{result.category_name}{errors}")
+    finally:
+        connection.close()
     return 0

@@ -30,6 +30,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher's wait for a batch")
     p.add_argument("--instances", type=int, default=1, help="model instances (parallel executions)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime (default: all)")
+    p.add_argument(
+        "--max-video-bytes",
+        type=int,
+        default=32 * 1024 * 1024,
+        help="input 'video' (an encoded video file) larger than this is refused (default: 32 MiB)",
+    )
+    p.add_argument(
+        "--max-video-seconds",
+        type=float,
+        default=600.0,
+        help="input 'video' longer than this is refused before decoding (default: 600)",
+    )
     return p
 
 
@@ -48,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         instances=args.instances,
         threads=args.threads,
+        max_video_bytes=args.max_video_bytes,
+        max_video_seconds=args.max_video_seconds,
     )
     return serve(args.model, options)

@@ -1,9 +1,10 @@
 """Clients of ``mmcls serve`` (KServe v2 over HTTP or gRPC, through ``tritonclient``).
 
-:func:`classify_video` sends one video; :func:`predict_split_remote` sends a whole split with N requests in
-flight and returns what ``mmcls predict`` returns, so the two CSVs can be compared. Frames are sent as the
-original JPEG bytes (the server decodes and resizes them), chosen from each zip exactly as the zip frame source
-chooses them, and padded with empty elements to the server's frame count so that Triton can batch requests.
+:func:`classify_video` sends one video (its JPEG frames, or the encoded video file itself: input ``video``,
+decoded and sampled on the server); :func:`predict_split_remote` sends a whole split with N requests in flight
+and returns what ``mmcls predict`` returns, so the two CSVs can be compared. Frames are sent as the original
+JPEG bytes (the server decodes and resizes them), chosen from each zip exactly as the zip frame source chooses
+them, and padded with empty elements to the server's frame count so that Triton can batch requests.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class VideoResult:
     lv1_id: str
     probs: np.ndarray
     errors: list[str]
+    category_name: str = ""  # the taxonomy's name of category_id (the id itself where the file has none)
 
 
 class Connection:
@@ -68,22 +70,40 @@ class Connection:
         self.max_frames = int(params.get("max_frames", 8))
         self.frame_input = params.get("frame_input", "pixels")
 
-    def infer(self, title: str, asr: str, ocr: str, frames: list[bytes], video: str = "video") -> VideoResult:
-        """Classify one video; ``ocr`` is the annotation's JSON list or plain text."""
+    def infer(
+        self,
+        title: str,
+        asr: str,
+        ocr: str,
+        frames: list[bytes] = (),
+        name: str = "video",
+        *,
+        video: bytes | None = None,
+    ) -> VideoResult:
+        """Classify one video from its JPEG ``frames`` or its encoded ``video`` file (not both); ``ocr`` is the
+        annotation's JSON list or plain text; ``name`` names the video in errors."""
         inputs = [
-            self._bytes_input(name, [text.encode("utf-8")])
-            for name, text in zip(names.SERVED_TEXT_INPUTS, (title, asr, ocr))
+            self._bytes_input(input_name, [text.encode("utf-8")])
+            for input_name, text in zip(names.SERVED_TEXT_INPUTS, (title, asr, ocr))
         ]
-        padded = list(frames) + [b""] * max(0, self.max_frames - len(frames))
-        inputs.append(self._bytes_input(names.SERVED_FRAMES, padded))
+        if video is not None:
+            if frames:
+                raise ClientError(f"video {name}: send its frames or its video file, not both")
+            if self.frame_input != "pixels":
+                raise ClientError(f"video {name}: the served model takes frame features, not video files")
+            inputs.append(self._bytes_input(names.SERVED_VIDEO, [bytes(video)]))
+        else:
+            padded = list(frames) + [b""] * max(0, self.max_frames - len(frames))
+            inputs.append(self._bytes_input(names.SERVED_FRAMES, padded))
         outputs = [self.module.InferRequestedOutput(n) for n in names.SERVED_OUTPUTS]
         try:
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
             result = self.client.infer(MODEL_NAME, inputs, outputs=outputs, **kwargs)
         except Exception as exc:
-            raise ClientError(f"video {video}: the server answered: {_one_line(exc)}") from None
+            raise ClientError(f"video {name}: the server answered: {_one_line(exc)}") from None
         return VideoResult(
             category_id=_first(result.as_numpy(names.SERVED_CATEGORY_ID)),
+            category_name=_first(result.as_numpy(names.SERVED_CATEGORY_NAME)),
             lv1_id=_first(result.as_numpy(names.SERVED_LV1_ID)),
             probs=result.as_numpy(names.SERVED_PROBS)[0],
             errors=json.loads(_first(result.as_numpy(names.SERVED_ERRORS))),
@@ -100,12 +120,20 @@ class Connection:
 
 
 def classify_video(
-    url: str, *, title: str = "", asr: str = "", ocr: str = "", frames: list[bytes] = ()
+    url: str,
+    *,
+    title: str = "",
+    asr: str = "",
+    ocr: str = "",
+    frames: list[bytes] = (),
+    video: bytes | None = None,
+    timeout: float = 60.0,
 ) -> VideoResult:
-    """One video to a running ``mmcls serve``: its text fields and JPEG frames -> category and probabilities."""
-    connection = Connection(url)
+    """One video to a running ``mmcls serve``: its text fields and its JPEG ``frames`` or its encoded ``video``
+    file (e.g. an mp4's bytes, decoded and sampled on the server) -> category, name and probabilities."""
+    connection = Connection(url, timeout=timeout)
     try:
-        return connection.infer(title, asr, ocr, list(frames))
+        return connection.infer(title, asr, ocr, list(frames), video=video)
     finally:
         connection.close()
 
@@ -133,6 +161,23 @@ def predict_split_remote(
     timeout: float = 60.0,
 ) -> tuple[list[str], list[str], dict[str, list[str]]]:
     """``(ids, category_ids, frame errors by id)`` for every record of ``split``, in annotation order."""
+    results = classify_split_remote(
+        url, data_root, split, concurrency=concurrency, protocol=protocol, timeout=timeout
+    )
+    errors = {r.id: res.errors for r, res in results if res.errors}
+    return [r.id for r, _ in results], [res.category_id for _, res in results], errors
+
+
+def classify_split_remote(
+    url: str,
+    data_root: str | Path,
+    split: str = "test",
+    *,
+    concurrency: int = 8,
+    protocol: str | None = None,
+    timeout: float = 60.0,
+) -> list[tuple[Record, VideoResult]]:
+    """Every record of ``split`` with the server's answer, in annotation order (requests run concurrently)."""
     records = load_records(annotation_path(data_root, split))
     frames_root = Path(data_root) / "zip_frames" / split
     local = threading.local()
@@ -147,12 +192,10 @@ def predict_split_remote(
             local.connection = Connection(url, protocol, timeout)
         frames = read_frame_bytes(frames_root / record.id[-3:] / f"{record.id}.zip", max_frames)
         ocr = json.dumps([{"time": t, "text": s} for t, s in record.ocr], ensure_ascii=False)
-        return local.connection.infer(record.title, record.asr, ocr, frames, video=record.id)
+        return local.connection.infer(record.title, record.asr, ocr, frames, name=record.id)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        results = list(pool.map(classify, records))
-    errors = {r.id: res.errors for r, res in zip(records, results) if res.errors}
-    return [r.id for r in records], [res.category_id for res in results], errors
+        return list(zip(records, pool.map(classify, records)))
 
 
 def _first(values: np.ndarray) -> str:

@@ -57,6 +57,16 @@ class ServeOptions:
     instances: int = 1
     threads: int | None = None
     start_timeout_s: float = 300.0
+    # input ``video`` (an encoded video file): refused above this many bytes or seconds with a 400
+    max_video_bytes: int = 32 * 1024 * 1024
+    max_video_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        """Settings checked before the server starts (Triton would only fail later, inside the model)."""
+        if self.max_video_bytes < 1:
+            raise ServeError(f"--max-video-bytes={self.max_video_bytes}: must be at least 1")
+        if not self.max_video_seconds > 0:
+            raise ServeError(f"--max-video-seconds={self.max_video_seconds}: must be above 0")
 
 
 def triton_distribution() -> Path:
@@ -115,6 +125,8 @@ def prepare_workspace(model: Path, options: ServeOptions) -> tuple[Path, Path]:
             device=options.device,
             precision=options.precision,
             threads=options.threads,
+            max_video_bytes=options.max_video_bytes,
+            max_video_seconds=options.max_video_seconds,
         )
         write_model_config(workspace / "repository", served, model_options)
     except BaseException:

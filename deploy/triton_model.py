@@ -22,7 +22,7 @@ import numpy as np
 
 from mmcls import names
 from mmcls.data.dataset import collate_batch
-from mmcls.deploy.request_decoder import RequestDecoder, RequestError
+from mmcls.deploy.request_decoder import RequestDecoder, RequestError, VideoLimits
 
 logger = logging.getLogger("mmcls.deploy.triton")
 
@@ -50,7 +50,15 @@ class TritonPythonModel:
             precision=params.get("precision") or None,
             threads=threads,
         )
-        self.decoder = RequestDecoder(self.predictor.assets)
+        limits = {
+            key: cast(params[name])
+            for key, name, cast in (
+                ("max_bytes", "max_video_bytes", int),
+                ("max_seconds", "max_video_seconds", float),
+            )
+            if params.get(name)
+        }  # a repository written before these parameters existed gets the defaults
+        self.decoder = RequestDecoder(self.predictor.assets, VideoLimits(**limits))
         self.categories = self.predictor.assets.categories
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -96,10 +104,14 @@ class TritonPythonModel:
 
     def _decode_request(self, request: Any, pb_utils: Any, first_index: int) -> list[dict[str, Any]]:
         inputs = {}
-        for name in (*names.SERVED_TEXT_INPUTS, self.decoder.frames_input_name):
+        for name in self.decoder.input_names:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 inputs[name] = tensor.as_numpy()
+        # Triton stops checking for required inputs once a model has optional ones (frames, video): done here.
+        missing = [name for name in self.decoder.required_inputs if name not in inputs]
+        if missing:
+            raise RequestError(f"missing required input(s) {missing}")
         rows = {len(values) for values in inputs.values()}
         if len(rows) != 1 or 0 in rows:
             raise RequestError(f"inputs {sorted(inputs)} must all hold the same number (>= 1) of videos")
@@ -115,6 +127,9 @@ class TritonPythonModel:
         category_ids = [self.categories.category_id(int(i)) for i in probs.argmax(axis=1)]
         return {
             names.SERVED_CATEGORY_ID: np.array([[c.encode()] for c in category_ids], dtype=object),
+            names.SERVED_CATEGORY_NAME: np.array(
+                [[self.categories.name(c).encode()] for c in category_ids], dtype=object
+            ),
             # The level-1 id is the parent of the predicted category (as the challenge scores it), so an answer
             # never names a level-1 class that does not contain its level-2 class.
             names.SERVED_LV1_ID: np.array(

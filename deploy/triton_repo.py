@@ -2,8 +2,9 @@
 
 Layout::
 
-    REPO/mmcls/config.pbtxt      inputs title/asr/ocr (BYTES [1]) + frames (BYTES [-1], one JPEG each) or
-                                 frame_feats (FP32 [-1, D]); outputs category_id, lv1_id (BYTES [1]),
+    REPO/mmcls/config.pbtxt      inputs title/asr/ocr (BYTES [1]) + frames (BYTES [-1], one JPEG each, optional)
+                                 and video (BYTES [1], an encoded video file, optional) or frame_feats
+                                 (FP32 [-1, D]); outputs category_id, category_name, lv1_id (BYTES [1]),
                                  probs (FP32 [C]), errors (BYTES [1], a JSON list); dynamic batching
     REPO/mmcls/1/model.py        re-exports mmcls.deploy.triton_model.TritonPythonModel
     REPO/mmcls/1/model/          the model folder or artifact folder it serves (``export --format triton``);
@@ -27,6 +28,7 @@ from pathlib import Path
 from mmcls import names
 from mmcls.deploy.artifact import is_artifact, load_assets
 from mmcls.deploy.backends import BACKENDS, get_backend
+from mmcls.deploy.request_decoder import VideoLimits
 
 MODEL_NAME = names.TRITON_MODEL
 MODEL_PY = '''"""Triton Python-backend entry point written by mmcls; the model lives in mmcls.deploy.triton_model."""
@@ -44,6 +46,9 @@ class TritonModelOptions:
     device: str = "auto"
     precision: str | None = None
     threads: int | None = None
+    # input ``video``: refused above this many bytes or seconds (mmcls.deploy.request_decoder.VideoLimits)
+    max_video_bytes: int = VideoLimits.max_bytes
+    max_video_seconds: float = VideoLimits.max_seconds
 
 
 def write_triton_repository(
@@ -125,11 +130,17 @@ def model_config_text(assets, model_path: Path, options: TritonModelOptions) -> 
     frames = assets.config.data.frames
     if assets.frame_input == "features":
         frame_input = _entry(names.SERVED_FRAME_FEATS, "TYPE_FP32", f"-1, {frames.feature_dim}")
-    else:
-        frame_input = _entry(names.SERVED_FRAMES, "TYPE_STRING", "-1")
+    else:  # JPEG frames or one encoded video file: either may be left out
+        frame_input = ",\n".join(
+            [
+                _entry(names.SERVED_FRAMES, "TYPE_STRING", "-1", optional=True),
+                _entry(names.SERVED_VIDEO, "TYPE_STRING", "1", optional=True),
+            ]
+        )
     inputs = [*(_entry(name, "TYPE_STRING", "1") for name in names.SERVED_TEXT_INPUTS), frame_input]
     outputs = [
         _entry(names.SERVED_CATEGORY_ID, "TYPE_STRING", "1"),
+        _entry(names.SERVED_CATEGORY_NAME, "TYPE_STRING", "1"),
         _entry(names.SERVED_LV1_ID, "TYPE_STRING", "1"),
         _entry(names.SERVED_PROBS, "TYPE_FP32", str(assets.config.model.num_classes)),
         _entry(names.SERVED_ERRORS, "TYPE_STRING", "1"),
@@ -143,6 +154,8 @@ def model_config_text(assets, model_path: Path, options: TritonModelOptions) -> 
         "threads": str(options.threads or ""),
         "max_frames": str(frames.max_frames),
         "frame_input": assets.frame_input,
+        "max_video_bytes": str(options.max_video_bytes),
+        "max_video_seconds": str(options.max_video_seconds),
     }
     parameters = "\n".join(
         f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}' for key, value in params.items()
@@ -166,9 +179,10 @@ instance_group [ {{ kind: {kind} count: {options.instances} }} ]
 """
 
 
-def _entry(name: str, data_type: str, dims: str) -> str:
-    """One tensor of a ``config.pbtxt`` input/output list."""
-    return f'  {{ name: "{name}" data_type: {data_type} dims: [ {dims} ] }}'
+def _entry(name: str, data_type: str, dims: str, *, optional: bool = False) -> str:
+    """One tensor of a ``config.pbtxt`` input/output list (an ``optional`` input may be left out of a request)."""
+    flag = " optional: true" if optional else ""
+    return f'  {{ name: "{name}" data_type: {data_type} dims: [ {dims} ]{flag} }}'
 
 
 def describe(model: str | Path) -> str:

@@ -35,16 +35,20 @@ GRAPH_OUTPUTS = (PROBS, LV1_PROBS)
 #: The Triton model that ``mmcls serve`` loads and ``mmcls client`` calls, and the bare-graph model beside it.
 TRITON_MODEL = "mmcls"
 TRITON_GRAPH_MODEL = "mmcls_graph"
-#: Served inputs: the three text fields (BYTES), then JPEG frames (BYTES) or frame features (FP32).
+#: Served inputs: the three text fields (BYTES), then JPEG frames (BYTES) or frame features (FP32); a model
+#: that reads pixels also takes one encoded video file (BYTES ``[1]``, e.g. an mp4) instead of the frames.
 SERVED_TEXT_INPUTS = ("title", "asr", "ocr")
 SERVED_FRAMES = "frames"
 SERVED_FRAME_FEATS = "frame_feats"
-#: Served outputs: predicted category, its level-1 parent, the level-2 probabilities, frame errors (JSON).
+SERVED_VIDEO = "video"
+#: Served outputs: predicted category, its name (the taxonomy's), its level-1 parent, the level-2
+#: probabilities, frame errors (JSON).
 SERVED_CATEGORY_ID = "category_id"
+SERVED_CATEGORY_NAME = "category_name"
 SERVED_LV1_ID = "lv1_id"
 SERVED_PROBS = PROBS
 SERVED_ERRORS = "errors"
-SERVED_OUTPUTS = (SERVED_CATEGORY_ID, SERVED_LV1_ID, SERVED_PROBS, SERVED_ERRORS)
+SERVED_OUTPUTS = (SERVED_CATEGORY_ID, SERVED_CATEGORY_NAME, SERVED_LV1_ID, SERVED_PROBS, SERVED_ERRORS)
 
 # ------------------------------------------------------------------------------------------------ file names
 #: A model folder (``mmcls.models.model_dir``) and an artifact folder (``mmcls.deploy.artifact``) both hold the

@@ -54,3 +54,28 @@ def write_zip():
         return path
 
     return write
+
+
+# A user's taxonomy (tests/test_taxonomy.py, the deployment tests): 12 classes under 4 parents, ids that are not
+# digits, Chinese names.
+PARENTS = {"food": "美食", "sport": "体育", "music": "音乐", "pets": "萌宠"}
+CHILDREN = {
+    "food": [("food/home", "家常菜"), ("food/bake", "烘焙"), ("food/street", "街头小吃")],
+    "sport": [("sport/football", "足球"), ("sport/basket", "篮球"), ("sport/run", "跑步")],
+    "music": [("music/pop", "流行"), ("music/folk", "民谣"), ("music/live", "现场")],
+    "pets": [("pets/cat", "猫"), ("pets/dog", "狗"), ("pets/fish", "观赏鱼")],
+}
+
+
+def write_two_level(path: Path) -> Path:
+    """12 classes under 4 parents; an extra column (``owner``) that must be kept."""
+    lines = ["id,name,parent,owner"]
+    lines += [f"{pid},{name},,team{i}" for i, (pid, name) in enumerate(PARENTS.items())]
+    lines += [f"{cid},{name},{pid},team9" for pid, kids in CHILDREN.items() for cid, name in kids]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_level(tmp_path_factory) -> Path:
+    return write_two_level(tmp_path_factory.mktemp("taxonomy") / "mine.csv")

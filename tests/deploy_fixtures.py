@@ -7,16 +7,19 @@ from pathlib import Path
 import torch
 
 from mmcls.config import Config
-from mmcls.data.categories import official_categories
+from mmcls.data.categories import load_categories
 from mmcls.data.text import load_tokenizer
 from mmcls.models import build_model, save_model_dir
 
 
-def tiny_model_dir(path: Path, *, features: bool = False, seed: int = 0) -> Path:
-    """A model folder of a freshly built (untrained) ``tiny`` model; ``features``: identity encoder on zip_feats."""
-    overrides = []
+def tiny_model_dir(
+    path: Path, *, features: bool = False, seed: int = 0, categories: Path | None = None
+) -> Path:
+    """A model folder of a freshly built (untrained) ``tiny`` model; ``features``: identity encoder on zip_feats;
+    ``categories``: a taxonomy file (default: the packaged WBDC list)."""
+    overrides = [f"data.categories={categories}"] if categories is not None else []
     if features:
-        overrides = [
+        overrides += [
             "data.frames.source=zip_feats",
             "data.frames.feature_dim=768",
             "model.frame_encoder.type=identity",
@@ -26,7 +29,7 @@ def tiny_model_dir(path: Path, *, features: bool = False, seed: int = 0) -> Path
     tokenizer = load_tokenizer(config.data.text.tokenizer)
     torch.manual_seed(seed)
     model = build_model(config, vocab_size=len(tokenizer)).eval()
-    save_model_dir(path, model, config, tokenizer, official_categories())
+    save_model_dir(path, model, config, tokenizer, load_categories(categories))
     return path
 
 

@@ -33,15 +33,9 @@ from mmcls.metrics import EvaluationError, compute_scores, evaluate_files
 from mmcls.models import build_model, load_model_dir, save_model_dir
 
 from commands import child_env, mmcls_command
+from conftest import CHILDREN, PARENTS
 
 SHARED_CATEGORIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wbdc2022_categories.csv"
-PARENTS = {"food": "美食", "sport": "体育", "music": "音乐", "pets": "萌宠"}
-CHILDREN = {
-    "food": [("food/home", "家常菜"), ("food/bake", "烘焙"), ("food/street", "街头小吃")],
-    "sport": [("sport/football", "足球"), ("sport/basket", "篮球"), ("sport/run", "跑步")],
-    "music": [("music/pop", "流行"), ("music/folk", "民谣"), ("music/live", "现场")],
-    "pets": [("pets/cat", "猫"), ("pets/dog", "狗"), ("pets/fish", "观赏鱼")],
-}
 FLAT = [("a", "甲"), ("b", "乙"), ("c", "丙"), ("d", "丁"), ("e", "戊")]
 FAST = [
     "train.epochs=1",
@@ -53,23 +47,9 @@ FAST = [
 ]
 
 
-def write_two_level(path: Path) -> Path:
-    """12 classes under 4 parents; an extra column (``owner``) that must be kept."""
-    lines = ["id,name,parent,owner"]
-    lines += [f"{pid},{name},,team{i}" for i, (pid, name) in enumerate(PARENTS.items())]
-    lines += [f"{cid},{name},{pid},team9" for pid, kids in CHILDREN.items() for cid, name in kids]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 def write_flat(path: Path) -> Path:
     path.write_text("id,name,parent\n" + "".join(f"{c},{n},\n" for c, n in FLAT), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="module")
-def two_level(tmp_path_factory) -> Path:
-    return write_two_level(tmp_path_factory.mktemp("taxonomy") / "mine.csv")
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +217,8 @@ def test_synthetic_data_follows_the_taxonomy(two_level, tmp_path):
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.parametrize("kind", ["two_level", "flat"])
 def test_make_data_train_predict_evaluate_report_over_a_users_taxonomy(kind, request, tmp_path):
-    from mmcls.inference.predict import predict_split, write_submission
     from mmcls.engine.trainer import train
+    from mmcls.inference.predict import predict_split, write_submission
 
     taxonomy = request.getfixturevalue(kind)
     tax = read_taxonomy(taxonomy)

@@ -1,8 +1,10 @@
-"""``mmcls predict MODEL --data-root ROOT --split S --out result.csv``: the submission CSV of a split."""
+"""``mmcls predict MODEL --data-root ROOT --split S --out result.csv``: the submission CSV of a split;
+``mmcls predict MODEL --video PATH [PATH...]``: the likeliest classes of video files or frame zips."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mmcls import names
@@ -17,17 +19,37 @@ from mmcls.cli.options import (
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
-        help="write id,category_id predictions for a split",
-        epilog="example: mmcls predict runs/tiny --data-root data/ --split test --out runs/tiny/result.csv",
+        help="write id,category_id predictions for a split, or classify video files (--video)",
+        epilog="examples: mmcls predict runs/tiny --data-root data/ --split test --out runs/tiny/result.csv\n"
+        "          mmcls predict runs/tiny --video clip.mp4 --title '...' --top-k 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "model_dir",
         type=Path,
         help="a model folder, a run directory (its best model), or an artifact folder from `mmcls export`",
     )
-    p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
-    p.add_argument("--split", default="test", help="annotation split to predict (default: test)")
-    p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    p.add_argument("--data-root", type=Path, help="data in the official layout (not with --video)")
+    p.add_argument("--split", default=None, help="annotation split to predict (default: test)")
+    p.add_argument("--out", type=Path, help="submission CSV to write (required with --data-root)")
+    videos = p.add_argument_group("one video at a time (instead of --data-root/--split/--out)")
+    videos.add_argument(
+        "--video",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="video files (decoded with decord) or frame zips (*.zip) to classify, preprocessed as the "
+        "model's eval loader does",
+    )
+    videos.add_argument("--title", default="", help="title text of the video(s)")
+    videos.add_argument("--asr", default="", help="speech transcript of the video(s)")
+    videos.add_argument(
+        "--ocr", default="", help='on-screen text: plain text or [{"time": t, "text": s}, ...]'
+    )
+    videos.add_argument("--top-k", type=positive_int, default=5, help="classes shown per video (default: 5)")
+    videos.add_argument(
+        "--json", action="store_true", help='print [{"video", "top": [{"category_id", "name", "prob"}]}]'
+    )
     p.add_argument("--batch-size", type=positive_int, default=64, help="videos per batch and process")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
     add_device_option(p, default="auto", help="where to run the model")
@@ -69,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
     from mmcls.inference.predict import check_submission_path, predict_split
 
+    _check_mode(args)
+    if args.video:
+        return _run_videos(args)
+    args.split = args.split or "test"
     inputs = [_split_annotation_path(args), args.model_dir]
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
@@ -96,6 +122,85 @@ def run(args: argparse.Namespace) -> int:
         _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))
     shutdown_distributed()
     return 0
+
+
+def _check_mode(args: argparse.Namespace) -> None:
+    """A split (``--data-root`` + ``--out``) or files (``--video``), each with its own options, never both."""
+    from mmcls.config import ConfigError
+
+    split_options = {"--data-root": args.data_root, "--split": args.split, "--out": args.out}
+    video_options = {
+        "--title": args.title,
+        "--asr": args.asr,
+        "--ocr": args.ocr,
+        "--top-k": args.top_k != 5,
+        "--json": args.json,
+    }
+    if args.video:
+        given = [name for name, value in split_options.items() if value]
+        if given:
+            raise ConfigError(f"--video and {'/'.join(given)}: give files with --video or a split, not both")
+        if args.frame_decoder != "pil":
+            raise ConfigError(
+                "--frame-decoder cuda: decodes the frame zips of a split; --video reads on the CPU"
+            )
+        return
+    given = [name for name, value in video_options.items() if value]
+    if given:
+        raise ConfigError(f"{'/'.join(given)}: only with --video")
+    missing = [name for name in ("--data-root", "--out") if not split_options[name]]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} required (or --video PATH to classify files)")
+
+
+def _run_videos(args: argparse.Namespace) -> int:
+    """``--video``: the top classes of each file, as a table or JSON; any backend (torch, or an artifact's)."""
+    import numpy as np
+
+    from mmcls.inference.predict import predict_videos, top_classes, video_loader, video_records
+
+    records = video_records(args.video, args.title, args.asr, args.ocr)
+    if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
+        from mmcls.deploy.predictor import Predictor
+
+        if args.logit_adjust:
+            from mmcls.config import ConfigError
+
+            raise ConfigError("--logit-adjust: only for model folders predicted with the torch backend")
+        predictor = Predictor.from_path(
+            args.model_dir, args.backend, device=args.device, precision=args.precision
+        )
+        assets = predictor.assets
+        loader = video_loader(assets.config, assets.tokenizer, assets.categories, records, args.batch_size)
+        preds = predictor.predict_loader(loader)
+        categories, probs = assets.categories, preds.probs[np.argsort(preds.indices)]
+    else:
+        categories, probs = predict_videos(
+            args.model_dir,
+            records,
+            batch_size=args.batch_size,
+            device=args.device,
+            precision=args.precision or "fp32",
+            logit_adjust=args.logit_adjust,
+        )
+    results = top_classes(args.video, probs, categories, args.top_k)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+    else:
+        print(format_top_classes(results))
+    return 0
+
+
+def format_top_classes(results: list[dict]) -> str:
+    """The terminal table of ``predict --video``: per video, rank, class id, probability and name."""
+    lines = []
+    for result in results:
+        width = max(len("category_id"), *(len(row["category_id"]) for row in result["top"]))
+        lines.append(f"{result['video']}")
+        lines.append(f"  rank  {'category_id':<{width}}  prob    name")
+        for rank, row in enumerate(result["top"], 1):
+            lines.append(f"  {rank:<4}  {row['category_id']:<{width}}  {row['prob']:.4f}  {row['name']}")
+    return "\n".join(lines)
 
 
 def _split_annotation_path(args: argparse.Namespace) -> Path:

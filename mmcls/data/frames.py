@@ -239,7 +239,10 @@ class ZipFramesSource(_ImageSource):
         return self.root / video_id[-3:] / f"{video_id}.zip"
 
     def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
-        path = self.path(video_id)
+        return self.read_path(self.path(video_id), rng)
+
+    def read_path(self, path: Path, rng: np.random.Generator | None = None) -> FrameClip:
+        """The clip of the frame zip at ``path`` (``mmcls predict --video FRAMES.zip`` names one directly)."""
         with _open_zip(path, self.cfg) as zf:
             members, guessed = _frame_members(zf)
             if not members:
@@ -415,17 +418,20 @@ class VideoFileSource(_ImageSource):
     def __init__(
         self,
         cfg: FrameConfig,
-        video_dir: str | Path,
+        video_dir: str | Path | None,
         ext: str | None = None,
         data_root: str | Path | None = None,
     ):
         super().__init__(cfg)
-        self.video_dir = Path(video_dir)
+        # None: no folder of {id}{ext} files, only records' absolute paths and encoded bytes (read_video)
+        self.video_dir = None if video_dir is None else Path(video_dir)
         self.ext = cfg.video_ext if ext is None else ext
         self.data_root = Path(data_root) if data_root is not None else self.video_dir
 
     def path(self, video_id: str) -> Path:
         _check_video_id(video_id)
+        if self.video_dir is None:
+            raise FrameError("missing_file", video_id, "no video folder: the record must name its video")
         return self.video_dir / f"{video_id}{self.ext}"
 
     def record_path(self, video: str) -> Path:
@@ -433,6 +439,8 @@ class VideoFileSource(_ImageSource):
         path = Path(video)
         if path.is_absolute():
             return path
+        if self.data_root is None:
+            raise FrameError("unsafe_path", path, "a relative video path needs a data root")
         joined = self.data_root / path
         if ".." in path.parts:
             raise FrameError("unsafe_path", joined, "a relative video path may not contain '..'")
@@ -453,8 +461,6 @@ class VideoFileSource(_ImageSource):
         return self._read_file(self.record_path(record.video), rng)
 
     def _read_file(self, path: Path, rng: np.random.Generator | None) -> FrameClip:
-        import decord  # lazy: decord wheels are missing on some platforms that only use zips
-
         try:
             check_regular_file(path, self.cfg.max_file_bytes, what="video file")
         except FileNotFoundError:
@@ -463,16 +469,41 @@ class VideoFileSource(_ImageSource):
             raise FrameError("bad_video", path, exc.problem) from None
         except OSError as exc:  # e.g. a path through a file, or too long a name
             raise FrameError("missing_file", path, f"cannot open: {exc.strerror or exc}") from None
+        return self.read_video(open_video(str(path), path), path, rng)
+
+    def read_video(self, reader: Any, where: str | Path, rng: np.random.Generator | None = None) -> FrameClip:
+        """The clip of an opened video (:func:`open_video`: a file, or the bytes a server received); ``where``
+        names it in errors. Sampling and resizing are the file source's, whatever the video came from."""
+        import decord
+
         try:
-            # One decoding thread: DataLoader workers already provide the parallelism.
-            reader = decord.VideoReader(str(path), num_threads=1)
             indices = sample_frame_indices(len(reader), self.max_frames, rng)
             if not indices:
-                raise FrameError("bad_video", path, "the video has no frames")
+                raise FrameError("bad_video", where, "the video has no frames")
             decoded = reader.get_batch(indices).asnumpy()
         except (RuntimeError, decord.DECORDError) as exc:
-            raise FrameError("bad_video", path, f"cannot decode: {_first_line(exc)}") from None
+            raise FrameError("bad_video", where, f"cannot decode: {_first_line(exc)}") from None
         return self._clip([fit_image(Image.fromarray(frame), self.image_size) for frame in decoded], [])
+
+
+def open_video(video: str | bytes, where: str | Path) -> Any:
+    """A ``decord.VideoReader`` over a video file's path or an encoded video's bytes (read from memory, no
+    temporary file); raises ``bad_video`` naming ``where``. One decoding thread: DataLoader workers (or the
+    server's instances) already provide the parallelism."""
+    import decord  # lazy: decord wheels are missing on some platforms that only use zips
+
+    source = io.BytesIO(video) if isinstance(video, bytes) else video
+    try:
+        return decord.VideoReader(source, num_threads=1)
+    # decord asserts a frame count > 0 after opening: an AssertionError is an empty or broken video too
+    except (RuntimeError, AssertionError, decord.DECORDError) as exc:
+        raise FrameError("bad_video", where, f"cannot decode: {_first_line(exc)}") from None
+
+
+def video_seconds(reader: Any) -> float:
+    """The duration of an opened video (frames / average frame rate); 0 when the container gives no rate."""
+    fps = float(reader.get_avg_fps() or 0.0)
+    return len(reader) / fps if fps > 0 else 0.0
 
 
 def build_frame_source(cfg: FrameConfig, data_root: str | Path, split: str) -> FrameSource | None:

@@ -1,4 +1,5 @@
-"""``mmcls predict``: a model folder + a data split -> the challenge's submission CSV.
+"""``mmcls predict``: a model folder + a data split -> the challenge's submission CSV; or a few files
+(``--video``: video files or frame zips, no data root) -> their likeliest classes.
 
 Under ``torchrun`` every rank predicts its share of the split; the predictions are gathered so that each
 rank returns the whole split, and only rank 0 writes the file (see ``mmcls.cli.predict``).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -20,16 +22,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mmcls.config import ConfigError
+from mmcls.config import Config, ConfigError, FrameConfig
 from mmcls.data.annotations import (
     AnnotationError,
     Record,
     annotation_path,
     first_duplicate_id,
     load_records,
+    parse_record,
 )
 from mmcls.data.builders import build_dataset, build_eval_loader
 from mmcls.data.categories import CategoryMap
+from mmcls.data.dataset import VideoTextDataset
+from mmcls.data.frames import FrameClip, FrameError, FrameSource, VideoFileSource, ZipFramesSource
+from mmcls.data.text import TextEncoder
 from mmcls.engine.distributed import (
     check_frame_decoder,
     check_precision,
@@ -41,7 +47,14 @@ from mmcls.engine.inference import Predictions, cast_for_inference, gather_predi
 from mmcls.engine.logger import show_progress
 from mmcls.engine.losses import adjust_logits, log_prior
 from mmcls.errors import MmclsError
-from mmcls.files import OutputError, atomic_write_json, atomic_writer, same_file
+from mmcls.files import (
+    InputFileError,
+    OutputError,
+    atomic_write_json,
+    atomic_writer,
+    check_regular_file,
+    same_file,
+)
 from mmcls.models import LoadedModel, load_model_dir
 
 
@@ -214,3 +227,129 @@ def write_submission(path: str | Path, ids: list[str], category_ids: list[str]) 
 def write_error_report(path: str | Path, errors: dict[str, int]) -> None:
     """``{"frames": {kind: count}, "total": n}``: the problems of a prediction run, like training's report."""
     atomic_write_json(path, {"frames": dict(sorted(errors.items())), "total": int(sum(errors.values()))})
+
+
+# ------------------------------------------------------------------------------------------ predict --video
+class VideoInputError(MmclsError, ValueError):
+    """``predict --video``: a named file is missing or not a regular file, or the model cannot read videos."""
+
+
+class GivenFilesSource(FrameSource):
+    """The frames of files named on the command line: each record's ``video`` is an absolute path, read as a
+    frame zip when it ends in ``.zip`` and as a video file (decord) otherwise, with the model's frame settings
+    (count, size, evaluation sampling) through the data path's own zip and video sources."""
+
+    dtype = torch.uint8
+
+    def __init__(self, cfg: FrameConfig):
+        super().__init__(cfg)
+        self.zips = ZipFramesSource(cfg, root=Path())
+        self.videos = VideoFileSource(cfg, video_dir=None)
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return self.videos.item_shape
+
+    def read(self, video_id: str, rng: np.random.Generator | None = None) -> FrameClip:
+        raise FrameError("missing_file", video_id, "a given file is read through its record")
+
+    def read_record(self, record: Record, rng: np.random.Generator | None = None) -> FrameClip:
+        path = Path(record.video or record.id)
+        if path.suffix.lower() == ".zip":
+            return self.zips.read_path(path, rng)
+        return self.videos.read_record(record, rng)
+
+
+def video_records(
+    videos: Sequence[str | Path], title: str = "", asr: str = "", ocr: str = ""
+) -> list[Record]:
+    """One record per file (absolute paths), all with the same text; refuses a missing or non-regular file.
+
+    ``ocr`` is plain text (one line) or the official JSON list ``[{"time", "text"}, ...]``, as a CSV
+    annotation file's ``ocr`` column.
+    """
+    records = []
+    for index, video in enumerate(videos):
+        try:
+            check_regular_file(video, what="video file")
+        except FileNotFoundError:
+            raise VideoInputError(f"--video {video}: no such file") from None
+        except InputFileError as exc:  # a folder, a FIFO
+            raise VideoInputError(f"--video {video}: {exc.problem}") from None
+        except OSError as exc:
+            raise VideoInputError(f"--video {video}: {exc.strerror or exc}") from None
+        item = {"id": str(index), "title": title, "asr": asr, "ocr": _ocr_lines(ocr)}
+        record = parse_record(item, Path("--ocr"), 0, frozenset())
+        records.append(dataclasses.replace(record, video=str(Path(video).resolve())))
+    return records
+
+
+def _ocr_lines(text: str) -> list[dict]:
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, list):
+            return value  # validated by parse_record
+    return [{"time": 0, "text": stripped}] if stripped else []
+
+
+def video_loader(
+    config: Config, tokenizer, categories: CategoryMap, records: Sequence[Record], batch_size: int = 64
+) -> DataLoader:
+    """An in-order loader over ``records`` made by :func:`video_records`, preprocessed as the model's eval loader
+    does (its tokenizer, text budgets, frame count and size); a file that cannot be decoded raises its
+    :class:`FrameError` (a user who names one file wants to know, not a text-only guess). One process."""
+    frames = config.data.frames
+    if frames.source == "zip_feats":
+        raise VideoInputError(
+            "--video: the model reads precomputed frame features (data.frames.source: zip_feats), not "
+            "frames; use a model trained on frames"
+        )
+    source = None if frames.source == "none" else GivenFilesSource(frames)
+    dataset = VideoTextDataset(
+        records, TextEncoder(tokenizer, config.data.text), source, categories, train=False, on_error="raise"
+    )
+    return build_eval_loader(dataset, batch_size, num_workers=0, pad_token_id=tokenizer.pad_token_id or 0)
+
+
+def predict_videos(
+    model_dir: str | Path,
+    records: Sequence[Record],
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "fp32",
+    logit_adjust: float = 0.0,
+) -> tuple[CategoryMap, np.ndarray]:
+    """``(taxonomy, probabilities [n, C])`` of the records of :func:`video_records`, with the torch backend."""
+    torch_device = resolve_device(device, world_info_from_env(), setting="--device")
+    check_precision(precision, torch_device, setting="--precision")
+    loaded = load_model_dir(model_dir, device=torch_device)
+    loader = video_loader(loaded.config, loaded.tokenizer, loaded.categories, records, batch_size)
+    model = cast_for_inference(loaded.model, torch_device, precision)
+    preds = predict_loader(model, loader, torch_device, precision, progress=False)
+    if logit_adjust:
+        if loaded.train_counts is None:
+            raise LogitAdjustError(f"--logit-adjust: {loaded.path}/categories.json has no train_counts")
+        preds = adjusted_predictions(preds, np.asarray(loaded.train_counts), logit_adjust)
+    return loaded.categories, preds.probs[np.argsort(preds.indices)]
+
+
+def top_classes(
+    videos: Sequence[str | Path], probs: np.ndarray, categories: CategoryMap, k: int
+) -> list[dict]:
+    """``[{"video", "top": [{"category_id", "name", "prob"}, ...]}]``: the ``k`` likeliest classes of each video."""
+    results = []
+    for video, row in zip(videos, probs):
+        order = np.argsort(-row, kind="stable")[:k]
+        top = []
+        for index in order:
+            category_id = categories.category_id(int(index))
+            top.append(
+                {"category_id": category_id, "name": categories.name(category_id), "prob": float(row[index])}
+            )
+        results.append({"video": str(video), "top": top})
+    return results
