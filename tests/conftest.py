@@ -57,8 +57,8 @@ def write_zip():
 
 
 @pytest.fixture(scope="session")
-def synthetic_root(tmp_path_factory):
-    """``synthetic_root(num_labeled, num_unlabeled, num_test, **kw)``: a synthetic data root, made once per
+def synthetic_data(tmp_path_factory):
+    """``synthetic_data(num_labeled, num_unlabeled, num_test, **kw)``: a synthetic data root, made once per
     session for each distinct set of arguments (``make_synthetic_dataset``'s). Read it, never change it: copy
     it first (``shutil.copytree``) to damage or extend it."""
     from mmcls.data.synthetic import make_synthetic_dataset

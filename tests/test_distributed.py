@@ -23,8 +23,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmcls.data.synthetic import make_synthetic_dataset
-
 from commands import (
     NO_DROPOUT,
     QUIET,
@@ -110,10 +108,8 @@ def files_of(run_dir: Path) -> set[str]:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dist") / "data"
-    make_synthetic_dataset(root, 160, 0, 20, seed=0, num_frames=4, image_size=32, feature_dim=64)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(160, 0, 20, seed=0, num_frames=4, image_size=32, feature_dim=64)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint
 
 from commands import (
@@ -44,10 +43,8 @@ SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain") / "data"
-    make_synthetic_dataset(root, 24, 60, 12, seed=7, num_frames=4, image_size=32, feature_dim=16)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(24, 60, 12, seed=7, num_frames=4, image_size=32, feature_dim=16)
 
 
 def pretrain_args(data_root: Path, run_dir: Path, settings: list[str], resume: bool = False) -> list[str]:

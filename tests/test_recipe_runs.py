@@ -20,7 +20,6 @@ from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.builders import split_train_val
 from mmcls.data.categories import official_categories
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmcls.engine.task import ClassificationTask
 from mmcls.engine.trainer import train
@@ -54,10 +53,8 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("recipe") / "data"
-    make_synthetic_dataset(root, 120, 0, 24, seed=3, num_frames=4, image_size=32)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(120, 0, 24, seed=3, num_frames=4, image_size=32)
 
 
 @pytest.fixture(scope="module")

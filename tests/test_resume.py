@@ -1,11 +1,11 @@
 """Fault tolerance of training: kill -9 / SIGTERM and resume, non-finite losses, run-directory guards.
 
 Two resume tests run ``python -m mmcls train`` as real processes and interrupt them from outside, the way a
-preempted job (SIGTERM to the process group) or an out-of-memory kill (SIGKILL) does; a third crashes a run
-in this process (``crash_after_step``) in its second epoch with DataLoader workers. Each compares the resumed
-run with one that was never interrupted. Dropout is on (the tiny preset's 0.1), EMA is on and frames are sampled at random, so the
-comparison only holds if the checkpoint restores the RNG streams, the EMA copy, the optimizer and scheduler,
-and the position inside the epoch exactly.
+preempted job (SIGTERM to the process group) or an out-of-memory kill (SIGKILL) does, then resume in this
+process; a third crashes a run in this process (``crash_after_step``) in its second epoch with DataLoader
+workers. Each compares the resumed run with one that was never interrupted. Dropout is on (the tiny preset's
+0.1), EMA is on and frames are sampled at random, so the comparison only holds if the checkpoint restores the
+RNG streams, the EMA copy, the optimizer and scheduler, and the position inside the epoch exactly.
 """
 
 from __future__ import annotations
@@ -26,12 +26,20 @@ import torch
 from safetensors.torch import load_file
 
 from mmcls.config import Config
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmcls.engine.task import ClassificationTask
 from mmcls.engine.trainer import TrainingError, train
 
-from commands import QUIET, Crash, child_env, mmcls_command, run_main, tiny_config, train_args
+from commands import (
+    QUIET,
+    Crash,
+    child_env,
+    mmcls_command,
+    one_torch_thread,
+    run_main,
+    tiny_config,
+    train_args,
+)
 
 # 200 labeled records, 10% held out for validation -> 180 training samples -> 22 steps of 8 per epoch.
 STEPS_PER_EPOCH = 22
@@ -49,29 +57,14 @@ PROCESS_TIMEOUT = 120  # seconds; one full run takes ~25 s on 2 cores
 
 # ------------------------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume") / "data"
-    make_synthetic_dataset(root, 200, 10, 20, seed=5, num_frames=4, image_size=32)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(200, 10, 20, seed=5, num_frames=4, image_size=32)
 
 
 def _train_args(data_root: Path, run_dir: Path, workers: int, resume: bool) -> list[str]:
     """``mmcls train ...`` without the program."""
     settings = [*RUN_SETTINGS, f"data.num_workers={workers}"]
     return [*train_args(data_root, run_dir, settings), *(["--resume"] if resume else [])]
-
-
-def run_training(data_root: Path, run_dir: Path, workers: int = 0, resume: bool = False) -> str:
-    """Train to completion in a child process; its stdout."""
-    proc = subprocess.run(
-        mmcls_command(*_train_args(data_root, run_dir, workers, resume)),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT,
-        env=child_env(),
-    )
-    assert proc.returncode == 0, f"training exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def start_training(data_root: Path, run_dir: Path, workers: int) -> subprocess.Popen:
@@ -206,7 +199,7 @@ def reference(data_root, tmp_path_factory):
 def kill_and_resume(
     data_root: Path, run_dir: Path, workers: int, min_step: int, sig: int, whole_group: bool = False
 ) -> tuple[int, str]:
-    """Start a run, send ``sig`` once it has a checkpoint of ``min_step``, then resume it to the end.
+    """Start a run, send ``sig`` once it has a checkpoint of ``min_step``, then resume it to the end (in-process).
 
     ``whole_group`` signals the main process and its DataLoader workers at once, as SLURM or Ctrl-C do.
 
@@ -236,7 +229,10 @@ def kill_and_resume(
         assert checkpoint_step(latest_checkpoint(run_dir)) == int(match.group(1))
     resumed_from = checkpoint_step(latest_checkpoint(run_dir))
     assert not (run_dir / "last").exists()  # the run really was cut short
-    return resumed_from, run_training(data_root, run_dir, workers, resume=True)
+    # The resume runs in this process (one interpreter start less): what a resume restores is on disk.
+    with one_torch_thread():
+        stdout, _ = run_main(*_train_args(data_root, run_dir, workers, resume=True))
+    return resumed_from, stdout
 
 
 # ------------------------------------------------------------------------------------ interruptions

@@ -27,7 +27,6 @@ from mmcls.data.annotations import AnnotationError, annotation_path, load_record
 from mmcls.data.builders import build_dataset, split_train_val
 from mmcls.data.categories import official_categories
 from mmcls.data.frames import FrameError
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.trainer import train
 
 from commands import QUIET, run_mmcls, tiny_config, train_args
@@ -37,11 +36,9 @@ BATCH = 8
 
 
 @pytest.fixture(scope="module")
-def clean_data(tmp_path_factory) -> Path:
+def clean_data(synthetic_data) -> Path:
     """24 labeled videos of 2-6 frames; 16 of them train (2 full batches), 8 validate."""
-    root = tmp_path_factory.mktemp("robust") / "data"
-    make_synthetic_dataset(root, 24, 0, 0, seed=11, num_frames=4, image_size=32, feature_dim=FEATURE_DIM)
-    return root
+    return synthetic_data(24, 0, 0, seed=11, num_frames=4, image_size=32, feature_dim=FEATURE_DIM)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from mmcls.data.annotations import AnnotationError, Record, annotation_path, loa
 from mmcls.data.categories import official_categories
 from mmcls.data.extra_train import load_extra_train
 from mmcls.data.folds import assign_folds, split_labeled
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.data.text import load_tokenizer
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmcls.engine.prob_files import load_probs
@@ -50,10 +49,8 @@ OPTIONS = PredictOptions(batch_size=64, num_workers=0, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("workflows") / "data"
-    make_synthetic_dataset(root, 300, 60, 40, seed=11, num_frames=2, image_size=32)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(300, 60, 40, seed=11, num_frames=2, image_size=32)
 
 
 def tiny_config(*settings: str) -> Config:
