@@ -126,6 +126,7 @@ class RequestDecoder:
         except FrameError:
             clip = self.video_source.empty()
             clip.errors = [f"{names.SERVED_VIDEO}: undecodable video"]
+        assert isinstance(clip.frames, torch.Tensor)  # a video source decodes: never encoded JPEG bytes
         return clip.frames, clip.mask, list(clip.errors), 1
 
     def _images(self, values: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:

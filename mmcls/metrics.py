@@ -150,6 +150,7 @@ def read_labels(ann_json: str | Path, categories: CategoryMap | None = None) -> 
         check_regular_file(path, what="annotation file")
     except OSError as exc:
         raise EvaluationError(f"{path}: cannot open annotation file: {exc.strerror or exc}") from exc
+    labels: dict[str, str]
     if _looks_like_csv(path):
         labels = {
             video_id: cid
@@ -167,7 +168,7 @@ def read_labels(ann_json: str | Path, categories: CategoryMap | None = None) -> 
         raise EvaluationError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(records, list):
         raise EvaluationError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    labels: dict[str, str] = {}
+    labels = {}
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise EvaluationError(f"{path}: record {index}: expected an object, got {type(record).__name__}")

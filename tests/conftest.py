@@ -79,3 +79,59 @@ def write_two_level(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def two_level(tmp_path_factory) -> Path:
     return write_two_level(tmp_path_factory.mktemp("taxonomy") / "mine.csv")
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """``synthetic_data(num_labeled, num_unlabeled, num_test, **kw)``: a synthetic data root, made once per
+    session for each distinct set of arguments (``make_synthetic_dataset``'s). Read it, never change it: copy
+    it first (``shutil.copytree``) to damage or extend it."""
+    from mmcls.data.synthetic import make_synthetic_dataset
+
+    made: dict[tuple, Path] = {}
+
+    def make(num_labeled: int, num_unlabeled: int, num_test: int, **kw) -> Path:
+        key = (num_labeled, num_unlabeled, num_test, *sorted(kw.items()))
+        if key not in made:
+            root = tmp_path_factory.mktemp("synthetic") / "data"
+            make_synthetic_dataset(root, num_labeled, num_unlabeled, num_test, **kw)
+            made[key] = root
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for this test (see ``commands.one_torch_thread``)."""
+    from commands import one_torch_thread
+
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture
+def crash_after_step(monkeypatch):
+    """``crash_after_step(n)``: the next training run in this process dies right after its optimizer step ``n``
+    (a :class:`Crash` out of the loop, before the step's checkpoint and log line): the in-process stand-in
+    for ``kill -9``. Nothing is saved on the way out, so a resume starts from the newest periodic checkpoint
+    and redoes the steps after it. The real signals are tested on real processes in test_resume.py."""
+    import gc
+
+    from mmcls.engine.task import TrainingTask
+
+    from commands import Crash
+
+    original = TrainingTask.after_optimizer_step
+
+    def arm(step: int) -> None:
+        def after_optimizer_step(self, global_step: int) -> None:
+            original(self, global_step)
+            if global_step == step:
+                monkeypatch.setattr(TrainingTask, "after_optimizer_step", original)  # once
+                raise Crash(f"crashed after step {step}")
+
+        monkeypatch.setattr(TrainingTask, "after_optimizer_step", after_optimizer_step)
+
+    yield arm
+    gc.collect()  # the crashed run's DataLoader workers and open files go with its frames

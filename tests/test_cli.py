@@ -12,25 +12,21 @@ import pytest
 from mmcls.data.annotations import load_records
 from mmcls.metrics import SCORE_KEYS
 
-from commands import child_env, mmcls_command
+from commands import QUIET, SMALL_VOCAB_SETTING, run_mmcls
 
 FAST_TINY = [
+    SMALL_VOCAB_SETTING,
     "train.epochs=2",
     "train.batch_size=16",
     "data.num_workers=0",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
+    *QUIET,
     "data.frames.max_frames=4",
 ]
 
 
-def mmcls(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        mmcls_command(*args), capture_output=True, text=True, timeout=timeout, env=child_env()
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mmcls {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+def mmcls(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m mmcls ARGS`` in a child process; exit 0 expected unless ``check`` is false."""
+    return run_mmcls(*args, expect=0 if check else None)
 
 
 @pytest.fixture(scope="module")

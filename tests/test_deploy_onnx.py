@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from mmcls.deploy.export import InferenceGraph, export_model
 from mmcls.deploy.predictor import Predictor
 from mmcls.models import load_model_dir
 
-from commands import child_env, mmcls_command
+from commands import run_main, run_mmcls
 from deploy_fixtures import make_data, random_inputs, tiny_model_dir
 
 
@@ -90,10 +89,7 @@ def test_predict_backends_agree_on_a_test_split(workspace, onnx_fp32, onnx_fp16)
     ]:
         out = root / f"{name}.csv"
         args = ["predict", str(model), "--data-root", str(data), "--out", str(out), "--num-workers", "0"]
-        result = subprocess.run(
-            mmcls_command(*args, *extra), env=child_env(), capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
+        run_main(*args, *extra)  # in this process: no interpreter start per backend
         outputs[name] = read_labels(out)
     assert len(outputs["torch"]) == 60
     assert outputs["onnx"] == outputs["torch"]
@@ -123,16 +119,9 @@ def test_export_refuses_a_non_empty_out_folder(tmp_path):
 
 def test_backend_mismatch_is_a_one_line_error(tmp_path):
     model = tiny_model_dir(tmp_path / "model")
-    result = subprocess.run(
-        mmcls_command(
-            "predict", str(model), "--data-root", str(tmp_path), "--out", "x.csv", "--backend", "onnx"
-        ),
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_mmcls(
+        "predict", str(model), "--data-root", str(tmp_path), "--out", "x.csv", "--backend", "onnx", expect=2
     )
-    assert result.returncode == 2
     assert "holds a torch model, not onnx" in result.stderr
     assert "mmcls export" in result.stderr
     assert "Traceback" not in result.stderr
@@ -141,13 +130,11 @@ def test_backend_mismatch_is_a_one_line_error(tmp_path):
 @pytest.mark.slow
 def test_bench_infer_runs_an_exported_artifact(workspace, onnx_fp32):
     """`mmcls bench infer --backend onnx` times the artifact through the Predictor and prints the usual keys."""
-    cmd = mmcls_command(
+    stdout, _ = run_main(
         "bench", "infer", str(onnx_fp32), "--data-root", str(workspace["data"]), "--backend", "onnx",
         "--json", "--batch-size", "8", "--workers", "0", "--repeats", "1", "--batches", "2",
     )  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout)
+    report = json.loads(stdout)
     for key in ("model_videos_per_s", "loader_videos_per_s", "e2e_videos_per_s", "peak_memory_gib"):
         assert report[key] > 0, key
     with pytest.raises(ArtifactError, match="not an exported artifact"):

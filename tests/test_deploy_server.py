@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from commands import child_env, free_ports, mmcls_command
+from commands import child_env, free_ports, mmcls_command, run_main
 from deploy_fixtures import make_data, tiny_model_dir
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
@@ -105,16 +105,7 @@ def test_server_end_to_end(tmp_path):
     model = tiny_model_dir(tmp_path / "model")
     data = make_data(tmp_path / "data", num_test=32)
     predicted = tmp_path / "predict.csv"
-    result = subprocess.run(
-        mmcls_command(
-            "predict", str(model), "--data-root", str(data), "--out", str(predicted), "--num-workers", "0"
-        ),
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_main("predict", str(model), "--data-root", str(data), "--out", str(predicted), "--num-workers", "0")
 
     ports = free_ports(3)
     home = tmp_path / "pytriton_home"
@@ -124,16 +115,7 @@ def test_server_end_to_end(tmp_path):
         # A whole split with 8 requests in flight, over HTTP and over gRPC: the same labels as `mmcls predict`.
         for protocol, url in (("http", server.url), ("grpc", f"grpc://127.0.0.1:{ports[1]}")):
             out = tmp_path / f"client_{protocol}.csv"
-            result = subprocess.run(
-                mmcls_command(
-                    "client", url, "--data-root", str(data), "--out", str(out), "--concurrency", "8"
-                ),
-                env=child_env(),
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert result.returncode == 0, result.stderr[-2000:]
+            run_main("client", url, "--data-root", str(data), "--out", str(out), "--concurrency", "8")
             assert read_csv(out) == read_csv(predicted)
         metrics = server.metrics()
         assert metrics["nv_inference_count"] == 64
@@ -180,14 +162,7 @@ def test_triton_repository_from_export_loads_in_tritonserver(tmp_path):
 
     model = tiny_model_dir(tmp_path / "model")
     repo = tmp_path / "repo"
-    result = subprocess.run(
-        mmcls_command("export", str(model), "--format", "triton", "--out", str(repo)),
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_main("export", str(model), "--format", "triton", "--out", str(repo))
     server = Server(repo, free_ports(3), tmp_path / "home")
     try:
         server.wait_ready()

@@ -6,8 +6,9 @@ gathers every rank's predictions and scores each validation sample once. So a 2-
 single-process validation metrics and, up to the rounding of gloo's gradient averaging, the same weights;
 and only rank 0 may write to the run directory.
 
-Every run here is a real subprocess (``python -m torch.distributed.run ... -m mmcls train``), with a time
-limit, ``OMP_NUM_THREADS=1`` (two ranks on two cores) and its stderr shown when it fails.
+Every multi-process run here is a real subprocess (``python -m torch.distributed.run ... -m mmcls train``),
+with a time limit, ``OMP_NUM_THREADS=1`` (two ranks on two cores) and its stderr shown when it fails. The
+single-process references run in this process, through the CLI's entry point with one torch thread.
 """
 
 from __future__ import annotations
@@ -16,36 +17,33 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmcls.data.synthetic import make_synthetic_dataset
-
-from commands import child_env, free_ports, mmcls_command, train_args
+from commands import (
+    NO_DROPOUT,
+    QUIET,
+    WEIGHT_ATOL,
+    max_weight_difference,
+    one_torch_thread,
+    run_main,
+    run_torchrun,
+    train_args,
+)
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 300
-# gloo averages gradients as (g0 + g1) / 2 where one process takes the mean over the whole batch: the
-# rounding differs, and AdamW carries it through the steps. Measured: max |difference| 7e-6 (DDP) and
-# 1.2e-5 (FSDP), while the last of the 2 epochs alone moves them by ~4e-3.
-WEIGHT_ATOL = 5e-5
 # Deterministic and quick: no dropout, one DataLoader process, no progress bar or TensorBoard, 4 frames.
 FAST = [
-    "model.dropout=0",
-    "model.bert_config.hidden_dropout_prob=0",
-    "model.bert_config.attention_probs_dropout_prob=0",
+    *NO_DROPOUT,
     "train.epochs=2",
     "train.batch_size=8",
     "train.checkpoint_every_steps=1000",
     "train.log_every_steps=3",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
+    *QUIET,
     "data.num_workers=0",
     "data.frames.max_frames=4",
 ]
@@ -57,51 +55,14 @@ ODD_TEXT_ONLY = [*FAST, "data.limit_train=150", "train.ema_decay=0.9"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def train_single(data_root: Path, out: Path, overrides: list[str]) -> None:
+    """The single-process reference: ``mmcls train`` in this process."""
+    with one_torch_thread():
+        run_main(*train_args(data_root, out, overrides))
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        # SIGTERM, not SIGKILL: torchrun runs each worker in its own session and only takes them down itself
-        # (SIGTERM, then SIGKILL after its grace period) when it is terminated; killed, it would orphan them.
-        proc.terminate()
-        try:
-            stdout, stderr = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-        pytest.fail(f"timed out after {TIMEOUT_S} s: {' '.join(cmd)}\n--- stderr ---\n{stderr[-6000:]}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"exit status {proc.returncode}: {' '.join(cmd)}\n--- stderr ---\n{stderr[-6000:]}"
-            f"\n--- stdout ---\n{stdout[-2000:]}"
-        )
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
-
-def train_single(data_root: Path, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    return _run(mmcls_command(*train_args(data_root, out, overrides)))
-
-
-def train_torchrun(
-    data_root: Path, out: Path, overrides: list[str], nproc: int = 2
-) -> subprocess.CompletedProcess:
-    # The c10d rendezvous on a free port, as a multi-node launch would use it (one node here).
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        str(nproc),
-    ]
-    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_ports()[0]}"]
-    return _run([*launcher, "-m", "mmcls", *train_args(data_root, out, overrides)])
+def train_torchrun(data_root: Path, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    return run_torchrun(train_args(data_root, out, overrides))
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -137,11 +98,6 @@ def assert_same_val_metrics(single: Path, multi: Path, loss_rel: float = 1e-4) -
             assert got[key] == value, key
 
 
-def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    assert set(a) == set(b)
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
 def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "last" / "model.safetensors")
 
@@ -152,10 +108,8 @@ def files_of(run_dir: Path) -> set[str]:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("dist") / "data"
-    make_synthetic_dataset(root, 160, 0, 20, seed=0, num_frames=4, image_size=32, feature_dim=64)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(160, 0, 20, seed=0, num_frames=4, image_size=32, feature_dim=64)
 
 
 @pytest.fixture(scope="module")
@@ -298,9 +252,9 @@ def test_torchrun_predict_matches_single_process_and_rank0_writes(data_root: Pat
         ]
 
     single_csv, multi_csv = data_root.parent / "single.csv", data_root.parent / "multi.csv"
-    _run(mmcls_command(*predict_args(single_csv)))
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    proc = _run([*launcher, "-m", "mmcls", *predict_args(multi_csv)])
+    with one_torch_thread():
+        run_main(*predict_args(single_csv))
+    proc = run_torchrun(predict_args(multi_csv))
 
     assert multi_csv.read_text() == single_csv.read_text()
     assert len(single_csv.read_text().splitlines()) == 20

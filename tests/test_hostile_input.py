@@ -24,7 +24,6 @@ from mmcls.config import Config, FrameConfig
 from mmcls.data.annotations import annotation_path, load_records, write_records
 from mmcls.data.categories import official_categories
 from mmcls.data.frames import FrameError, ZipFramesSource
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.data.text import load_tokenizer
 from mmcls.models import build_model, save_model_dir
 
@@ -38,10 +37,8 @@ def one_line(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("hostile") / "data"
-    make_synthetic_dataset(root, 24, 2, 6, seed=2, num_frames=2, image_size=32)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(24, 2, 6, seed=2, num_frames=2, image_size=32)
 
 
 @pytest.fixture(scope="module")

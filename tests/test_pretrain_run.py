@@ -1,24 +1,31 @@
-"""``mmcls pretrain`` end to end, as real processes: kill -9 and resume, fine-tuning from the result, feature
-zips, and two processes under torchrun (ITC gathered across ranks)."""
+"""``mmcls pretrain`` end to end: a real process for the reference run, a crash and resume, fine-tuning from
+the result, feature zips, and two processes under torchrun (ITC gathered across ranks). The crash, the
+fine-tuning and the feature-zip runs go through the CLI's entry point in this process (no interpreter
+start); the real kill -9 of a process is in test_resume.py."""
 
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint
 
-from commands import child_env, free_ports, mmcls_command, train_args
+from commands import (
+    QUIET,
+    SMALL_VOCAB_SETTING,
+    Crash,
+    child_env,
+    mmcls_command,
+    one_torch_thread,
+    run_main,
+    run_torchrun,
+    train_args,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,25 +36,23 @@ SETTINGS = [
     "train.batch_size=8",
     "train.checkpoint_every_steps=3",
     "train.log_every_steps=2",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
+    *QUIET,
     "pretrain.val_size=16",
     "data.num_workers=0",
 ]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain") / "data"
-    make_synthetic_dataset(root, 24, 60, 12, seed=7, num_frames=4, image_size=32, feature_dim=16)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(24, 60, 12, seed=7, num_frames=4, image_size=32, feature_dim=16)
 
 
-def pretrain_command(data_root: Path, run_dir: Path, settings: list[str], resume: bool = False) -> list[str]:
+def pretrain_args(data_root: Path, run_dir: Path, settings: list[str], resume: bool = False) -> list[str]:
+    """``pretrain pretrain-tiny ...`` (without the program) on the small test vocabulary."""
     args = ["pretrain", "pretrain-tiny", "--data-root", str(data_root), "--out", str(run_dir)]
-    for item in settings:
+    for item in [SMALL_VOCAB_SETTING, *settings]:
         args += ["--set", item]
-    return mmcls_command(*args, *(["--resume"] if resume else []))
+    return [*args, *(["--resume"] if resume else [])]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -69,7 +74,7 @@ def logged(run_dir: Path) -> dict[tuple[int, str], float]:
 @pytest.fixture(scope="module")
 def reference(data_root, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    run(pretrain_command(data_root, run_dir, SETTINGS))
+    run(mmcls_command(*pretrain_args(data_root, run_dir, SETTINGS)))
     return run_dir
 
 
@@ -83,28 +88,16 @@ def test_pretraining_logs_each_objective_and_writes_model_folders(reference):
         assert (reference / name / "pretrain_info.json").is_file()
 
 
-def test_kill9_then_resume_gives_the_same_weights(data_root, reference, tmp_path):
+def test_crash_then_resume_gives_the_same_weights(
+    data_root, reference, tmp_path, crash_after_step, one_thread
+):
     run_dir = tmp_path / "run"
-    with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
-        proc = subprocess.Popen(
-            pretrain_command(data_root, run_dir, SETTINGS), stdout=out, stderr=err, env=child_env()
-        )
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while time.monotonic() < deadline:
-            found = latest_checkpoint(run_dir)
-            if found is not None and int(found.stem.split("-")[1]) >= 12:  # into the second epoch
-                break
-            assert proc.poll() is None, (tmp_path / "err").read_text()
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    crash_after_step(13)  # into the second epoch, after the checkpoint of step 12 (every 3 steps)
+    with pytest.raises(Crash):
+        run_main(*pretrain_args(data_root, run_dir, SETTINGS))
+    assert int(latest_checkpoint(run_dir).stem.split("-")[1]) == 12
     assert not (run_dir / "last").exists()
-    run(pretrain_command(data_root, run_dir, SETTINGS, resume=True))
+    run_main(*pretrain_args(data_root, run_dir, SETTINGS, resume=True))
     for name in ("last", "best"):
         got, want = (load_file(d / name / "model.safetensors") for d in (run_dir, reference))
         assert got.keys() == want.keys()
@@ -112,17 +105,11 @@ def test_kill9_then_resume_gives_the_same_weights(data_root, reference, tmp_path
     assert logged(run_dir) == logged(reference)
 
 
-def test_finetuning_from_the_pretraining_run_says_what_it_loaded(data_root, reference, tmp_path):
-    settings = [
-        f"model.init_from={reference}",
-        "train.epochs=1",
-        "train.batch_size=8",
-        "train.progress_bar=false",
-        "train.tensorboard=false",
-        "data.num_workers=0",
-    ]
-    proc = run(mmcls_command(*train_args(data_root, tmp_path / "ft", settings)))
-    line = next(x for x in proc.stderr.splitlines() if "init_from" in x)
+def test_finetuning_from_the_pretraining_run_says_what_it_loaded(data_root, reference, tmp_path, caplog):
+    settings = [f"model.init_from={reference}", "train.epochs=1", "train.batch_size=8", *QUIET]
+    with caplog.at_level("INFO", logger="mmcls"), one_torch_thread():
+        run_main(*train_args(data_root, tmp_path / "ft", [*settings, "data.num_workers=0"]))
+    line = next(r.getMessage() for r in caplog.records if "init_from" in r.getMessage())
     assert str(reference / "best") in line
     missing = (
         "model keys not in the file (initialised as usual): classifier.1.* (2), video_classifier.1.* (2);"
@@ -141,7 +128,7 @@ def test_pretraining_on_feature_zips_with_bf16_autocast(data_root, tmp_path):
         "model.frame_encoder.type=identity",
         "model.frame_encoder.input_dim=16",
     ]
-    run(pretrain_command(data_root, tmp_path / "run", settings))
+    run_main(*pretrain_args(data_root, tmp_path / "run", settings))
     assert all(
         torch.isfinite(v).all() for v in load_file(tmp_path / "run" / "last" / "model.safetensors").values()
     )
@@ -149,12 +136,7 @@ def test_pretraining_on_feature_zips_with_bf16_autocast(data_root, tmp_path):
 
 
 def test_pretraining_under_torchrun_with_two_processes(data_root, tmp_path):
-    (port,) = free_ports()
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
-    settings = [*SETTINGS, "train.epochs=1"]
-    cmd = [*launcher, *pretrain_command(data_root, tmp_path / "run", settings)[1:]]
-    run(cmd)
+    run_torchrun(pretrain_args(data_root, tmp_path / "run", [*SETTINGS, "train.epochs=1"]), timeout=TIMEOUT_S)
     values = logged(tmp_path / "run")
     assert values[(10, "val/num_samples")] == 16
     assert all(v == v for v in values.values())  # no NaN

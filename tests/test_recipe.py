@@ -27,12 +27,9 @@ from mmcls.engine.task import ClassificationTask
 from mmcls.inference.predict import adjusted_predictions
 from mmcls.models import build_model, lv1_probs
 
+from commands import NO_DROPOUT, random_batch
+
 CPU = torch.device("cpu")
-NO_DROPOUT = [
-    "model.dropout=0",
-    "model.bert_config.hidden_dropout_prob=0",
-    "model.bert_config.attention_probs_dropout_prob=0",
-]
 
 
 def tiny_config(*overrides: str) -> Config:
@@ -42,18 +39,6 @@ def tiny_config(*overrides: str) -> Config:
 def tiny_model(cfg: Config) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(cfg, vocab_size=21128)
-
-
-def random_batch(batch: int = 6, seed: int = 0, with_frames: bool = True) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    frames = torch.randint(0, 256, (batch, 4, 3, 32, 32), generator=gen, dtype=torch.uint8)
-    return {
-        "input_ids": torch.randint(1000, 8000, (batch, 16), generator=gen),
-        "attention_mask": torch.ones(batch, 16, dtype=torch.long),
-        "frames": frames,
-        "frame_mask": torch.full((batch, 4), with_frames),
-        "labels": torch.randint(0, 200, (batch,), generator=gen),
-    }
 
 
 def make_task(*overrides: str, counts=None) -> ClassificationTask:

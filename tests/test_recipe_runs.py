@@ -1,15 +1,12 @@
 """The training recipe in whole runs: model folder, logit adjustment through the CLI, stages (``init_from``),
-one gradient all-reduce per step under DDP, and (slow) torchrun and kill -9/resume with every new state on.
+one gradient all-reduce per step under DDP, and (slow) torchrun and a crash/resume with every new state on.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +14,38 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
-from test_recipe import NO_DROPOUT, random_batch
 from torch.nn.parallel import DistributedDataParallel
 
 from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.categories import official_categories
 from mmcls.data.folds import split_train_val
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmcls.engine.task import ClassificationTask
 from mmcls.engine.trainer import train
 from mmcls.models import build_model
 
-from commands import child_env, free_ports, mmcls_command, train_args
+from commands import (
+    NO_DROPOUT,
+    QUIET,
+    WEIGHT_ATOL,
+    Crash,
+    child_env,
+    free_ports,
+    max_weight_difference,
+    mmcls_command,
+    one_torch_thread,
+    random_batch,
+    run_main,
+    run_torchrun,
+    tiny_config,
+    train_args,
+)
 
 SMALL = [
     "train.epochs=1",
     "train.batch_size=8",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
+    *QUIET,
     "data.num_workers=0",
     "data.val_fraction=0",
     "data.frames.max_frames=4",
@@ -44,17 +53,15 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("recipe") / "data"
-    make_synthetic_dataset(root, 120, 0, 24, seed=3, num_frames=4, image_size=32)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(120, 0, 24, seed=3, num_frames=4, image_size=32)
 
 
 @pytest.fixture(scope="module")
 def first_stage(data_root) -> Path:
     """A short run with class weights on: its folder is the source of the stage and prediction tests."""
     run_dir = data_root.parent / "stage1"
-    cfg = Config.from_yaml("tiny", [*SMALL, "data.limit_train=40", "train.class_weight_alpha=0.5"])
+    cfg = tiny_config(*SMALL, "data.limit_train=40", "train.class_weight_alpha=0.5")
     train(cfg, data_root, run_dir)
     return run_dir
 
@@ -112,9 +119,7 @@ def test_a_stage_continues_from_another_runs_weights_on_other_data(first_stage, 
     must end where stage 1 ended: proof that all weights were carried over (and nothing re-initialised).
     ``train.lr`` must be > 0, so the text tower gets 1e-30: it moves weights by ~1e-30 at most."""
     zero_lr = ["train.lr=1e-30", "train.head_lr=0", "train.frame_encoder_lr=0", "train.weight_decay=0"]
-    cfg = Config.from_yaml(
-        "tiny", [*SMALL, "data.limit_train=80", f"model.init_from={first_stage}", *zero_lr]
-    )
+    cfg = tiny_config(*SMALL, "data.limit_train=80", f"model.init_from={first_stage}", *zero_lr)
     with caplog.at_level("INFO", logger="mmcls"):
         train(cfg, data_root, tmp_path / "stage2")
     stage1 = load_file(first_stage / "best" / "model.safetensors")
@@ -191,8 +196,7 @@ RESUME_RUN = [
     "train.epochs=2",
     "train.batch_size=8",
     "train.checkpoint_every_steps=2",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
+    *QUIET,
     "train.log_every_steps=2",
     "data.frames.max_frames=4",
     "data.num_workers=0",
@@ -214,28 +218,24 @@ def _step(path: Path | None) -> int:
 
 
 @pytest.mark.slow
-def test_kill9_with_every_new_state_resumes_exactly(data_root, tmp_path):
+def test_crash_with_every_new_state_resumes_exactly(data_root, tmp_path, crash_after_step, one_thread):
+    """A run crashes in epoch 2 in this process and resumes; the uninterrupted reference is a child process,
+    trained meanwhile on the other core. (A real kill -9 of a process is in test_resume.py.)"""
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     reference = _start(data_root, reference_dir)
-    proc = _start(data_root, run_dir)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while _step(latest_checkpoint(run_dir)) < 13 and time.monotonic() < deadline:  # into epoch 2
-            assert proc.poll() is None, (run_dir.parent / "run.log").read_text()
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        crash_after_step(15)  # into epoch 2, after the checkpoint of step 14 (every 2 steps)
+        with pytest.raises(Crash):
+            run_main(*train_args(data_root, run_dir, RESUME_RUN))
         killed_at = _step(latest_checkpoint(run_dir))
         assert 11 < killed_at < 22 and not (run_dir / "last").exists()
         assert load_checkpoint(latest_checkpoint(run_dir))["task"]["swa"]["n_averaged"].item() == 1
-        resumed = _start(data_root, run_dir, resume=True)
-        assert resumed.wait(timeout=TIMEOUT) == 0, (run_dir.parent / "run.log").read_text()
+        run_main(*train_args(data_root, run_dir, RESUME_RUN), "--resume")
         assert reference.wait(timeout=TIMEOUT) == 0, (tmp_path / "reference.log").read_text()
     finally:
-        for p in (proc, reference):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
     for name in ("best", "last"):
         got, want = (load_file(d / name / "model.safetensors") for d in (run_dir, reference_dir))
         assert got.keys() == want.keys()
@@ -256,7 +256,10 @@ def test_kill9_with_every_new_state_resumes_exactly(data_root, tmp_path):
 def test_torchrun_adversarial_training_learns_what_one_process_learns(data_root, tmp_path):
     """PGD + gradient accumulation + class weights + the level-1 loss + SWA + layer decay: 2 ranks of a
     global batch perturb with the global micro-batch's gradient, so they end where one process ends."""
-    from test_distributed import WEIGHT_ATOL, max_weight_difference, train_single, train_torchrun
+
+    def train_single(run_dir: Path, settings: list[str]) -> None:
+        with one_torch_thread():
+            run_main(*train_args(data_root, run_dir, settings))
 
     settings = [
         *NO_DROPOUT,
@@ -264,8 +267,7 @@ def test_torchrun_adversarial_training_learns_what_one_process_learns(data_root,
         "train.batch_size=8",
         "train.grad_accum_steps=2",
         "train.checkpoint_every_steps=1000",
-        "train.progress_bar=false",
-        "train.tensorboard=false",
+        *QUIET,
         "data.num_workers=0",
         "data.frames.max_frames=4",
         "train.adversarial.method=pgd",
@@ -275,15 +277,15 @@ def test_torchrun_adversarial_training_learns_what_one_process_learns(data_root,
         "train.swa_start_epoch=1",
         "train.layer_decay=0.8",
     ]
-    train_single(data_root, tmp_path / "single", settings)
-    train_torchrun(data_root, tmp_path / "ddp", settings)
+    train_single(tmp_path / "single", settings)
+    run_torchrun(train_args(data_root, tmp_path / "ddp", settings))
     single = load_file(tmp_path / "single" / "last" / "model.safetensors")
     ddp = load_file(tmp_path / "ddp" / "last" / "model.safetensors")
     assert max_weight_difference(single, ddp) < WEIGHT_ATOL
     # Without the adversarial all-reduce of the direction the ranks would perturb differently: the
     # tolerance is far below what the attack changes.
     plain_dir = tmp_path / "plain"
-    train_single(data_root, plain_dir, [s for s in settings if not s.startswith("train.adversarial")])
+    train_single(plain_dir, [s for s in settings if not s.startswith("train.adversarial")])
     assert (
         max_weight_difference(single, load_file(plain_dir / "last" / "model.safetensors")) > 20 * WEIGHT_ATOL
     )

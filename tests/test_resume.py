@@ -1,10 +1,11 @@
 """Fault tolerance of training: kill -9 / SIGTERM and resume, non-finite losses, run-directory guards.
 
-The resume tests run ``python -m mmcls train`` as real processes and interrupt them from outside, the way a
-preempted job or an out-of-memory kill does, then compare the resumed run with one that was never
-interrupted. Dropout is on (the tiny preset's 0.1), EMA is on and frames are sampled at random, so the
-comparison only holds if the checkpoint restores the RNG streams, the EMA copy, the optimizer and scheduler,
-and the position inside the epoch exactly.
+Two resume tests run ``python -m mmcls train`` as real processes and interrupt them from outside, the way a
+preempted job (SIGTERM to the process group) or an out-of-memory kill (SIGKILL) does, then resume in this
+process; a third crashes a run in this process (``crash_after_step``) in its second epoch with DataLoader
+workers. Each compares the resumed run with one that was never interrupted. Dropout is on (the tiny preset's
+0.1), EMA is on and frames are sampled at random, so the comparison only holds if the checkpoint restores the
+RNG streams, the EMA copy, the optimizer and scheduler, and the position inside the epoch exactly.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ import torch
 from safetensors.torch import load_file
 
 from mmcls.config import Config
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmcls.engine.task import ClassificationTask
 from mmcls.engine.trainer import TrainingError, train
 
-from commands import child_env, mmcls_command, train_args
+from commands import (
+    QUIET,
+    Crash,
+    child_env,
+    mmcls_command,
+    one_torch_thread,
+    run_main,
+    tiny_config,
+    train_args,
+)
 
 # 200 labeled records, 10% held out for validation -> 180 training samples -> 22 steps of 8 per epoch.
 STEPS_PER_EPOCH = 22
@@ -39,8 +48,7 @@ RUN_SETTINGS = [
     "train.batch_size=8",
     "train.checkpoint_every_steps=3",
     "train.ema_decay=0.9",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
+    *QUIET,
     "train.log_every_steps=4",
     "data.frames.max_frames=4",
 ]
@@ -49,28 +57,14 @@ PROCESS_TIMEOUT = 120  # seconds; one full run takes ~25 s on 2 cores
 
 # ------------------------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("resume") / "data"
-    make_synthetic_dataset(root, 200, 10, 20, seed=5, num_frames=4, image_size=32)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(200, 10, 20, seed=5, num_frames=4, image_size=32)
 
 
 def _train_args(data_root: Path, run_dir: Path, workers: int, resume: bool) -> list[str]:
+    """``mmcls train ...`` without the program."""
     settings = [*RUN_SETTINGS, f"data.num_workers={workers}"]
-    return mmcls_command(*train_args(data_root, run_dir, settings), *(["--resume"] if resume else []))
-
-
-def run_training(data_root: Path, run_dir: Path, workers: int = 0, resume: bool = False) -> str:
-    """Train to completion in a child process; its stdout."""
-    proc = subprocess.run(
-        _train_args(data_root, run_dir, workers, resume),
-        capture_output=True,
-        text=True,
-        timeout=PROCESS_TIMEOUT,
-        env=child_env(),
-    )
-    assert proc.returncode == 0, f"training exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return [*train_args(data_root, run_dir, settings), *(["--resume"] if resume else [])]
 
 
 def start_training(data_root: Path, run_dir: Path, workers: int) -> subprocess.Popen:
@@ -81,7 +75,7 @@ def start_training(data_root: Path, run_dir: Path, workers: int) -> subprocess.P
         (run_dir.parent / f"{run_dir.name}.stderr").open("w") as err,
     ):  # the child keeps its own copies of the two descriptors
         return subprocess.Popen(
-            _train_args(data_root, run_dir, workers, resume=False),
+            mmcls_command(*_train_args(data_root, run_dir, workers, resume=False)),
             stdout=out,
             stderr=err,
             env=child_env(),
@@ -205,7 +199,7 @@ def reference(data_root, tmp_path_factory):
 def kill_and_resume(
     data_root: Path, run_dir: Path, workers: int, min_step: int, sig: int, whole_group: bool = False
 ) -> tuple[int, str]:
-    """Start a run, send ``sig`` once it has a checkpoint of ``min_step``, then resume it to the end.
+    """Start a run, send ``sig`` once it has a checkpoint of ``min_step``, then resume it to the end (in-process).
 
     ``whole_group`` signals the main process and its DataLoader workers at once, as SLURM or Ctrl-C do.
 
@@ -235,7 +229,10 @@ def kill_and_resume(
         assert checkpoint_step(latest_checkpoint(run_dir)) == int(match.group(1))
     resumed_from = checkpoint_step(latest_checkpoint(run_dir))
     assert not (run_dir / "last").exists()  # the run really was cut short
-    return resumed_from, run_training(data_root, run_dir, workers, resume=True)
+    # The resume runs in this process (one interpreter start less): what a resume restores is on disk.
+    with one_torch_thread():
+        stdout, _ = run_main(*_train_args(data_root, run_dir, workers, resume=True))
+    return resumed_from, stdout
 
 
 # ------------------------------------------------------------------------------------ interruptions
@@ -248,13 +245,19 @@ def test_kill9_in_first_epoch_then_resume_matches_uninterrupted(data_root, refer
 
 
 @pytest.mark.slow
-def test_kill9_in_second_epoch_with_workers_then_resume_matches(data_root, reference, tmp_path):
-    """Also trains with 2 DataLoader workers against a reference without: loading must not matter."""
+def test_crash_in_second_epoch_with_workers_then_resume_matches(
+    data_root, reference, tmp_path, crash_after_step, one_thread
+):
+    """In this process (the real kill -9 is the test above): a run with 2 DataLoader workers dies in epoch 2
+    and resumes, against a reference without workers: loading must not matter."""
     run_dir = tmp_path / "run"
-    step, stdout = kill_and_resume(
-        data_root, run_dir, workers=2, min_step=STEPS_PER_EPOCH + 2, sig=signal.SIGKILL
-    )
+    crash_after_step(STEPS_PER_EPOCH + 4)  # after the checkpoint of step 24 (every 3 steps)
+    with pytest.raises(Crash):
+        run_main(*_train_args(data_root, run_dir, workers=2, resume=False))
+    step = checkpoint_step(latest_checkpoint(run_dir))
     assert STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH, f"the resume should start mid-epoch 2, got {step}"
+    assert not (run_dir / "last").exists()  # the run really was cut short
+    stdout, _ = run_main(*_train_args(data_root, run_dir, workers=2, resume=True))
     reference.assert_reproduced_by(run_dir, stdout)
 
 
@@ -272,20 +275,16 @@ def test_sigterm_to_the_process_group_saves_exits_cleanly_and_resume_matches(dat
 # ------------------------------------------------------------------------------- in-process checks
 def small_config(*overrides: str) -> Config:
     """One epoch of 5 steps on 43 records, no validation: a few seconds in-process."""
-    return Config.from_yaml(
-        "tiny",
-        [
-            "train.epochs=1",
-            "train.batch_size=8",
-            "train.progress_bar=false",
-            "train.tensorboard=false",
-            "train.ema_decay=0.9",
-            "data.num_workers=0",
-            "data.limit_train=43",
-            "data.val_fraction=0",
-            "data.frames.max_frames=4",
-            *overrides,
-        ],
+    return tiny_config(
+        "train.epochs=1",
+        "train.batch_size=8",
+        *QUIET,
+        "train.ema_decay=0.9",
+        "data.num_workers=0",
+        "data.limit_train=43",
+        "data.val_fraction=0",
+        "data.frames.max_frames=4",
+        *overrides,
     )
 
 
@@ -346,18 +345,8 @@ def test_cli_reports_nonfinite_stop_in_one_line_with_exit_code_2(data_root, tmp_
     from mmcls.cli import main
 
     inject_nonfinite(monkeypatch, dict.fromkeys(range(1, 6), math.nan))
-    args = ["train", "tiny", "--data-root", str(data_root), "--out", str(tmp_path / "run")]
-    for item in ("train.max_nonfinite_steps=2", "data.limit_train=43", "data.val_fraction=0"):
-        args += ["--set", item]
-    args += [
-        "--set",
-        "train.progress_bar=false",
-        "--set",
-        "train.tensorboard=false",
-        "--set",
-        "data.num_workers=0",
-    ]
-    assert main(args) == 2
+    settings = ["train.max_nonfinite_steps=2", "data.limit_train=43", "data.val_fraction=0", *QUIET]
+    assert main(train_args(data_root, tmp_path / "run", [*settings, "data.num_workers=0"])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("mmcls train: error: stopping: 2 consecutive steps with a non-finite loss")
     assert "train.max_nonfinite_steps=2" in err[-1] and not any("Traceback" in line for line in err)

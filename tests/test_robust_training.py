@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -29,21 +28,18 @@ from mmcls.data.builders import build_dataset
 from mmcls.data.categories import official_categories
 from mmcls.data.folds import split_train_val
 from mmcls.data.frames import FrameError
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.engine.trainer import train
 
-from commands import child_env, mmcls_command, train_args
+from commands import QUIET, run_mmcls, tiny_config, train_args
 
 FEATURE_DIM = 16
 BATCH = 8
 
 
 @pytest.fixture(scope="module")
-def clean_data(tmp_path_factory) -> Path:
+def clean_data(synthetic_data) -> Path:
     """24 labeled videos of 2-6 frames; 16 of them train (2 full batches), 8 validate."""
-    root = tmp_path_factory.mktemp("robust") / "data"
-    make_synthetic_dataset(root, 24, 0, 0, seed=11, num_frames=4, image_size=32, feature_dim=FEATURE_DIM)
-    return root
+    return synthetic_data(24, 0, 0, seed=11, num_frames=4, image_size=32, feature_dim=FEATURE_DIM)
 
 
 @pytest.fixture
@@ -55,18 +51,14 @@ def data_root(clean_data, tmp_path) -> Path:
 def make_config(*overrides: str) -> Config:
     """The tiny preset for 2 short epochs, with 8 frames per clip: more than the 2-6 a synthetic video has, so
     every frame is read and a single bad frame is counted in every epoch."""
-    return Config.from_yaml(
-        "tiny",
-        [
-            "train.epochs=2",
-            f"train.batch_size={BATCH}",
-            "train.progress_bar=false",
-            "train.tensorboard=false",
-            "data.num_workers=0",
-            "data.val_fraction=0.34",
-            "data.frames.max_frames=8",
-            *overrides,
-        ],
+    return tiny_config(
+        "train.epochs=2",
+        f"train.batch_size={BATCH}",
+        *QUIET,
+        "data.num_workers=0",
+        "data.val_fraction=0.34",
+        "data.frames.max_frames=8",
+        *overrides,
     )
 
 
@@ -338,17 +330,9 @@ def test_cli_raise_with_workers_prints_one_clean_line(data_root, tmp_path):
         "train.epochs=1",
         f"train.batch_size={BATCH}",
         "data.val_fraction=0.34",
-        "train.progress_bar=false",
-        "train.tensorboard=false",
+        *QUIET,
     ]
-    proc = subprocess.run(
-        mmcls_command(*train_args(data_root, tmp_path / "run", settings)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-    )
-    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    proc = run_mmcls(*train_args(data_root, tmp_path / "run", settings), expect=2, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert lines[-1] == f"mmcls train: error: {path}: missing_file: no such zip file", proc.stderr
     assert "Traceback" not in proc.stderr and "RuntimeError" not in proc.stderr

@@ -172,3 +172,17 @@ def test_invalid_text_config(bert_tokenizer):
         encoder(bert_tokenizer, truncation="middle")
     with pytest.raises(ConfigError, match="max_length"):
         encoder(bert_tokenizer, max_length=3)
+
+
+def test_the_small_test_vocabulary_is_current_and_reads_synthetic_text_without_unknowns():
+    """tests/assets/small_vocab.txt (see tests/commands.py) must cover what the synthetic data writes."""
+    from mmcls.data.synthetic import synthetic_task
+
+    from commands import SMALL_VOCAB, small_vocab_tokens
+
+    assert SMALL_VOCAB.read_text(encoding="utf-8").split("\n")[:-1] == small_vocab_tokens()
+    small = load_tokenizer(str(SMALL_VOCAB))
+    task = synthetic_task()
+    text = task.filler + "".join(task.lv1_keywords) + "".join(task.code_keywords) + "#"
+    ids = small(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and small.unk_token_id not in ids

@@ -24,7 +24,6 @@ from mmcls.data.categories import official_categories
 from mmcls.data.extra_train import load_extra_train
 from mmcls.data.folds import assign_folds, split_labeled
 from mmcls.data.prob_files import load_probs
-from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.data.text import load_tokenizer
 from mmcls.engine.checkpoint import latest_checkpoint, load_checkpoint
 from mmcls.engine.soft_targets import distillation_kl, soft_cross_entropy
@@ -34,15 +33,15 @@ from mmcls.workflows.ensemble import fast_mean_f1, hill_climb
 from mmcls.workflows.kfold import KFoldError, run_kfold
 from mmcls.workflows.members import PredictOptions, predict_model
 
-from commands import child_env, mmcls_command
+from commands import QUIET, SMALL_VOCAB_SETTING, run_main
 
 CATEGORIES = official_categories()
 LV1 = np.asarray(CATEGORIES.lv1_of_lv2)
 FAST = [
+    SMALL_VOCAB_SETTING,
     "train.epochs=1",
     "train.batch_size=16",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
+    *QUIET,
     "data.num_workers=0",
     "data.frames.max_frames=2",
 ]
@@ -50,10 +49,8 @@ OPTIONS = PredictOptions(batch_size=64, num_workers=0, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("workflows") / "data"
-    make_synthetic_dataset(root, 300, 60, 40, seed=11, num_frames=2, image_size=32)
-    return root
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(300, 60, 40, seed=11, num_frames=2, image_size=32)
 
 
 def tiny_config(*settings: str) -> Config:
@@ -293,11 +290,10 @@ def test_distillation_student_starts_from_its_teachers_lowest_layers(data_root, 
 
 
 # ------------------------------------------------------------------------------------------- end to end
-def _mmcls(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(mmcls_command(*args), capture_output=True, text=True, timeout=600, env=child_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mmcls {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+def _mmcls(*args: str) -> subprocess.CompletedProcess:
+    """``mmcls ARGS`` through the CLI's entry point in this process (no interpreter start per command)."""
+    stdout, stderr = run_main(*args)
+    return subprocess.CompletedProcess(args, 0, stdout, stderr)
 
 
 def _settings(*items: str) -> list[str]:

@@ -171,7 +171,7 @@ class TextEncoder:
     @staticmethod
     def _field_text(record: Record, name: str) -> str:
         if name == "ocr":
-            lines = []
+            lines: list[str] = []
             for _, text in sorted(record.ocr, key=lambda line: line[0]):
                 text = text.strip()
                 if text and (not lines or lines[-1] != text):
