@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mmcls.deploy.ports import free_ports
 
 
 def build_inputs(args) -> tuple[Path, Path]:
@@ -103,16 +104,6 @@ def end_to_end(predictor, data: Path, batch_size: int, workers: int) -> float:
         data, "test", batch_size=batch_size, num_workers=workers, progress=False
     )
     return len(ids) / (time.perf_counter() - start)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def server_latency(args, model: Path, data: Path) -> dict[str, dict[str, float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from mmcls.cli.options import add_backend_option, add_precision_option
@@ -48,19 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from mmcls.deploy.server import ServeOptions, serve
 
-    options = ServeOptions(
-        backend=args.backend,
-        precision=args.precision,
-        device=args.device,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        max_batch=args.max_batch,
-        max_queue_delay_us=args.max_queue_delay_us,
-        instances=args.instances,
-        threads=args.threads,
-        max_video_bytes=args.max_video_bytes,
-        max_video_seconds=args.max_video_seconds,
-    )
+    # Every serve option with a command-line flag of the same name (the others keep their defaults).
+    given = {field.name for field in dataclasses.fields(ServeOptions)} & vars(args).keys()
+    options = ServeOptions(**{name: getattr(args, name) for name in given})
     return serve(args.model, options)

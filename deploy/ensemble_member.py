@@ -13,14 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from mmcls.deploy.artifact import is_artifact
+from mmcls.workflows.members import FolderMember
 
 
-class ExportedArtifact:
+class ExportedArtifact(FolderMember):
     """An artifact folder written by ``mmcls export``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.name = str(path)
 
     @staticmethod
     def accepts(path: Path) -> bool:
@@ -40,6 +37,3 @@ class ExportedArtifact:
         wanted = set(ids)
         rows = [i for i, video_id in enumerate(split_ids) if video_id in wanted]
         return [split_ids[i] for i in rows], probs[rows]
-
-    def oof_path(self) -> Path | None:
-        return None

@@ -18,6 +18,7 @@ Traps handled here (measured, see DESIGN.md):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -58,8 +59,8 @@ class ServeOptions:
     threads: int | None = None
     start_timeout_s: float = 300.0
     # input ``video`` (an encoded video file): refused above this many bytes or seconds with a 400
-    max_video_bytes: int = 32 * 1024 * 1024
-    max_video_seconds: float = 600.0
+    max_video_bytes: int = TritonModelOptions.max_video_bytes
+    max_video_seconds: float = TritonModelOptions.max_video_seconds
 
     def __post_init__(self) -> None:
         """Settings checked before the server starts (Triton would only fail later, inside the model)."""
@@ -117,16 +118,9 @@ def prepare_workspace(model: Path, options: ServeOptions) -> tuple[Path, Path]:
             return workspace, model
         served = model if is_artifact(model) else resolve_model_dir(model)
         check_backend(model, load_assets(served), options.backend)  # fail here, not inside Triton
+        # The model's share of the serve options (batching, instances, runtime, limits), taken by name.
         model_options = TritonModelOptions(
-            max_batch=options.max_batch,
-            max_queue_delay_us=options.max_queue_delay_us,
-            instances=options.instances,
-            backend=options.backend,
-            device=options.device,
-            precision=options.precision,
-            threads=options.threads,
-            max_video_bytes=options.max_video_bytes,
-            max_video_seconds=options.max_video_seconds,
+            **{field.name: getattr(options, field.name) for field in dataclasses.fields(TritonModelOptions)}
         )
         write_model_config(workspace / "repository", served, model_options)
     except BaseException:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import pytest
 import torch
 
 from mmcls.config import Config
+from mmcls.deploy.ports import free_ports
 
 SMALL_VOCAB = Path(__file__).resolve().parent / "assets" / "small_vocab.txt"
 # Appended to a config's settings: the real tokenizer class on the small vocabulary file.
@@ -192,14 +192,3 @@ def random_batch(batch: int = 6, seed: int = 0, with_frames: bool = True) -> dic
         "frame_mask": torch.full((batch, 4), with_frames),
         "labels": torch.randint(0, 200, (batch,), generator=gen),
     }
-
-
-def free_ports(count: int = 1) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 right now (all bound at once, so no repeats)."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports

@@ -86,12 +86,22 @@ def predict_model(
     return split_ids, preds.probs[np.argsort(preds.indices)]
 
 
-class TorchModel:
-    """A model folder, or a training run directory (its ``best/`` model)."""
+class FolderMember:
+    """What every member kind shares: the folder it reads and its name in summaries (the path as given).
+
+    A kind adds ``accepts(path)`` (a staticmethod: is this folder of my kind?), ``predict`` and ``oof_path``.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = str(path)
+
+    def oof_path(self) -> Path | None:
+        return None
+
+
+class TorchModel(FolderMember):
+    """A model folder, or a training run directory (its ``best/`` model)."""
 
     @staticmethod
     def accepts(path: Path) -> bool:
@@ -102,16 +112,12 @@ class TorchModel:
     def predict(self, data_root, split, options, ids=None):
         return predict_model(self.path, data_root, split, options, ids)
 
-    def oof_path(self) -> Path | None:
-        return None
 
-
-class KFoldMean:
+class KFoldMean(FolderMember):
     """The fold models of a ``mmcls kfold`` directory, averaged; its ``oof.npy`` is their out-of-fold view."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.name = str(path)
+        super().__init__(path)
         plan = json.loads((path / KFOLD_FILE).read_text(encoding="utf-8"))
         self.fold_dirs = [path / f"fold{k}" for k in range(plan["num_folds"])]
         missing = [str(d) for d in self.fold_dirs if not TorchModel.accepts(d)]
@@ -134,14 +140,13 @@ class KFoldMean:
         return self.path / "oof.npy"
 
 
-class GroupFinetuned:
+class GroupFinetuned(FolderMember):
     """A ``mmcls group-finetune`` directory: the base model routes each record to a level-1 group (its
     level-1 argmax); where that group has a fine-tuned model, the group's total probability stays the base
     model's and its split among the group's classes comes from the group model."""
 
     def __init__(self, path: Path, categories: CategoryMap | None = None) -> None:
-        self.path = path
-        self.name = str(path)
+        super().__init__(path)
         info = json.loads((path / GROUPS_FILE).read_text(encoding="utf-8"))
         self.base = Path(info["base"])
         self.group_dirs = {int(g): path / d for g, d in info["groups"].items()}
@@ -174,9 +179,6 @@ class GroupFinetuned:
             within = probs[:, in_group] / probs[:, in_group].sum(axis=1, keepdims=True)
             merged[np.ix_(rows, np.flatnonzero(in_group))] = group_mass[rows, group, None] * within
         return merged
-
-    def oof_path(self) -> Path | None:
-        return None
 
 
 # Tried in order; the first whose ``accepts(path)`` is true loads the member. A "module:Class" string is
