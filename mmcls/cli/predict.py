@@ -46,7 +46,94 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
         "saved in the model folder; favours rare classes (macro F1). Default 0: off",
     )
+    _add_tagging_options(p)
     return p
+
+
+# ------------------------------------------------------------------ multilabel tagging (issue #17)
+def _add_tagging_options(p: argparse.ArgumentParser) -> None:
+    """Options of a tagging model (``data.task: multilabel``); a single-label model refuses them."""
+    group = p.add_argument_group("multilabel models (data.task=multilabel)")
+    group.add_argument(
+        "--threshold",
+        default=None,
+        metavar="global|per-class|P",
+        help="tag a class when its probability reaches: its own threshold chosen on validation (per-class, "
+        "the default), the global one, or the probability P; the CSV is id,labels with OUT.probs.npy/.json",
+    )
+    group.add_argument(
+        "--top-k", type=positive_int, default=None, metavar="K", help="at most K tags per video"
+    )
+    group.add_argument(
+        "--min-tags",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at least N tags per video, the most probable (default: the model's train.thresholds.min_tags)",
+    )
+
+
+def _is_tagging_model(args: argparse.Namespace) -> bool:
+    from mmcls.config import Config
+    from mmcls.errors import MmclsError
+    from mmcls.models.model_dir import CONFIG_FILE, resolve_model_dir
+
+    try:
+        return Config.from_yaml(resolve_model_dir(args.model_dir) / CONFIG_FILE).data.task == "multilabel"
+    except (OSError, MmclsError):
+        return False  # loading the model reports why
+
+
+def _check_tagging_options(args: argparse.Namespace, tagging: bool) -> None:
+    from mmcls.config import ConfigError
+
+    given = [
+        o
+        for o, v in (("--threshold", args.threshold), ("--top-k", args.top_k), ("--min-tags", args.min_tags))
+        if v is not None
+    ]
+    if given and not tagging:
+        raise ConfigError(f"{given[0]}: only for a multilabel model (data.task=multilabel)")
+    if tagging and (args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file()):
+        raise ConfigError(
+            "multilabel models are predicted with the torch backend from a model folder for now"
+        )
+    if args.min_tags is not None and args.min_tags < 0:
+        raise ConfigError(f"--min-tags={args.min_tags}: must be at least 0")
+
+
+def _run_tagging(args: argparse.Namespace) -> int:
+    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
+    from mmcls.inference.predict import check_submission_path, predict_tags, write_tags
+    from mmcls.metrics import tag_probs_path
+    from mmcls.models.model_dir import load_model_categories
+
+    inputs = [_split_annotation_path(args), args.model_dir]
+    for path in (tag_probs_path(args.out), tag_probs_path(args.out).with_suffix(".json")):
+        check_submission_path(path, inputs)
+    ids, probs, tags, preds = predict_tags(
+        args.model_dir,
+        args.data_root,
+        args.split,
+        threshold=args.threshold or "per-class",
+        top_k=args.top_k,
+        min_tags=args.min_tags,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        precision=args.precision or "fp32",
+        frame_decoder=args.frame_decoder,
+    )
+    if world_info_from_env().is_main:
+        from mmcls.inference.predict import write_error_report
+
+        write_tags(args.out, ids, probs, tags, load_model_categories(args.model_dir))
+        write_error_report(error_report_path(args.out), dict(preds.frame_errors))
+        print(
+            f"wrote {len(ids)} tag predictions ({int(tags.sum())} tags) to {args.out} and {tag_probs_path(args.out)}"
+        )
+    shutdown_distributed()
+    return 0
 
 
 def positive_int(text: str) -> int:
@@ -72,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
     inputs = [_split_annotation_path(args), args.model_dir]
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
+    tagging = _is_tagging_model(args)
+    _check_tagging_options(args, tagging)
+    if tagging:
+        return _run_tagging(args)
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
         if args.logit_adjust:
             from mmcls.config import ConfigError
