@@ -423,6 +423,10 @@ def validate(cfg: Config) -> Config:
             "has none: use data.frames.decoder=pil"
         )
     _check_workflow_settings(cfg)
+    if cfg.model.label_embedding != "none" and cfg.data.task != "multilabel":
+        raise ConfigError(
+            f"model.label_embedding={cfg.model.label_embedding}: label co-occurrence needs data.task=multilabel"
+        )
     _check_taxonomy(cfg)
     _check_annotation_files(cfg.data)
     train = cfg.train

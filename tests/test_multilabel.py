@@ -279,6 +279,7 @@ def test_train_predict_evaluate(tmp_path: Path) -> None:
             "train.tensorboard=false",
             "data.val_fraction=0.3",
             "train.multilabel_loss=asl",
+            "model.label_embedding=pmi",
             "data.frames.max_frames=2",
         ],
     )
@@ -304,3 +305,61 @@ def test_train_predict_evaluate(tmp_path: Path) -> None:
     assert next(csv.reader(out.open())) == ["id", "labels"] and tag_probs_path(out).is_file()
     scores = evaluate_tag_files(out, root / "annotations/test_labels.json", CATS)
     assert {"gap_at_20", "map", "micro_f1", "macro_f1"} <= set(scores)
+
+
+# --------------------------------------------------------------------------------------- label embeddings
+def test_pmi_of_a_known_co_occurrence() -> None:
+    from mmcls.models.label_embedding import pmi_embedding, pmi_matrix
+
+    # 8 videos: classes 0 and 1 always together (4 videos), class 2 alone (2), class 3 never, one without tags.
+    labels = np.array([[1, 1, 0, 0]] * 4 + [[0, 0, 1, 0]] * 2 + [[0, 0, 0, 0]] * 2 + [[-1, -1, -1, -1]])
+    pmi = pmi_matrix(labels)
+    # PMI(0, 1) = log(P(0,1) / (P(0) P(1))) = log((4/8) / (4/8 * 4/8)) = log 2; never together: 0 (PPMI).
+    assert pmi[0, 1] == pytest.approx(np.log(2)) and pmi[1, 0] == pytest.approx(np.log(2))
+    assert pmi[2, 2] == pytest.approx(np.log(4)) and pmi[0, 2] == 0 and (pmi[3] == 0).all()
+    vectors = pmi_embedding(labels, 3)
+    assert vectors.shape == (4, 3)
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)  # always together: one direction
+    assert abs(vectors[0] @ vectors[2]) < 1e-6  # never together: orthogonal
+    assert np.linalg.norm(vectors[3]) == 0  # never seen: no vector
+    np.testing.assert_allclose(np.linalg.norm(vectors[:3], axis=1), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_label_embedding_head_saves_and_loads(tmp_path: Path, trainable: bool) -> None:
+    from mmcls.data.text import load_tokenizer
+    from mmcls.models import build_model, load_model_dir, save_model_dir
+    from mmcls.models.label_embedding import LabelDot
+
+    cfg = Config.from_yaml(
+        "tiny",
+        [
+            "data.task=multilabel",
+            "model.label_embedding=pmi",
+            "model.label_embedding_dim=8",
+            f"model.label_embedding_trainable={str(trainable).lower()}",
+            "data.frames.max_frames=2",
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=21128)
+    head = model.classifier[2]
+    assert isinstance(head, LabelDot) and head.vectors.requires_grad is trainable
+    head.set_vectors(torch.randn(CATS.num_lv2, 8))
+    model.eval()
+    batch = {
+        "input_ids": torch.randint(1000, 8000, (2, 8)),
+        "attention_mask": torch.ones(2, 8, dtype=torch.long),
+        "frames": torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8),
+        "frame_mask": torch.ones(2, 2, dtype=torch.bool),
+    }
+    logits = model(**batch)["logits"]
+    assert logits.shape == (2, CATS.num_lv2)
+    save_model_dir(tmp_path / "m", model, cfg, load_tokenizer(cfg.data.text.tokenizer), CATS)
+    loaded = load_model_dir(tmp_path / "m")
+    torch.testing.assert_close(loaded.model(**batch)["logits"], logits)
+
+
+def test_label_embedding_needs_multilabel() -> None:
+    with pytest.raises(ConfigError, match="model.label_embedding=pmi"):
+        Config.from_yaml("tiny", ["model.label_embedding=pmi"])

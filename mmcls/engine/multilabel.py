@@ -136,6 +136,18 @@ class MultiLabelSetup(ClassificationSetup):
 
         return TaskData(build(train_records, True), build(val_records, False) if val_records else None)
 
+    def build_model(self) -> nn.Module:
+        """The classifier; with ``model.label_embedding: pmi`` its class vectors come from the training split's
+        label co-occurrence (:mod:`mmcls.models.label_embedding`; datasets() has run)."""
+        model = super().build_model()
+        if self.cfg.model.label_embedding == "pmi":
+            from mmcls.models.label_embedding import pmi_embedding
+
+            vectors = pmi_embedding(self.train_labels, self.cfg.model.label_embedding_dim)
+            model.classifier[2].set_vectors(vectors)
+            log.info("label embedding: PMI vectors of %d classes, dim %d", *vectors.shape)
+        return model
+
     def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
         model.head_samples = self.cfg.train.multi_dropout
         return MultiLabelTask(model, self.cfg.train, device)
