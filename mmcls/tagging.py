@@ -19,8 +19,8 @@ import numpy as np
 
 from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_text
+from mmcls.names import THRESHOLDS_FILE
 
-THRESHOLDS_FILE = "thresholds.json"
 METHOD = "exact F1-maximising cut per class on the validation split; global micro-F1 cut as fallback"
 
 
@@ -157,3 +157,34 @@ def decide_tags(
     if min_tags:
         tags |= rank < min_tags
     return tags
+
+
+def tag_lists(tags: np.ndarray, category_ids: list[str], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The served ``tags`` and ``tag_names`` of 0/1 ``tags`` ``[B, C]``: UTF-8 BYTES arrays ``[B, W]``, each row
+    the video's class ids (names) in class order, padded with empty strings to the longest row (W >= 1)."""
+    rows = [np.flatnonzero(row) for row in np.asarray(tags, dtype=bool)]
+    width = max([len(r) for r in rows] + [1])
+    ids = np.full((len(rows), width), b"", dtype=object)
+    labels = np.full((len(rows), width), b"", dtype=object)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = [category_ids[c].encode() for c in row]
+        labels[i, : len(row)] = [names[c].encode() for c in row]
+    return ids, labels
+
+
+def model_tags(
+    folder: str | Path,
+    config: Any,
+    category_ids: list[str],
+    probs: np.ndarray,
+    threshold: str = "per-class",
+    top_k: int | None = None,
+    min_tags: int | None = None,
+) -> np.ndarray:
+    """The tags of ``probs`` as a tagging model folder or artifact (``folder``, its ``config``) decides them:
+    its ``thresholds.json`` (or ``threshold`` a number), ``top_k``, and ``min_tags`` (default the model's
+    ``train.thresholds.min_tags``)."""
+    saved = load_thresholds(folder, category_ids)
+    thresholds = threshold_vector(threshold, saved, len(category_ids))
+    floor = config.train.thresholds.min_tags if min_tags is None else min_tags
+    return decide_tags(probs, thresholds, top_k, floor)

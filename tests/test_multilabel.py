@@ -305,6 +305,52 @@ def test_train_predict_evaluate(tmp_path: Path) -> None:
     assert next(csv.reader(out.open())) == ["id", "labels"] and tag_probs_path(out).is_file()
     scores = evaluate_tag_files(out, root / "annotations/test_labels.json", CATS)
     assert {"gap_at_20", "map", "micro_f1", "macro_f1"} <= set(scores)
+    check_export_and_serve(tmp_path, root, probs)
+
+
+def check_export_and_serve(tmp_path: Path, root: Path, torch_probs: np.ndarray) -> None:
+    """The ONNX artifact of the trained tagger gives the torch sigmoids; the served model answers with tags."""
+    import subprocess
+
+    from mmcls.deploy.export import export_model
+    from mmcls.deploy.triton_model import TritonPythonModel
+    from mmcls.names import SERVED_TAG_NAMES, SERVED_TAGS
+    from mmcls.tagging import load_thresholds
+
+    from commands import child_env, mmcls_command
+
+    artifact = export_model(tmp_path / "run", tmp_path / "onnx", "onnx")
+    assert (artifact / "thresholds.json").is_file()
+    out = tmp_path / "onnx_pred.csv"
+    args = ["predict", str(artifact), "--data-root", str(root), "--out", str(out), "--device", "cpu"]
+    subprocess.run(
+        mmcls_command(*args, "--num-workers", "0"), check=True, env=child_env(), capture_output=True
+    )
+    from mmcls.data.prob_files import load_probs
+    from mmcls.metrics import tag_probs_path
+
+    _, onnx_probs, info = load_probs(tag_probs_path(out))
+    assert info["task"] == "multilabel"
+    assert np.abs(onnx_probs - torch_probs).max() <= 1e-4  # parity, and sigmoids (not a softmax)
+
+    model = TritonPythonModel()
+    params = {"mmcls_model": {"string_value": str(artifact)}, "device": {"string_value": "cpu"}}
+    model.initialize(
+        {"model_config": json.dumps({"parameters": params}), "model_repository": "", "model_version": "1"}
+    )
+    text = {
+        "title": np.array([b"\xe4\xbd\xa0\xe5\xa5\xbd"], dtype=object),
+        "asr": np.array([b""], dtype=object),
+    }
+    samples = [model.decoder.decode(text, i) for i in range(2)]
+    served = model._classify(samples)
+    thresholds = load_thresholds(artifact, list(CATS.category_ids)).per_class
+    probs = served["probs"]
+    expected = [[CATS.category_ids[c] for c in np.flatnonzero(row >= thresholds)] for row in probs]
+    assert served[SERVED_TAGS].shape[0] == 2 and served[SERVED_TAG_NAMES].shape == served[SERVED_TAGS].shape
+    for row, want in zip(served[SERVED_TAGS], expected):
+        got = [t.decode() for t in row if t]
+        assert got == want or (not want and len(got) == 1)  # min_tags=1 adds the most probable class
 
 
 # --------------------------------------------------------------------------------------- label embeddings
@@ -363,3 +409,11 @@ def test_label_embedding_head_saves_and_loads(tmp_path: Path, trainable: bool) -
 def test_label_embedding_needs_multilabel() -> None:
     with pytest.raises(ConfigError, match="model.label_embedding=pmi"):
         Config.from_yaml("tiny", ["model.label_embedding=pmi"])
+
+
+def test_tag_lists_are_padded_bytes() -> None:
+    from mmcls.tagging import tag_lists
+
+    tags = np.array([[1, 0, 1], [0, 0, 0]], dtype=bool)
+    ids, labels = tag_lists(tags, ["a", "b", "c"], ["A", "B", "C"])
+    assert ids.tolist() == [[b"a", b"c"], [b"", b""]] and labels.tolist() == [[b"A", b"C"], [b"", b""]]

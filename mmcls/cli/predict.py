@@ -79,7 +79,9 @@ def _is_tagging_model(args: argparse.Namespace) -> bool:
     from mmcls.models.model_dir import CONFIG_FILE, resolve_model_dir
 
     try:
-        return Config.from_yaml(resolve_model_dir(args.model_dir) / CONFIG_FILE).data.task == "multilabel"
+        deployed = (args.model_dir / names.EXPORT_FILE).is_file()  # an artifact: its config is beside it
+        folder = args.model_dir if deployed else resolve_model_dir(args.model_dir)
+        return Config.from_yaml(folder / CONFIG_FILE).data.task == "multilabel"
     except (OSError, MmclsError):
         return False  # loading the model reports why
 
@@ -87,53 +89,77 @@ def _is_tagging_model(args: argparse.Namespace) -> bool:
 def _check_tagging_options(args: argparse.Namespace, tagging: bool) -> None:
     from mmcls.config import ConfigError
 
-    given = [
-        o
-        for o, v in (("--threshold", args.threshold), ("--top-k", args.top_k), ("--min-tags", args.min_tags))
-        if v is not None
-    ]
+    options = (("--threshold", args.threshold), ("--top-k", args.top_k), ("--min-tags", args.min_tags))
+    given = [option for option, value in options if value is not None]
     if given and not tagging:
         raise ConfigError(f"{given[0]}: only for a multilabel model (data.task=multilabel)")
-    if tagging and (args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file()):
-        raise ConfigError(
-            "multilabel models are predicted with the torch backend from a model folder for now"
-        )
+    if tagging and args.logit_adjust:
+        raise ConfigError("--logit-adjust: single-label only; this model tags (data.task=multilabel)")
     if args.min_tags is not None and args.min_tags < 0:
         raise ConfigError(f"--min-tags={args.min_tags}: must be at least 0")
 
 
 def _run_tagging(args: argparse.Namespace) -> int:
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
-    from mmcls.inference.predict import check_submission_path, predict_tags, write_tags
+    from mmcls.inference.predict import check_submission_path, predict_tags, write_error_report, write_tags
     from mmcls.metrics import tag_probs_path
     from mmcls.models.model_dir import load_model_categories
 
     inputs = [_split_annotation_path(args), args.model_dir]
     for path in (tag_probs_path(args.out), tag_probs_path(args.out).with_suffix(".json")):
         check_submission_path(path, inputs)
-    ids, probs, tags, preds = predict_tags(
-        args.model_dir,
-        args.data_root,
-        args.split,
-        threshold=args.threshold or "per-class",
-        top_k=args.top_k,
-        min_tags=args.min_tags,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        precision=args.precision or "fp32",
-        frame_decoder=args.frame_decoder,
-    )
+    if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
+        ids, probs, tags, preds, categories = _deployed_tags(args)
+    else:
+        categories = load_model_categories(args.model_dir)
+        ids, probs, tags, preds = predict_tags(
+            args.model_dir,
+            args.data_root,
+            args.split,
+            threshold=args.threshold or "per-class",
+            top_k=args.top_k,
+            min_tags=args.min_tags,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            precision=args.precision or "fp32",
+            frame_decoder=args.frame_decoder,
+        )
     if world_info_from_env().is_main:
-        from mmcls.inference.predict import write_error_report
-
-        write_tags(args.out, ids, probs, tags, load_model_categories(args.model_dir))
+        write_tags(args.out, ids, probs, tags, categories)
         write_error_report(error_report_path(args.out), dict(preds.frame_errors))
         print(
-            f"wrote {len(ids)} tag predictions ({int(tags.sum())} tags) to {args.out} and {tag_probs_path(args.out)}"
+            f"wrote {len(ids)} tag predictions ({int(tags.sum())} tags) to {args.out}, {tag_probs_path(args.out)}"
         )
     shutdown_distributed()
     return 0
+
+
+def _deployed_tags(args: argparse.Namespace):  # noqa: ANN202 - (ids, probs, tags, predictions, categories)
+    """A tagging artifact (ONNX, AOTI, TensorRT) through ``mmcls.deploy``'s Predictor; thresholds from the
+    artifact (export copies the model folder's ``thresholds.json``)."""
+    import numpy as np
+
+    from mmcls.deploy.predictor import Predictor
+    from mmcls.tagging import model_tags
+
+    predictor = Predictor.from_path(
+        args.model_dir, args.backend, device=args.device, precision=args.precision
+    )
+    assets = predictor.assets
+    ids, preds, _ = predictor.predict_split(
+        args.data_root,
+        args.split,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        frame_decoder=args.frame_decoder,
+    )
+    probs = preds.probs[np.argsort(preds.indices)]
+    category_ids = list(assets.categories.category_ids)
+    threshold = args.threshold or "per-class"
+    tags = model_tags(assets.folder, assets.config, category_ids, probs, threshold, args.top_k, args.min_tags)
+    print(f"backend {predictor.backend_name}, precision {predictor.precision}")
+    return ids, probs, tags, preds, assets.categories
 
 
 def positive_int(text: str) -> int:

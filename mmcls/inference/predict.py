@@ -246,21 +246,20 @@ def predict_tags(
     (default: the model's ``train.thresholds.min_tags``). Other keyword arguments go to :func:`predict_split`.
     """
     from mmcls.models.model_dir import load_model_categories, resolve_model_dir
-    from mmcls.tagging import decide_tags, load_thresholds, threshold_vector
+    from mmcls.tagging import load_thresholds, model_tags, threshold_vector
 
     folder = resolve_model_dir(model_dir)
     config = _folder_config(folder)
     if config.data.task != "multilabel":
         raise ConfigError(f"{folder}: a single-label model (data.task={config.data.task}); it does not tag")
-    categories = load_model_categories(folder)
-    saved = load_thresholds(folder, list(categories.category_ids))
-    thresholds = threshold_vector(threshold, saved, categories.num_lv2)  # refused before predicting
+    category_ids = list(load_model_categories(folder).category_ids)
+    # Refused before predicting: a missing thresholds file, a bad --threshold or --top-k.
+    threshold_vector(threshold, load_thresholds(folder, category_ids), len(category_ids))
     if top_k is not None and top_k < 1:
         raise ConfigError(f"--top-k={top_k}: must be at least 1")
     ids, preds, _ = predict_split(model_dir, data_root, split, **kwargs)  # type: ignore[arg-type]
     probs = preds.probs[np.argsort(preds.indices)]
-    floor = config.train.thresholds.min_tags if min_tags is None else min_tags
-    return ids, probs, decide_tags(probs, thresholds, top_k, floor), preds
+    return ids, probs, model_tags(folder, config, category_ids, probs, threshold, top_k, min_tags), preds
 
 
 def _folder_config(folder: Path):  # noqa: ANN202 - a Config; imported late like the model folder's readers
