@@ -423,6 +423,11 @@ def validate(cfg: Config) -> Config:
             "has none: use data.frames.decoder=pil"
         )
     _check_workflow_settings(cfg)
+    if cfg.data.task == "multilabel" and cfg.data.num_folds is not None:
+        # mmcls kfold sets it: its folds are stratified by, and its out-of-fold score is, one class per record.
+        raise ConfigError(
+            "data.num_folds: k-fold (mmcls kfold) is single-label only; not with data.task=multilabel"
+        )
     if cfg.model.label_embedding != "none" and cfg.data.task != "multilabel":
         raise ConfigError(
             f"model.label_embedding={cfg.model.label_embedding}: label co-occurrence needs data.task=multilabel"

@@ -233,13 +233,34 @@ def test_decide_tags_top_k_min_tags_and_threshold_specs() -> None:
 # -------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize(
     "setting",
-    ["train.label_smoothing=0.1", "train.rdrop_alpha=1", "data.num_folds=5", "train.class_weight_alpha=1"],
+    [
+        "train.label_smoothing=0.1",
+        "train.rdrop_alpha=1",
+        "train.class_weight_alpha=1",
+        "train.distill_from=teacher",
+        "data.extra_train=[pseudo.json]",
+        "data.lv1_groups=[1]",
+    ],
 )
 def test_single_label_settings_are_refused(setting: str) -> None:
-    extra = ["data.fold=0"] if setting.startswith("data.num_folds") else []
-    cfg = Config.from_yaml("tiny", ["data.task=multilabel", setting, *extra])
+    cfg = Config.from_yaml("tiny", ["data.task=multilabel", setting])
     with pytest.raises(ConfigError, match=setting.split("=")[0]):
         MultiLabelSetup(cfg, "unused").check_config()
+
+
+def test_kfold_and_ensemble_members_refuse_tagging_models(tmp_path: Path) -> None:
+    from mmcls.data.text import load_tokenizer
+    from mmcls.models import build_model, save_model_dir
+    from mmcls.workflows.kfold import kfold_config
+    from mmcls.workflows.members import MemberError, load_member, same_categories
+
+    cfg = Config.from_yaml("tiny", ["data.task=multilabel", "data.frames.max_frames=2"])
+    with pytest.raises(ConfigError, match="data.num_folds: k-fold"):
+        kfold_config(cfg, 5, None)
+    model = build_model(cfg, vocab_size=21128)
+    save_model_dir(tmp_path / "m", model, cfg, load_tokenizer(cfg.data.text.tokenizer), CATS)
+    with pytest.raises(MemberError, match="multilabel"):
+        same_categories([load_member(tmp_path / "m")])
 
 
 # ------------------------------------------------------------------------------------------------ synthetic

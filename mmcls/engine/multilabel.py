@@ -108,10 +108,6 @@ class MultiLabelSetup(ClassificationSetup):
             raise ConfigError(
                 "data.lv1_groups: group fine-tuning is single-label only (data.task=multiclass)"
             )
-        if cfg.data.num_folds is not None:
-            raise ConfigError(
-                "data.num_folds: k-fold splits are stratified by one class per record; not with data.task=multilabel"
-            )
 
     def datasets(self) -> TaskData:
         cfg = self.cfg
