@@ -301,6 +301,8 @@ def test_train_predict_evaluate(tmp_path: Path) -> None:
             "data.val_fraction=0.3",
             "train.multilabel_loss=asl",
             "model.label_embedding=pmi",
+            "train.ema_decay=0.9",
+            "train.adversarial.method=fgm",
             "data.frames.max_frames=2",
         ],
     )
