@@ -376,8 +376,17 @@ def evaluate_tag_files(
 ) -> dict[str, float]:
     """Score a multilabel prediction file and the probabilities beside it (:func:`tag_probs_path`) against a
     multilabel annotation file (``labels`` per record, any format); every annotated id needs a prediction."""
+    truth, probs, predicted, _ = read_tag_evaluation(pred_csv, ann, categories)
+    return multilabel_scores(truth, probs, predicted, categories, top_k)
+
+
+def read_tag_evaluation(
+    pred_csv: str | Path, ann: str | Path, categories: CategoryMap
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(truth, probs, predicted, info)`` of :func:`evaluate_tag_files`: 0/1 truth and tags and the
+    probabilities ``[N, C]`` in annotation order, and the probabilities' ``.json`` (``info``)."""
     from mmcls.data.annotations import AnnotationError, load_multilabels
-    from mmcls.data.prob_files import ProbFileError, rows_for
+    from mmcls.data.prob_files import ProbFileError, load_probs, rows_for
 
     try:
         truth = load_multilabels(ann, categories=categories)
@@ -392,6 +401,7 @@ def evaluate_tag_files(
     ids = list(truth)
     try:
         probs = rows_for(tag_probs_path(pred_csv), ids, categories)
+        info = load_probs(tag_probs_path(pred_csv))[2]
     except ProbFileError as exc:
         raise EvaluationError(
             f"{exc} (GAP and mAP need the probabilities written with the predictions)"
@@ -404,6 +414,4 @@ def evaluate_tag_files(
             out[r, [index[t] for t in tags]] = True
         return out
 
-    return multilabel_scores(
-        matrix([truth[i] for i in ids]), probs, matrix([predictions[i] for i in ids]), categories, top_k
-    )
+    return matrix([truth[i] for i in ids]), probs, matrix([predictions[i] for i in ids]), info

@@ -184,7 +184,12 @@ def model_tags(
     """The tags of ``probs`` as a tagging model folder or artifact (``folder``, its ``config``) decides them:
     its ``thresholds.json`` (or ``threshold`` a number), ``top_k``, and ``min_tags`` (default the model's
     ``train.thresholds.min_tags``)."""
-    saved = load_thresholds(folder, category_ids)
-    thresholds = threshold_vector(threshold, saved, len(category_ids))
+    thresholds = model_thresholds(folder, category_ids, threshold)
     floor = config.train.thresholds.min_tags if min_tags is None else min_tags
     return decide_tags(probs, thresholds, top_k, floor)
+
+
+def model_thresholds(folder: str | Path, category_ids: list[str], threshold: str = "per-class") -> np.ndarray:
+    """``[C]`` thresholds of ``threshold`` (``per-class``, ``global``: a model folder's or artifact's saved ones;
+    or a number) for the model in ``folder``."""
+    return threshold_vector(threshold, load_thresholds(folder, category_ids), len(category_ids))

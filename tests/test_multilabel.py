@@ -440,3 +440,43 @@ def test_tag_lists_are_padded_bytes() -> None:
     tags = np.array([[1, 0, 1], [0, 0, 0]], dtype=bool)
     ids, labels = tag_lists(tags, ["a", "b", "c"], ["A", "B", "C"])
     assert ids.tolist() == [[b"a", b"c"], [b"", b""]] and labels.tolist() == [[b"A", b"C"], [b"", b""]]
+
+
+def test_evaluate_detects_tag_files_and_writes_the_report(tmp_path: Path) -> None:
+    import subprocess
+
+    from commands import child_env, mmcls_command
+    from mmcls.inference.predict import write_tags
+
+    ids = ["1", "2", "3"]
+    ann = tmp_path / "truth.jsonl"
+    truth = [[A, B], [], [C]]
+    ann.write_text("\n".join(json.dumps({"id": i, "labels": t}) for i, t in zip(ids, truth)) + "\n")
+    probs = np.full((3, CATS.num_lv2), 0.01, dtype=np.float32)
+    probs[0, [0, 1]] = 0.9
+    probs[1, 2] = 0.6  # a false positive of class C
+    probs[2, 2] = 0.8
+    tags = decide_tags(probs, np.full(CATS.num_lv2, 0.5))
+    write_tags(tmp_path / "pred.csv", ids, probs, tags, CATS, np.full(CATS.num_lv2, 0.5))
+    run = subprocess.run(
+        mmcls_command(
+            "evaluate",
+            "--pred",
+            str(tmp_path / "pred.csv"),
+            "--ann",
+            str(ann),
+            "--report",
+            str(tmp_path / "rep"),
+        ),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    scores = json.loads(run.stdout)
+    assert scores["gap_at_20"] == pytest.approx(1.0) and scores["map"] == pytest.approx(1.0)
+    assert scores["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
+    rows = list(csv.DictReader((tmp_path / "rep/per_class.csv").open()))
+    assert rows[0]["category_id"] in (A, B, C) and rows[0]["threshold"] == "0.5"
+    fps = json.loads((tmp_path / "rep/summary.json").read_text())["most_frequent_false_positives"]
+    assert fps == [{"category_id": C, "name": CATS.name(C), "false_positives": 1, "positives": 1}]

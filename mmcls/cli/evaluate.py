@@ -57,15 +57,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _run_multilabel(args: argparse.Namespace, categories) -> int:  # noqa: ANN001 - a Taxonomy
     from mmcls.config import ConfigError
-    from mmcls.metrics import evaluate_tag_files
+    from mmcls.metrics import multilabel_scores, read_tag_evaluation
 
-    if args.report is not None:
-        raise ConfigError(
-            "--report: the HTML report is single-label only; leave it out with --task multilabel"
-        )
     if args.top_k < 1:
         raise ConfigError(f"--top-k={args.top_k}: must be at least 1")
-    print(json.dumps(evaluate_tag_files(args.pred, args.ann, categories, args.top_k), indent=2))
+    if args.report is not None:  # refuse a foreign report folder before any work
+        from mmcls.files import REPORT_MARKER, check_output_dir
+
+        check_output_dir(args.report, REPORT_MARKER, overwrite=args.overwrite)
+    truth, probs, predicted, info = read_tag_evaluation(args.pred, args.ann, categories)
+    scores = multilabel_scores(truth, probs, predicted, categories, args.top_k)
+    if args.report is not None:
+        from mmcls.tag_report import write_tag_report
+
+        thresholds = info.get("thresholds")
+        write_tag_report(
+            args.report, scores, truth, probs, predicted, categories, thresholds, overwrite=args.overwrite
+        )
+        print(f"report: {args.report}/per_class.csv, false_positives.csv, summary.json", file=sys.stderr)
+    print(json.dumps(scores, indent=2))
     return 0
 
 

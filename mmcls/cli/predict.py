@@ -103,12 +103,15 @@ def _run_tagging(args: argparse.Namespace) -> int:
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
     from mmcls.inference.predict import check_submission_path, predict_tags, write_error_report, write_tags
     from mmcls.metrics import tag_probs_path
-    from mmcls.models.model_dir import load_model_categories
+    from mmcls.models.model_dir import load_model_categories, resolve_model_dir
+    from mmcls.tagging import model_thresholds
 
     inputs = [_split_annotation_path(args), args.model_dir]
     for path in (tag_probs_path(args.out), tag_probs_path(args.out).with_suffix(".json")):
         check_submission_path(path, inputs)
-    if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
+    deployed = args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file()
+    folder = args.model_dir if deployed else resolve_model_dir(args.model_dir)
+    if deployed:
         ids, probs, tags, preds, categories = _deployed_tags(args)
     else:
         categories = load_model_categories(args.model_dir)
@@ -126,7 +129,8 @@ def _run_tagging(args: argparse.Namespace) -> int:
             frame_decoder=args.frame_decoder,
         )
     if world_info_from_env().is_main:
-        write_tags(args.out, ids, probs, tags, categories)
+        thresholds = model_thresholds(folder, list(categories.category_ids), args.threshold or "per-class")
+        write_tags(args.out, ids, probs, tags, categories, thresholds)
         write_error_report(error_report_path(args.out), dict(preds.frame_errors))
         print(
             f"wrote {len(ids)} tag predictions ({int(tags.sum())} tags) to {args.out}, {tag_probs_path(args.out)}"

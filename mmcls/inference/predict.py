@@ -270,16 +270,23 @@ def _folder_config(folder: Path):  # noqa: ANN202 - a Config; imported late like
 
 
 def write_tags(
-    path: str | Path, ids: Sequence[str], probs: np.ndarray, tags: np.ndarray, categories: CategoryMap
+    path: str | Path,
+    ids: Sequence[str],
+    probs: np.ndarray,
+    tags: np.ndarray,
+    categories: CategoryMap,
+    thresholds: np.ndarray | None = None,
 ) -> None:
     """The multilabel prediction file: CSV ``id,labels`` (class ids ``|``-separated, in class order) and the
-    probabilities beside it (``OUT.probs.npy`` + ``OUT.probs.json``: ids and class order), all atomically."""
+    probabilities beside it (``OUT.probs.npy`` + ``OUT.probs.json``: ids, class order and the ``thresholds``
+    used, for ``mmcls evaluate --report``), all atomically."""
     from mmcls.data.annotations import LABELS_SEPARATOR
     from mmcls.data.prob_files import save_probs
     from mmcls.metrics import TAG_CSV_HEADER, tag_probs_path
 
     class_ids = np.asarray(categories.category_ids, dtype=object)
-    save_probs(tag_probs_path(path), probs, ids, categories, task="multilabel")
+    meta = {} if thresholds is None else {"thresholds": [round(float(t), 6) for t in thresholds]}
+    save_probs(tag_probs_path(path), probs, ids, categories, task="multilabel", **meta)
     with atomic_writer(path, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(TAG_CSV_HEADER)
