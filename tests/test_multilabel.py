@@ -445,8 +445,9 @@ def test_tag_lists_are_padded_bytes() -> None:
 def test_evaluate_detects_tag_files_and_writes_the_report(tmp_path: Path) -> None:
     import subprocess
 
-    from commands import child_env, mmcls_command
     from mmcls.inference.predict import write_tags
+
+    from commands import child_env, mmcls_command
 
     ids = ["1", "2", "3"]
     ann = tmp_path / "truth.jsonl"
