@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader
 
 from mmcls.config import Config, ConfigError
 from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
+from mmcls.data.categories import CategoryMap
 from mmcls.data.folds import split_train_val
-from mmcls.data.multilabel import build_multilabel_dataset, label_matrix
+from mmcls.data.multilabel import MultiLabelDataset, build_multilabel_dataset, label_matrix
 from mmcls.engine import losses
 from mmcls.engine.inference import gather_predictions, predict_loader
 from mmcls.engine.setup import ClassificationSetup, Selection, TaskData
@@ -124,13 +125,16 @@ class MultiLabelSetup(ClassificationSetup):
         self.train_labels = label_matrix(train_records, self.categories)
         self.class_counts = self.train_labels.sum(axis=0).astype(np.int64)
 
-        def build(recs, train):  # noqa: ANN001, ANN202 - local shorthand
-            split = cfg.data.train_split
-            return build_multilabel_dataset(
-                cfg, self.data_root, split, recs, self.tokenizer, self.categories, train=train
-            )
+        train_set = self._dataset(train_records, train=True)
+        return TaskData(train_set, self._dataset(val_records, train=False) if val_records else None)
 
-        return TaskData(build(train_records, True), build(val_records, False) if val_records else None)
+    def _dataset(self, records: list, *, train: bool) -> MultiLabelDataset:
+        """Records of ``data.train_split`` with multi-hot labels (frames from that split)."""
+        cfg = self.cfg
+        split = cfg.data.train_split
+        return build_multilabel_dataset(
+            cfg, self.data_root, split, records, self.tokenizer, self.categories, train=train
+        )
 
     def build_model(self) -> nn.Module:
         """The classifier; with ``model.label_embedding: pmi`` its class vectors come from the training split's
@@ -183,7 +187,7 @@ class MultiLabelSetup(ClassificationSetup):
 
 
 def class_rows(
-    targets: np.ndarray, probs: np.ndarray, tags: np.ndarray, thresholds: Thresholds, categories
+    targets: np.ndarray, probs: np.ndarray, tags: np.ndarray, thresholds: Thresholds, categories: CategoryMap
 ) -> list[dict]:
     """Per class of the validation split: AP, F1 at its threshold, the threshold and whether it is the class's
     own; the keys of the single-label rows (``support``, ``precision``, ``recall``, ``f1``) for summary.md."""
