@@ -31,12 +31,17 @@ ONNX_OPSET = 18
 
 
 class InferenceGraph(nn.Module):
-    """What is exported: ``(input_ids, attention_mask, frames, frame_mask) -> (probs, lv1_probs)``, both FP32."""
+    """What is exported: ``(input_ids, attention_mask, frames, frame_mask) -> (probs, lv1_probs)``, both FP32.
 
-    def __init__(self, model: MultimodalClassifier, categories: CategoryMap):
+    ``multilabel`` (a tagging model, ``data.task: multilabel``): ``probs`` are per-class sigmoids and
+    ``lv1_probs`` the highest of them in each label dimension (level-1 group).
+    """
+
+    def __init__(self, model: MultimodalClassifier, categories: CategoryMap, multilabel: bool = False):
         super().__init__()
         self.model = model
         self.categories = categories
+        self.multilabel = multilabel
 
     def forward(
         self,
@@ -46,6 +51,10 @@ class InferenceGraph(nn.Module):
         frame_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(input_ids, attention_mask, frames, frame_mask)[names.LOGITS].float()
+        if self.multilabel:
+            probs = logits.sigmoid()
+            matrix = torch.as_tensor(self.categories.lv2_to_lv1_matrix(), device=probs.device)
+            return probs, (probs.unsqueeze(2) * matrix).amax(dim=1)
         return logits.softmax(dim=-1), lv1_probs(logits, self.categories)
 
 
@@ -101,7 +110,7 @@ def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max
     model = loaded.model.to(torch_device)
     if fp16:
         model = model.half()
-    graph = InferenceGraph(model, loaded.categories).eval()
+    graph = InferenceGraph(model, loaded.categories, config.data.task == "multilabel").eval()
     example = example_inputs(config, frame_input, torch_device)
     dims = dynamic_dims(config, max_batch)
     backend = EXPORTABLE[fmt]
@@ -123,9 +132,12 @@ def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max
 
 
 def copy_assets(model_folder: Path, folder: Path, tokenizer) -> None:
-    """The preprocessing files of a model folder: config, categories, tokenizer."""
+    """The preprocessing files of a model folder: config, categories, tokenizer (and a tagging model's
+    thresholds)."""
     for name in (names.CONFIG_FILE, names.CATEGORIES_FILE):
         shutil.copy2(model_folder / name, folder / name)
+    if (model_folder / names.THRESHOLDS_FILE).is_file():
+        shutil.copy2(model_folder / names.THRESHOLDS_FILE, folder / names.THRESHOLDS_FILE)
     tokenizer.save_pretrained(str(folder))
 
 

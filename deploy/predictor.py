@@ -53,7 +53,8 @@ class TorchBackend(Backend):
 
         loaded = load_model_dir(folder, device=device)
         cast_for_inference(loaded.model, device, precision)
-        self.graph = InferenceGraph(loaded.model, loaded.categories).eval()
+        multilabel = loaded.config.data.task == "multilabel"
+        self.graph = InferenceGraph(loaded.model, loaded.categories, multilabel).eval()
         self.device = device
         self.precision = precision
 

@@ -60,6 +60,7 @@ class TritonPythonModel:
         }  # a repository written before these parameters existed gets the defaults
         self.decoder = RequestDecoder(self.predictor.assets, VideoLimits(**limits))
         self.categories = self.predictor.assets.categories
+        self.tagging = self.predictor.assets.config.data.task == "multilabel"
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
@@ -139,7 +140,19 @@ class TritonPythonModel:
             names.SERVED_ERRORS: np.array(
                 [[json.dumps(s["frame_errors"]).encode()] for s in samples], dtype=object
             ),
+            **self._tags(probs),
         }
+
+    def _tags(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """A tagging model's ``tags`` and ``tag_names`` (its saved per-class thresholds); nothing otherwise."""
+        if not self.tagging:
+            return {}
+        from mmcls.tagging import model_tags, tag_lists
+
+        assets, ids = self.predictor.assets, list(self.categories.category_ids)
+        tags = model_tags(assets.folder, assets.config, ids, probs)
+        tag_ids, tag_names = tag_lists(tags, ids, [self.categories.name(c) for c in ids])
+        return {names.SERVED_TAGS: tag_ids, names.SERVED_TAG_NAMES: tag_names}
 
     def finalize(self) -> None:
         self.predictor = None

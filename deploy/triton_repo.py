@@ -145,6 +145,8 @@ def model_config_text(assets, model_path: Path, options: TritonModelOptions) -> 
         _entry(names.SERVED_PROBS, "TYPE_FP32", str(assets.config.model.num_classes)),
         _entry(names.SERVED_ERRORS, "TYPE_STRING", "1"),
     ]
+    if assets.config.data.task == "multilabel":  # the tags above the thresholds: as many as there are
+        outputs += [_entry(name, "TYPE_STRING", "-1") for name in names.SERVED_TAG_OUTPUTS]
     input_list, output_list = ",\n".join(inputs), ",\n".join(outputs)
     params = {
         "mmcls_model": str(model_path),

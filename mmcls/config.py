@@ -123,6 +123,9 @@ class DataConfig:
     # The taxonomy: a CSV file ``id,name,parent`` (see mmcls/data/categories.py); null = the packaged WBDC2022
     # list. ``model.num_classes`` follows it when the config does not set it.
     categories: str | None = None
+    # What a labeled record carries: one ``category_id`` (multiclass, softmax), or ``labels``, a list of class
+    # ids of the taxonomy (multilabel tagging, sigmoid outputs; see mmcls/engine/multilabel.py).
+    task: Literal["multiclass", "multilabel"] = "multiclass"
 
 
 @dataclass
@@ -148,6 +151,33 @@ class ModelConfig:
     # run, a larger teacher): every key present in both with the same shape is loaded, the rest keep their
     # initialisation; the log names what was loaded and what was not. null = start from the pretrained sources.
     init_from: str | None = None
+    # Multilabel only: score a video by the dot product of its projected representation with class vectors
+    # from the SVD of the training split's label PMI matrix (``pmi``), instead of a plain linear head.
+    label_embedding: Literal["none", "pmi"] = "none"
+    label_embedding_dim: int = setting(64, min=1)
+    label_embedding_trainable: bool = True  # false: the PMI class vectors stay as computed
+
+
+@dataclass
+class AslConfig:
+    """Asymmetric loss (Ridnik et al., 2021) of ``train.multilabel_loss: asl``: focusing exponents for the
+    positive and negative terms, and the probability margin ``clip`` shifted off the negatives."""
+
+    gamma_pos: float = setting(0.0, min=0)
+    gamma_neg: float = setting(4.0, min=0)
+    clip: float = setting(0.05, min=0, below=1)
+
+
+@dataclass
+class ThresholdConfig:
+    """Multilabel decision thresholds, chosen on the validation split after each evaluation (see
+    mmcls/engine/multilabel.py) and saved in the model folder as ``thresholds.json``."""
+
+    # A class gets its own threshold only with at least this many validation positives; the others use the
+    # global best threshold.
+    min_positives: int = setting(5, min=1)
+    floor: float = setting(0.05, min=0, below=1)  # no threshold below this (a rare class must not tag all)
+    min_tags: int = setting(1, min=0)  # at least this many tags per video (the highest probabilities)
 
 
 @dataclass
@@ -211,6 +241,10 @@ class TrainConfig:
     rdrop_alpha: float = setting(0.0, min=0)  # R-Drop: weight of the symmetric KL of two dropout passes
     lv1_loss_weight: float = setting(0.0, min=0)  # level-1 NLL of the level-2 softmax summed per group
     soft_f1_weight: float = setting(0.0, min=0)  # weight of (1 - soft macro F1) of the fused probabilities
+    # data.task=multilabel: per-class sigmoid binary cross-entropy, or the asymmetric loss (settings in asl).
+    multilabel_loss: Literal["bce", "asl"] = "bce"
+    asl: AslConfig = field(default_factory=AslConfig)
+    thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     seed: int = setting(42, min=0)
     eval_every_epochs: int = setting(1, min=1, resume_safe=True)
     log_every_steps: int = setting(10, min=1, resume_safe=True)
@@ -389,6 +423,15 @@ def validate(cfg: Config) -> Config:
             "has none: use data.frames.decoder=pil"
         )
     _check_workflow_settings(cfg)
+    if cfg.data.task == "multilabel" and cfg.data.num_folds is not None:
+        # mmcls kfold sets it: its folds are stratified by, and its out-of-fold score is, one class per record.
+        raise ConfigError(
+            "data.num_folds: k-fold (mmcls kfold) is single-label only; not with data.task=multilabel"
+        )
+    if cfg.model.label_embedding != "none" and cfg.data.task != "multilabel":
+        raise ConfigError(
+            f"model.label_embedding={cfg.model.label_embedding}: label co-occurrence needs data.task=multilabel"
+        )
     _check_taxonomy(cfg)
     _check_annotation_files(cfg.data)
     train = cfg.train

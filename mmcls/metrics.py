@@ -10,6 +10,11 @@ A flat taxonomy (no parents) has level 1 = level 2, so the level-1 scores equal 
 ``mean_f1 = (lv2_micro_f1 + lv2_macro_f1) / 2``: the mean of accuracy (micro F1 of single-label
 predictions) and macro F1. A mixed file (some top-level classes without children) scores such a class as
 its own level-1 group.
+
+Multilabel tagging (``data.task: multilabel``; :func:`multilabel_scores`) is scored as YouTube-8M and TAAC
+are: ``gap_at_K`` (global average precision over each video's top K predictions), ``map`` (macro average
+precision over the classes with a positive), ``micro_f1``/``macro_f1`` of the predicted tag sets, and the same
+per label dimension (a taxonomy's parent: ``{parent_id}/map``, ...).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score
+from sklearn.metrics import average_precision_score, f1_score
 
 from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError
@@ -226,3 +231,188 @@ def evaluate_files(
         )
     ids = list(labels)
     return compute_scores([labels[i] for i in ids], [predictions[i][0] for i in ids], categories)
+
+
+# ------------------------------------------------------------------------------------------------ multilabel
+#: A multilabel prediction file: a CSV with this header, class ids joined by ``|`` (see LABELS_SEPARATOR).
+TAG_CSV_HEADER = ("id", "labels")
+
+
+def gap_at_k(probs: np.ndarray, targets: np.ndarray, k: int = 20) -> float:
+    """YouTube-8M's global average precision: the top ``k`` predictions of every video pooled and ranked by
+    probability, their average precision with recall over *all* positive labels (those outside a video's top
+    ``k`` count as missed). Equal probabilities are one rank (scikit-learn's step-wise AP over thresholds).
+
+    ``probs``/``targets``: ``[N, C]``; 0 when there is no positive label at all.
+    """
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets) > 0
+    total = int(targets.sum())
+    if total == 0 or probs.size == 0:
+        return 0.0
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    flat_probs = np.take_along_axis(probs, top, axis=1).ravel()
+    flat_hits = np.take_along_axis(targets, top, axis=1).ravel()
+    found = int(flat_hits.sum())
+    if found == 0:
+        return 0.0
+    # sklearn's AP divides the recall steps by the positives it sees (``found``); GAP divides by all of them.
+    return float(average_precision_score(flat_hits, flat_probs) * found / total)
+
+
+def multilabel_scores(
+    targets: np.ndarray,
+    probs: np.ndarray,
+    predicted: np.ndarray,
+    categories: CategoryMap,
+    top_k: int = 20,
+) -> dict[str, float]:
+    """The multilabel scores of ``probs`` and the predicted 0/1 tags ``predicted`` against 0/1 ``targets``
+    (all ``[N, C]`` in ``categories``' class order); see the module docstring for the keys.
+
+    ``map`` averages over the classes with at least one positive (AP is undefined without one); ``macro_f1``
+    over the classes present in the truth or the predictions (as the single-label score does). Per-dimension
+    keys are left out for a dimension without a positive in the truth.
+    """
+    targets, predicted = np.asarray(targets) > 0, np.asarray(predicted) > 0
+    probs = np.asarray(probs, dtype=np.float64)
+    if targets.shape != probs.shape or predicted.shape != probs.shape:
+        raise ValueError(
+            f"shapes differ: targets {targets.shape}, probs {probs.shape}, tags {predicted.shape}"
+        )
+    if not len(targets):
+        raise ValueError("cannot score an empty set of predictions")
+    scores = _tag_scores(targets, probs, predicted, top_k)
+    if not categories.is_flat:
+        parent_of = np.array([categories.lv1_id(c) for c in categories.category_ids], dtype=object)
+        for parent in dict.fromkeys(parent_of):
+            columns = parent_of == parent
+            if not targets[:, columns].any():
+                continue  # a dimension without a positive in the truth has no AP to report
+            for key, value in _tag_scores(
+                targets[:, columns], probs[:, columns], predicted[:, columns], top_k
+            ).items():
+                scores[f"{parent}/{key}"] = value
+    return scores
+
+
+def _tag_scores(
+    targets: np.ndarray, probs: np.ndarray, predicted: np.ndarray, top_k: int
+) -> dict[str, float]:
+    positive = targets.any(axis=0)
+    present = positive | predicted.any(axis=0)
+    mean_ap = (
+        float(average_precision_score(targets[:, positive], probs[:, positive], average="macro"))
+        if positive.any()
+        else 0.0
+    )
+    return {
+        f"gap_at_{top_k}": gap_at_k(probs, targets, top_k),
+        "map": mean_ap,
+        "micro_f1": float(f1_score(targets, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(targets[:, present], predicted[:, present], average="macro", zero_division=0)
+        )
+        if present.any()
+        else 0.0,
+    }
+
+
+def tag_probs_path(pred_csv: str | Path) -> Path:
+    """The probabilities written beside a multilabel prediction file: ``OUT.csv`` -> ``OUT.probs.npy`` (its
+    ids and class order in ``OUT.probs.json``)."""
+    return Path(pred_csv).with_suffix(".probs.npy")
+
+
+def is_tag_prediction_file(pred_csv: str | Path) -> bool:
+    """Whether ``pred_csv`` starts with the multilabel header ``id,labels`` (the file says which task it is)."""
+    try:
+        with Path(pred_csv).open(encoding="utf-8-sig", newline="") as handle:
+            first = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError):
+        return False  # the reader of the file reports it in its own words
+    return tuple(cell.strip() for cell in first) == TAG_CSV_HEADER
+
+
+def read_tag_predictions(pred_csv: str | Path, categories: CategoryMap) -> dict[str, tuple[str, ...]]:
+    """``{id: class ids}`` of a multilabel prediction file (header ``id,labels``, ids ``|``-separated)."""
+    from mmcls.data.annotations import LABELS_SEPARATOR
+
+    path = Path(pred_csv)
+    known = set(categories.category_ids)
+    try:
+        check_regular_file(path, what="prediction file")
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise EvaluationError(f"{path}: cannot open prediction file: {exc}") from exc
+    predictions: dict[str, tuple[str, ...]] = {}
+    with handle, _utf8_errors(path):
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if line_no == 1:
+                if tuple(cell.strip() for cell in row) != TAG_CSV_HEADER:
+                    raise EvaluationError(f"{path}: line 1: expected the header 'id,labels', got {row!r}")
+                continue
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != 2:
+                raise EvaluationError(
+                    f"{path}: line {line_no}: expected 2 fields 'id,labels', got {len(row)}"
+                )
+            video_id = row[0].strip()
+            tags = tuple(t.strip() for t in row[1].split(LABELS_SEPARATOR) if t.strip())
+            unknown = next((t for t in tags if t not in known), None)
+            if not video_id or unknown is not None:
+                problem = (
+                    "empty id" if not video_id else f"unknown class id {unknown!r} ({categories.source})"
+                )
+                raise EvaluationError(f"{path}: line {line_no}: {problem}")
+            if video_id in predictions:
+                raise EvaluationError(f"{path}: line {line_no}: duplicate id {video_id}")
+            predictions[video_id] = tags
+    return predictions
+
+
+def evaluate_tag_files(
+    pred_csv: str | Path, ann: str | Path, categories: CategoryMap, top_k: int = 20
+) -> dict[str, float]:
+    """Score a multilabel prediction file and the probabilities beside it (:func:`tag_probs_path`) against a
+    multilabel annotation file (``labels`` per record, any format); every annotated id needs a prediction."""
+    truth, probs, predicted, _ = read_tag_evaluation(pred_csv, ann, categories)
+    return multilabel_scores(truth, probs, predicted, categories, top_k)
+
+
+def read_tag_evaluation(
+    pred_csv: str | Path, ann: str | Path, categories: CategoryMap
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """``(truth, probs, predicted, info)`` of :func:`evaluate_tag_files`: 0/1 truth and tags and the
+    probabilities ``[N, C]`` in annotation order, and the probabilities' ``.json`` (``info``)."""
+    from mmcls.data.annotations import AnnotationError, load_multilabels
+    from mmcls.data.prob_files import ProbFileError, load_probs, rows_for
+
+    try:
+        truth = load_multilabels(ann, categories=categories)
+    except AnnotationError as exc:
+        raise EvaluationError(str(exc)) from None
+    predictions = read_tag_predictions(pred_csv, categories)
+    missing = [video_id for video_id in truth if video_id not in predictions]
+    if missing:
+        raise EvaluationError(
+            f"{pred_csv}: no prediction for {len(missing)} of the {len(truth)} ids in {ann}: {missing[0]}, ..."
+        )
+    ids = list(truth)
+    try:
+        probs = rows_for(tag_probs_path(pred_csv), ids, categories)
+        info = load_probs(tag_probs_path(pred_csv))[2]
+    except ProbFileError as exc:
+        raise EvaluationError(
+            f"{exc} (GAP and mAP need the probabilities written with the predictions)"
+        ) from None
+    index = {cid: i for i, cid in enumerate(categories.category_ids)}
+
+    def matrix(rows: list[tuple[str, ...]]) -> np.ndarray:
+        out = np.zeros((len(rows), categories.num_lv2), dtype=bool)
+        for r, tags in enumerate(rows):
+            out[r, [index[t] for t in tags]] = True
+        return out
+
+    return matrix([truth[i] for i in ids]), probs, matrix([predictions[i] for i in ids]), info

@@ -49,6 +49,11 @@ SERVED_LV1_ID = "lv1_id"
 SERVED_PROBS = PROBS
 SERVED_ERRORS = "errors"
 SERVED_OUTPUTS = (SERVED_CATEGORY_ID, SERVED_CATEGORY_NAME, SERVED_LV1_ID, SERVED_PROBS, SERVED_ERRORS)
+#: A tagging model (``data.task: multilabel``) also serves the class ids above their thresholds and the names
+#: of those classes (BYTES lists, padded with empty strings to the longest of the batch); ``probs`` are sigmoids.
+SERVED_TAGS = "tags"
+SERVED_TAG_NAMES = "tag_names"
+SERVED_TAG_OUTPUTS = (SERVED_TAGS, SERVED_TAG_NAMES)
 
 # ------------------------------------------------------------------------------------------------ file names
 #: A model folder (``mmcls.models.model_dir``) and an artifact folder (``mmcls.deploy.artifact``) both hold the
@@ -57,6 +62,9 @@ CONFIG_FILE = "config.yaml"
 CATEGORIES_FILE = "categories.json"
 WEIGHTS_FILE = "model.safetensors"
 EXPORT_FILE = "export.json"
+#: A tagging model's decision thresholds, chosen on validation by training (``mmcls.tagging``); copied into
+#: its export artifacts.
+THRESHOLDS_FILE = "thresholds.json"
 #: The ``best/`` rule: a training run directory's model is the model folder ``RUN_DIR/best/`` (the best
 #: validation score so far), ``RUN_DIR/last/`` the final weights; a path holding ``WEIGHTS_FILE`` itself is a
 #: model folder. :func:`mmcls.models.model_dir.resolve_model_dir` applies it.

@@ -44,6 +44,17 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     return dict(series)
 
 
+#: The validation scores plotted: single-label (mean_f1 and its parts) and multilabel (data.task=multilabel).
+VALIDATION_CURVES = (
+    "val/mean_f1",
+    "val/lv2_macro_f1",
+    "val/lv1_macro_f1",
+    "val/gap_at_20",
+    "val/map",
+    "val/micro_f1",
+)
+
+
 def plot_curves(series: dict[str, list[tuple[int, float]]]) -> bytes:
     import matplotlib
 
@@ -53,7 +64,7 @@ def plot_curves(series: dict[str, list[tuple[int, float]]]) -> bytes:
     panels = [
         ("training losses", [t for t in series if t.startswith("train/") and "/lr/" not in t]),
         ("learning rates", [t for t in series if t.startswith("train/lr/")]),
-        ("validation", [t for t in series if t in ("val/mean_f1", "val/lv2_macro_f1", "val/lv1_macro_f1")]),
+        ("validation", [t for t in series if t in VALIDATION_CURVES]),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (title, tags) in zip(axes, panels):

@@ -82,7 +82,7 @@ def test_a_frame_zip_is_preprocessed_as_the_eval_loader_does(model, two_level, t
             ["--video", "{tmp}/notes.mp4", "--out", "{tmp}/x.csv"],
             "--video and --out: give files with --video",
         ),
-        (["--data-root", "{tmp}", "--top-k", "2"], "--top-k: only with --video"),
+        (["--data-root", "{tmp}", "--json"], "--json: only with --video"),
         (["--data-root", "{tmp}"], "--out required (or --video PATH to classify files)"),
     ],
 )

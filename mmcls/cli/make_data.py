@@ -27,6 +27,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="taxonomy file (CSV id,name,parent) whose classes label the videos; default: the packaged WBDC2022 "
         "list (its labeled_count column, if any, sets the class frequencies)",
     )
+    # Multilabel tagging (issue #17).
+    p.add_argument(
+        "--task",
+        choices=("multiclass", "multilabel"),
+        default="multiclass",
+        help="multiclass: one category_id per video; multilabel: a tagging set (labels: lists of class ids, "
+        "long tail, co-occurring tags), for data.task=multilabel",
+    )
+    p.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.05,
+        help="multilabel: chance that a labeled video's tag is dropped, and that a wrong tag is added",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -50,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         overwrite=args.overwrite,
         categories=categories,
+        task=args.task,
+        label_noise=args.label_noise,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

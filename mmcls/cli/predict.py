@@ -15,6 +15,8 @@ from mmcls.cli.options import (
     add_precision_option,
 )
 
+VIDEO_TOP_K = 5  # classes shown per file by ``predict --video`` without --top-k
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -46,7 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     videos.add_argument(
         "--ocr", default="", help='on-screen text: plain text or [{"time": t, "text": s}, ...]'
     )
-    videos.add_argument("--top-k", type=positive_int, default=5, help="classes shown per video (default: 5)")
     videos.add_argument(
         "--json", action="store_true", help='print [{"video", "top": [{"category_id", "name", "prob"}]}]'
     )
@@ -68,7 +69,129 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
         "saved in the model folder; favours rare classes (macro F1). Default 0: off",
     )
+    p.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help=f"with --video: the classes shown per video (default: {VIDEO_TOP_K}); with a multilabel model: at "
+        "most K tags per video",
+    )
+    _add_tagging_options(p)
     return p
+
+
+# ------------------------------------------------------------------ multilabel tagging (issue #17)
+def _add_tagging_options(p: argparse.ArgumentParser) -> None:
+    """Options of a tagging model (``data.task: multilabel``); a single-label model refuses them."""
+    group = p.add_argument_group("multilabel models (data.task=multilabel)")
+    group.add_argument(
+        "--threshold",
+        default=None,
+        metavar="global|per-class|P",
+        help="tag a class when its probability reaches: its own threshold chosen on validation (per-class, "
+        "the default), the global one, or the probability P; the CSV is id,labels with OUT.probs.npy/.json",
+    )
+    group.add_argument(
+        "--min-tags",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at least N tags per video, the most probable (default: the model's train.thresholds.min_tags)",
+    )
+
+
+def _is_tagging_model(args: argparse.Namespace) -> bool:
+    from mmcls.config import Config
+    from mmcls.errors import MmclsError
+    from mmcls.models.model_dir import CONFIG_FILE, resolve_model_dir
+
+    try:
+        deployed = (args.model_dir / names.EXPORT_FILE).is_file()  # an artifact: its config is beside it
+        folder = args.model_dir if deployed else resolve_model_dir(args.model_dir)
+        return Config.from_yaml(folder / CONFIG_FILE).data.task == "multilabel"
+    except (OSError, MmclsError):
+        return False  # loading the model reports why
+
+
+def _check_tagging_options(args: argparse.Namespace, tagging: bool) -> None:
+    from mmcls.config import ConfigError
+
+    options = (("--threshold", args.threshold), ("--top-k", args.top_k), ("--min-tags", args.min_tags))
+    given = [option for option, value in options if value is not None]
+    if given and not tagging:
+        raise ConfigError(f"{given[0]}: only for a multilabel model (data.task=multilabel)")
+    if tagging and args.logit_adjust:
+        raise ConfigError("--logit-adjust: single-label only; this model tags (data.task=multilabel)")
+    if args.min_tags is not None and args.min_tags < 0:
+        raise ConfigError(f"--min-tags={args.min_tags}: must be at least 0")
+
+
+def _run_tagging(args: argparse.Namespace) -> int:
+    from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
+    from mmcls.inference.predict import check_submission_path, predict_tags, write_error_report, write_tags
+    from mmcls.metrics import tag_probs_path
+    from mmcls.models.model_dir import load_model_categories, resolve_model_dir
+    from mmcls.tagging import model_thresholds
+
+    inputs = [_split_annotation_path(args), args.model_dir]
+    for path in (tag_probs_path(args.out), tag_probs_path(args.out).with_suffix(".json")):
+        check_submission_path(path, inputs)
+    deployed = args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file()
+    folder = args.model_dir if deployed else resolve_model_dir(args.model_dir)
+    if deployed:
+        ids, probs, tags, preds, categories = _deployed_tags(args)
+    else:
+        categories = load_model_categories(args.model_dir)
+        ids, probs, tags, preds = predict_tags(
+            args.model_dir,
+            args.data_root,
+            args.split,
+            threshold=args.threshold or "per-class",
+            top_k=args.top_k,
+            min_tags=args.min_tags,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=args.device,
+            precision=args.precision or "fp32",
+            frame_decoder=args.frame_decoder,
+        )
+    if world_info_from_env().is_main:
+        thresholds = model_thresholds(folder, list(categories.category_ids), args.threshold or "per-class")
+        write_tags(args.out, ids, probs, tags, categories, thresholds)
+        write_error_report(error_report_path(args.out), dict(preds.frame_errors))
+        print(
+            f"wrote {len(ids)} tag predictions ({int(tags.sum())} tags) to {args.out}, {tag_probs_path(args.out)}"
+        )
+    shutdown_distributed()
+    return 0
+
+
+def _deployed_tags(args: argparse.Namespace):  # noqa: ANN202 - (ids, probs, tags, predictions, categories)
+    """A tagging artifact (ONNX, AOTI, TensorRT) through ``mmcls.deploy``'s Predictor; thresholds from the
+    artifact (export copies the model folder's ``thresholds.json``)."""
+    import numpy as np
+
+    from mmcls.deploy.predictor import Predictor
+    from mmcls.tagging import model_tags
+
+    predictor = Predictor.from_path(
+        args.model_dir, args.backend, device=args.device, precision=args.precision
+    )
+    assets = predictor.assets
+    ids, preds, _ = predictor.predict_split(
+        args.data_root,
+        args.split,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        frame_decoder=args.frame_decoder,
+    )
+    probs = preds.probs[np.argsort(preds.indices)]
+    category_ids = list(assets.categories.category_ids)
+    threshold = args.threshold or "per-class"
+    tags = model_tags(assets.folder, assets.config, category_ids, probs, threshold, args.top_k, args.min_tags)
+    print(f"backend {predictor.backend_name}, precision {predictor.precision}")
+    return ids, probs, tags, preds, assets.categories
 
 
 def positive_int(text: str) -> int:
@@ -98,6 +221,10 @@ def run(args: argparse.Namespace) -> int:
     inputs = [_split_annotation_path(args), args.model_dir]
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
+    tagging = _is_tagging_model(args)
+    _check_tagging_options(args, tagging)
+    if tagging:
+        return _run_tagging(args)
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
         if args.logit_adjust:
             from mmcls.config import ConfigError
@@ -133,7 +260,6 @@ def _check_mode(args: argparse.Namespace) -> None:
         "--title": args.title,
         "--asr": args.asr,
         "--ocr": args.ocr,
-        "--top-k": args.top_k != 5,
         "--json": args.json,
     }
     if args.video:
@@ -183,7 +309,7 @@ def _run_videos(args: argparse.Namespace) -> int:
             precision=args.precision or "fp32",
             logit_adjust=args.logit_adjust,
         )
-    results = top_classes(args.video, probs, categories, args.top_k)
+    results = top_classes(args.video, probs, categories, args.top_k or VIDEO_TOP_K)
     if args.json:
         print(json.dumps(results, ensure_ascii=False, indent=2))
     else:

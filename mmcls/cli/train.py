@@ -28,7 +28,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = Config.from_yaml(args.config, args.overrides)
     result = train(cfg, args.data_root, args.out, resume=args.resume, overwrite=args.overwrite)
-    print_run_result(result, "train", args.out, {"best_mean_f1": result.best_score, **result.last_metrics})
+    print_run_result(
+        result,
+        "train",
+        args.out,
+        {f"best_{result.selection_metric}": result.best_score, **result.last_metrics},
+    )
     return 0
 
 

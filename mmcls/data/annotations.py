@@ -2,8 +2,8 @@
 
 The format follows the file's extension (:data:`ANNOTATION_SUFFIXES`): ``.json`` is the official JSON list,
 ``.jsonl`` one JSON record a line, ``.csv`` a header row naming ``id`` and any of ``title, asr, ocr,
-category_id, video``. All three give the same :class:`Record` objects, so nothing downstream knows which was
-read. The unlabeled split holds 1,000,000 records, so reading is streamed (ijson for the JSON list, one line or
+category_id, video, labels`` (a multilabel record's class ids, ``|``-separated in CSV, a JSON list otherwise).
+All three give the same :class:`Record` objects, so nothing downstream knows which was read. The unlabeled split holds 1,000,000 records, so reading is streamed (ijson for the JSON list, one line or
 row at a time otherwise) and every record is validated as it goes by. A malformed record raises
 :class:`AnnotationError` naming the file, the record (its index in a JSON list, its line in the line-based
 formats) and the field, so a bad record in a 1 GB file can be found without guessing.
@@ -36,7 +36,9 @@ _MAX_LINE_BYTES = 64 * 1024 * 1024
 #: The annotation formats, by file extension (see the module docstring).
 ANNOTATION_SUFFIXES = (".json", ".jsonl", ".csv")
 #: The columns a CSV annotation file may have besides ``id`` (others are ignored, like unknown JSON keys).
-CSV_COLUMNS = ("title", "asr", "ocr", "category_id", "video")
+CSV_COLUMNS = ("title", "asr", "ocr", "category_id", "video", "labels")
+#: How a CSV cell lists the class ids of a multilabel record's ``labels`` (an empty cell: no tags).
+LABELS_SEPARATOR = "|"
 
 
 @dataclass(slots=True)
@@ -45,6 +47,8 @@ class Record:
 
     ``video`` is the record's own video file as written in the annotation file (relative to the data root, or
     absolute), for ``data.frames.source: video``; None means the source's ``{video_dir}/{id}{video_ext}``.
+    ``labels`` are the class ids of a multilabel record (``data.task: multilabel``; may be empty: no tag);
+    None when the record has no ``labels`` field.
     """
 
     id: str
@@ -53,6 +57,7 @@ class Record:
     ocr: list[tuple[float, str]]
     category_id: str | None = None
     video: str | None = None
+    labels: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The official JSON form (``category_id`` and ``video`` only when known)."""
@@ -64,6 +69,8 @@ class Record:
         out["ocr"] = [{"time": time, "text": text} for time, text in self.ocr]
         if self.video is not None:
             out["video"] = self.video
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
         return out
 
 
@@ -154,19 +161,23 @@ def annotation_format(path: str | Path) -> str:
 
 
 def iter_records(
-    path: str | Path, *, require_label: bool = False, categories: CategoryMap | None = None
+    path: str | Path,
+    *,
+    require_label: bool = False,
+    require_labels: bool = False,
+    categories: CategoryMap | None = None,
 ) -> Iterator[Record]:
     """Stream and validate the records of an annotation file, in file order, in constant memory.
 
     The format follows the extension (``.json``, ``.jsonl``, ``.csv``; see the module docstring).
-    ``category_id`` is optional unless ``require_label``; when present it must be one of ``categories``
-    (default: the 200 official ids). Unknown extra keys are ignored.
+    ``category_id`` is optional unless ``require_label``, ``labels`` (multilabel) unless ``require_labels``;
+    their ids must be ``categories``' (default: the 200 official ids). Unknown extra keys are ignored.
     """
     path = Path(path)
     valid_ids = (categories or official_categories()).id_set()
     for index, line, item in _iter_located_items(path):
         try:
-            record = _parse_record(item, path, index, require_label, valid_ids)
+            record = _parse_record(item, path, index, require_label, valid_ids, require_labels)
         except AnnotationError as exc:
             raise _on_line(exc, line) from None
         yield record
@@ -252,6 +263,30 @@ def load_labels(path: str | Path, *, categories: CategoryMap | None = None) -> d
         except AnnotationError as exc:
             raise _on_line(exc, line) from None
         labels[video_id] = category_id  # type: ignore[assignment]
+    return labels
+
+
+def load_multilabels(
+    path: str | Path, *, categories: CategoryMap | None = None
+) -> dict[str, tuple[str, ...]]:
+    """``id -> labels`` (class ids) from a multilabel annotation file or its ``test_labels.json`` (any format).
+
+    Only ``id`` and ``labels`` are read (both required; ``labels`` may be empty); duplicate ids are an error.
+    """
+    path = Path(path)
+    valid_ids = (categories or official_categories()).id_set()
+    labels: dict[str, tuple[str, ...]] = {}
+    for index, line, item in _iter_located_items(path):
+        try:
+            if not isinstance(item, dict):
+                raise AnnotationError(path, f"expected a JSON object, got {_type_name(item)}", index)
+            video_id = _check_id(item, path, index)
+            tags = _check_labels(item, path, index, valid_ids, required=True)
+            if video_id in labels:
+                raise AnnotationError(path, f"duplicate id {video_id!r}", index, "id")
+        except AnnotationError as exc:
+            raise _on_line(exc, line) from None
+        labels[video_id] = tags  # type: ignore[assignment]
     return labels
 
 
@@ -446,6 +481,8 @@ def _csv_item(row: dict[str, str]) -> dict[str, Any]:
     for key in ("category_id", "video"):
         if row.get(key):
             item[key] = row[key]
+    if "labels" in row:  # a column of the file: an empty cell is a record without tags
+        item["labels"] = [part.strip() for part in row["labels"].split(LABELS_SEPARATOR) if part.strip()]
     ocr = row.get("ocr", "")
     if ocr.strip():
         item["ocr"] = _csv_ocr(ocr)
@@ -504,7 +541,12 @@ def _seek_to_list(fh: BinaryIO, path: Path) -> None:
 
 
 def _parse_record(
-    item: Any, path: Path, index: int, require_label: bool, valid_ids: frozenset[str]
+    item: Any,
+    path: Path,
+    index: int,
+    require_label: bool,
+    valid_ids: frozenset[str],
+    require_labels: bool = False,
 ) -> Record:
     if not isinstance(item, dict):
         raise AnnotationError(path, f"expected a JSON object, got {_type_name(item)}", index)
@@ -515,7 +557,32 @@ def _parse_record(
     ocr = _check_ocr(item, path, index) if "ocr" in item else []
     category_id = _check_category(item, path, index, valid_ids, required=require_label)
     video = _check_video(item, path, index) if item.get("video") is not None else None
-    return Record(id=video_id, title=title, asr=asr, ocr=ocr, category_id=category_id, video=video)
+    labels = _check_labels(item, path, index, valid_ids, required=require_labels)
+    return Record(
+        id=video_id, title=title, asr=asr, ocr=ocr, category_id=category_id, video=video, labels=labels
+    )
+
+
+def _check_labels(
+    item: dict, path: Path, index: int, valid_ids: frozenset[str], *, required: bool
+) -> tuple[str, ...] | None:
+    """A multilabel record's class ids (a JSON list of id strings; repeats are kept once, in first order)."""
+    value = item.get("labels")
+    if value is None:
+        if required:
+            raise AnnotationError(path, "missing (a list of class ids is required here)", index, "labels")
+        return None
+    if not isinstance(value, list):
+        raise AnnotationError(path, f"expected a list of class ids, got {_type_name(value)}", index, "labels")
+    for j, label in enumerate(value):
+        if not isinstance(label, str):
+            raise AnnotationError(path, f"expected a string, got {_type_name(label)}", index, f"labels[{j}]")
+        if label not in valid_ids:
+            source = getattr(valid_ids, "source", "the taxonomy")
+            raise AnnotationError(
+                path, f"unknown category id {label!r} (not a class of {source})", index, f"labels[{j}]"
+            )
+    return tuple(dict.fromkeys(value))
 
 
 def _check_video(item: dict, path: Path, index: int) -> str:

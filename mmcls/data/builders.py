@@ -32,19 +32,21 @@ def build_dataset(
     train: bool,
     on_error: str | None = None,
     frame_decoder: str | None = None,
+    dataset_cls: type[VideoTextDataset] = VideoTextDataset,
 ) -> VideoTextDataset:
     """A dataset over ``records`` whose frames come from ``split`` of ``data_root``.
 
     Evaluation and prediction always fall back to text for unreadable frames (``on_error='text_only'``):
     dropping a sample there would silently change the metric's denominator or leave a test id unanswered.
     ``frame_decoder`` (``pil``/``cuda``) overrides ``data.frames.decoder``: inference commands choose it for
-    their machine, whatever the model was trained with.
+    their machine, whatever the model was trained with. ``dataset_cls``: a subclass with other targets
+    (``mmcls.data.multilabel.MultiLabelDataset``).
     """
     frames_cfg = cfg.data.frames
     if frame_decoder is not None:
         frames_cfg = dataclasses.replace(frames_cfg, decoder=frame_decoder)
     frame_source = build_frame_source(frames_cfg, data_root, split)
-    return VideoTextDataset(
+    return dataset_cls(
         records,
         TextEncoder(tokenizer, cfg.data.text),
         frame_source,

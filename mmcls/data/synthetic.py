@@ -185,6 +185,8 @@ def make_synthetic_dataset(
     visual_noise: float = 0.1,
     overwrite: bool = False,
     categories: CategoryMap | None = None,
+    task: str = "multiclass",
+    label_noise: float = 0.05,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the official layout under ``out`` and return a summary.
 
@@ -197,6 +199,11 @@ def make_synthetic_dataset(
     then replaced; nothing else under ``out`` is touched. ``text_noise``/``visual_noise``: the
     per-modality label noise (see the module docstring).
 
+    ``task="multilabel"`` writes a tagging set instead (see :class:`_TagSampler`): records carry ``labels``
+    (lists of class ids) and ``test_labels.json`` holds ``{"id", "labels"}``; ``label_noise`` is the chance
+    that a tag of a labeled-split video is dropped from its annotation, and again that a random wrong tag is
+    added (the test labels stay clean).
+
     Returns ``{"root", "seed", "counts": {split: videos}, "frames": {split: frames written},
     "videos": {split: .mp4 files written}, "num_classes": lv2 classes present in labeled, "num_text_codes",
     "num_visual_codes", "categories" (the taxonomy's file), "paths": {"annotations", "test_labels",
@@ -204,6 +211,10 @@ def make_synthetic_dataset(
     """
     counts = {"labeled": num_labeled, "unlabeled": num_unlabeled, "test": num_test}
     _check_args(counts, num_frames, image_size, feature_dim, videos, text_noise, visual_noise)
+    if task not in ("multiclass", "multilabel"):
+        raise SyntheticDataError(f"task must be multiclass or multilabel, got {task!r}")
+    if not 0.0 <= label_noise <= 1.0:
+        raise SyntheticDataError(f"label_noise must be in [0, 1], got {label_noise}")
     encoder = _video_encoder() if videos > 0 else None
     start = time.perf_counter()
     out = Path(out)
@@ -211,8 +222,10 @@ def make_synthetic_dataset(
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "zip_feats").mkdir(parents=True, exist_ok=True)
     categories = categories or official_categories()
-    task = synthetic_task(categories)
-    sampler = _Sampler(task, categories, num_frames, image_size, feature_dim, text_noise, visual_noise)
+    world = synthetic_task(categories)
+    args = (world, categories, num_frames, image_size, feature_dim, text_noise, visual_noise)
+    sampler = _TagSampler(*args, label_noise=label_noise) if task == "multilabel" else _Sampler(*args)
+    label_key = "labels" if task == "multilabel" else "category_id"
     taken_ids: set[str] = set()
     summary: dict[str, Any] = {"root": str(out), "seed": seed, "counts": counts, "frames": {}, "videos": {}}
     for split_index, split in enumerate(SPLITS):
@@ -222,17 +235,27 @@ def make_synthetic_dataset(
         )
         summary["frames"][split] = num_written_frames
         summary["videos"][split] = num_videos
+        noisy = [r.pop("noisy_labels", None) for r in records]
         if split == "labeled":
-            summary["num_classes"] = len({r["category_id"] for r in records})
+            if task == "multilabel":
+                for record, labels in zip(records, noisy):
+                    record["labels"] = labels
+                summary["num_classes"] = len({c for r in records for c in r["labels"]})
+                summary["tags_per_video"] = round(
+                    float(np.mean([len(r["labels"]) for r in records] or [0])), 3
+                )
+            else:
+                summary["num_classes"] = len({r["category_id"] for r in records})
         if split == "test":
-            labels = [{"id": r["id"], "category_id": r.pop("category_id")} for r in records]
+            labels = [{"id": r["id"], label_key: r.pop(label_key)} for r in records]
             _write_json(out / "annotations" / "test_labels.json", labels)
         if split != "labeled":
             for record in records:
-                record.pop("category_id", None)
+                record.pop(label_key, None)
         _write_json(out / "annotations" / f"{split}.json", records)
-    summary["num_text_codes"] = task.num_text_codes
-    summary["num_visual_codes"] = task.num_visual_codes
+    summary["task"] = task
+    summary["num_text_codes"] = world.num_text_codes
+    summary["num_visual_codes"] = world.num_visual_codes
     summary["categories"] = categories.source
     summary["paths"] = {
         "annotations": str(out / "annotations"),
@@ -384,6 +407,85 @@ class _Sampler:
     def _feats(self, rng: np.random.Generator, shown: np.ndarray) -> np.ndarray:
         noise = rng.standard_normal((len(shown), self.prototypes.shape[1]), dtype=np.float32)
         return (self.prototypes[shown] + noise).astype(np.float16)
+
+
+class _TagSampler(_Sampler):
+    """Multilabel videos: 0-4 tags each, drawn from the long-tailed class frequencies, with co-occurrence.
+
+    Every class has a fixed *partner* class; a drawn tag brings its partner along half of the time, so label
+    co-occurrence is structured (what PMI label embeddings can learn). Each class is one of two kinds
+    (fixed, about 40/60): a *text* tag is announced by a keyword character of its own, put twice into random
+    text fields, and shows nothing in the frames; a *combination* tag puts its text-code keyword into the text
+    (shared by the 2-3 classes of its text sub-group) and shows its visual code in some frames (shared by ~17
+    classes): only both together name it. Frames show the visual codes of the video's combination tags (and
+    scene cuts); the text noise and visual noise of the single-label set apply per tag.
+    """
+
+    PARTNER_PROB = 0.5
+    NUM_TAGS_PROBS = (0.05, 0.35, 0.3, 0.2, 0.1)  # P(0 tags), P(1 tag), ... P(4 tags) before partners
+
+    def __init__(self, *args: Any, label_noise: float) -> None:
+        super().__init__(*args)
+        num_classes = len(self.class_probs)
+        rng = np.random.default_rng([WORLD_SEED, 17])  # fixed, like the rest of the task
+        self.partner = rng.permutation(num_classes)
+        self.text_kind = rng.random(num_classes) < 0.4
+        if num_classes + _MIN_FILLER > len(self.filler):
+            raise SyntheticDataError(f"too many classes ({num_classes}) for the synthetic tagging text")
+        self.class_keywords = self.filler[-num_classes:]  # taken out of the filler: disjoint from it
+        self.filler = self.filler[:-num_classes]
+        self.label_noise = label_noise
+
+    def video(self, rng: np.random.Generator, video_id: str) -> _Video:
+        num_classes = len(self.class_probs)
+        wanted = int(rng.choice(len(self.NUM_TAGS_PROBS), p=self.NUM_TAGS_PROBS))
+        tags: list[int] = []
+        while len(tags) < wanted:
+            c = int(rng.choice(num_classes, p=self.class_probs))
+            for t in (c, int(self.partner[c])) if rng.random() < self.PARTNER_PROB else (c,):
+                if t not in tags:
+                    tags.append(t)
+        keywords, visual = [], []
+        for t in tags:
+            if self.text_kind[t]:
+                keywords += [self.class_keywords[t]] * 2
+                continue
+            code = int(self.task.text_code[t])
+            if rng.random() < self.text_noise:
+                code = int(rng.integers(self.task.num_text_codes))
+            keywords += list(self.task.code_keywords[code])
+            vis = int(self.task.visual_code[t])
+            visual.append(int(rng.integers(NUM_VISUAL_CODES)) if rng.random() < self.visual_noise else vis)
+        num = int(rng.integers(self.min_frames, self.max_frames + 1))
+        shown = rng.integers(NUM_VISUAL_CODES, size=num)  # scene cuts, or everything without a visual tag
+        if visual:
+            own = rng.random(num) >= SCENE_CUT_PROB
+            shown[own] = np.asarray(visual)[rng.integers(len(visual), size=int(own.sum()))]
+        title, asr, ocr = self._tag_text(rng, keywords)
+        clean = [self.category_ids[t] for t in sorted(tags)]
+        record = {"id": video_id, "labels": clean, "title": title, "asr": asr, "ocr": ocr}
+        record["noisy_labels"] = self._noisy(rng, sorted(tags))
+        return _Video(record, self._frames(rng, shown), self._feats(rng, shown))
+
+    def _noisy(self, rng: np.random.Generator, tags: list[int]) -> list[str]:
+        kept = [t for t in tags if rng.random() >= self.label_noise]
+        if rng.random() < self.label_noise:
+            extra = int(rng.integers(len(self.class_probs)))
+            kept = sorted(set(kept) | {extra})
+        return [self.category_ids[t] for t in kept]
+
+    def _tag_text(
+        self, rng: np.random.Generator, keywords: list[str]
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        title = self._chars(rng, 6, 18)
+        asr = self._chars(rng, 15, 60) if rng.random() >= 0.3 else []
+        ocr_lines = [self._chars(rng, 4, 14) for _ in range(int(rng.choice(4, p=[0.25, 0.3, 0.25, 0.2])))]
+        fields = [title] + ([asr] if asr else []) + ocr_lines
+        for keyword in keywords:
+            _insert(rng, fields[int(rng.integers(len(fields)))], keyword)
+        times = np.sort(rng.integers(0, 60, size=len(ocr_lines)))
+        ocr = [{"time": int(t), "text": "".join(line)} for t, line in zip(times, ocr_lines)]
+        return "".join(title), "".join(asr), ocr
 
 
 def _insert(rng: np.random.Generator, chars: list[str], char: str) -> None:

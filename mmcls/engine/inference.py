@@ -64,8 +64,13 @@ def predict_loader(
     precision: str = "fp32",
     progress: bool = False,
     desc: str = "predict",
+    multilabel: bool = False,
 ) -> Predictions:
-    """Run ``model`` over ``loader`` and collect lv2 probabilities (this process's share only)."""
+    """Run ``model`` over ``loader`` and collect lv2 probabilities (this process's share only).
+
+    ``multilabel``: independent per-class sigmoid probabilities (``data.task: multilabel``) instead of the
+    softmax; the labels are then the batches' multi-hot rows ``[N, C]``.
+    """
     was_training = model.training
     model.eval()
     indices, probs, labels, errors = [], [], [], Counter()
@@ -76,7 +81,8 @@ def predict_loader(
             continue
         with autocast(device, precision):
             out = model(**{k: batch[k] for k in MODEL_INPUTS})
-        probs.append(out[LOGITS].float().softmax(dim=-1).cpu().numpy())
+        logits = out[LOGITS].float()
+        probs.append((logits.sigmoid() if multilabel else logits.softmax(dim=-1)).cpu().numpy())
         indices.append(batch["index"].numpy())
         labels.append(batch["labels"].numpy())
     model.train(was_training)

@@ -110,3 +110,40 @@ def soft_f1_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not bool(present.any()):  # no labeled sample: a zero that keeps the logits in the graph
         return probs.sum() * 0.0
     return 1.0 - f1[present].mean()
+
+
+def multilabel_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample binary cross-entropy summed over the classes ``[B]`` (0/1 ``targets`` ``[B, C]``).
+
+    Summed, not averaged, over the classes: with hundreds of classes a mean would shrink every gradient by the
+    class count, and the sum keeps BCE and the asymmetric loss on one scale.
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").sum(dim=1)
+
+
+def asymmetric_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float, gamma_neg: float, clip: float
+) -> torch.Tensor:
+    """Per-sample asymmetric loss (Ridnik et al., "Asymmetric Loss For Multi-Label Classification", 2021) ``[B]``.
+
+    Positives: ``(1 - p)^gamma_pos * log(p)``; negatives: ``p_m^gamma_neg * log(1 - p_m)`` with the shifted
+    probability ``p_m = max(p - clip, 0)``, so easy negatives (most of the classes of every video) are
+    down-weighted and the very easy ones (``p < clip``) drop out. ``gamma_pos = gamma_neg = clip = 0`` is BCE.
+    Summed over the classes like :func:`multilabel_bce`.
+    """
+    logits, targets = logits.float(), targets.float()
+    probs = torch.sigmoid(logits)
+    log_pos = F.logsigmoid(logits)
+    if clip > 0:
+        shifted = (probs - clip).clamp(min=0)
+        log_neg = torch.log1p(-shifted.clamp(max=1 - 1e-6))
+    else:
+        shifted = probs
+        log_neg = F.logsigmoid(-logits)
+    pos = targets * log_pos
+    neg = (1 - targets) * log_neg
+    if gamma_pos:
+        pos = pos * (1 - probs).pow(gamma_pos)
+    if gamma_neg:
+        neg = neg * shifted.pow(gamma_neg)
+    return -(pos + neg).sum(dim=1)

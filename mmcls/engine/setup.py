@@ -238,6 +238,11 @@ class ClassificationSetup(TaskSetup):
 
 
 def build_setup(cfg: Config, data_root: str | Path) -> TaskSetup:
-    """The setup of an ``mmcls train`` run: classification. Other kinds of run (``mmcls pretrain``) pass their
-    own :class:`TaskSetup` to the trainer; the core does not know them."""
+    """The setup of an ``mmcls train`` run: classification, or tagging with ``data.task: multilabel``. Other
+    kinds of run (``mmcls pretrain``) pass their own :class:`TaskSetup` to the trainer; the core does not know
+    them."""
+    if cfg.data.task == "multilabel":
+        from mmcls.engine.multilabel import MultiLabelSetup  # it subclasses this module's classes
+
+        return MultiLabelSetup(cfg, data_root)
     return ClassificationSetup(cfg, data_root)

@@ -78,6 +78,9 @@ def predict_split(
 ) -> tuple[list[str], Predictions, list[str]]:
     """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids).
 
+    For a tagging model (``data.task: multilabel``) the probabilities are per-class sigmoids and the category
+    ids the most probable class; :func:`predict_tags` turns them into tags.
+
     ``batch_size`` is per process. ``ids``: predict only these records (e.g. one fold's validation records
     for out-of-fold predictions); every one must be in the split. ``logit_adjust`` is TAU of the logit
     adjustment (0 = none); the returned probabilities are then the adjusted ones. ``frame_decoder``: ``pil``
@@ -106,8 +109,16 @@ def predict_split(
         world_size=dist_info.world_size,
     )
     model = cast_for_inference(loaded.model, torch_device, precision)
+    multilabel = loaded.config.data.task == "multilabel"
+    if multilabel and logit_adjust:
+        raise LogitAdjustError("--logit-adjust: single-label only; this model tags (data.task=multilabel)")
     preds = predict_loader(
-        model, loader, torch_device, precision, progress=show_progress(progress) and dist_info.is_main
+        model,
+        loader,
+        torch_device,
+        precision,
+        progress=show_progress(progress) and dist_info.is_main,
+        multilabel=multilabel,
     )
     preds = gather_predictions(preds)  # all ranks' shares, each record once (a no-op in one process)
     if logit_adjust:
@@ -353,3 +364,71 @@ def top_classes(
             )
         results.append({"video": str(video), "top": top})
     return results
+
+
+# ------------------------------------------------------------------------------------------------ multilabel
+def predict_tags(
+    model_dir: str | Path,
+    data_root: str | Path,
+    split: str = "test",
+    *,
+    threshold: str = "per-class",
+    top_k: int | None = None,
+    min_tags: int | None = None,
+    **kwargs: object,
+) -> tuple[list[str], np.ndarray, np.ndarray, Predictions]:
+    """Tag every record of ``split`` with a multilabel model: ``(ids, probs [N, C] in id order, tags [N, C]
+    0/1, predictions)``.
+
+    ``threshold``: ``per-class`` or ``global`` (the model folder's ``thresholds.json``, chosen on validation
+    by training) or a probability; ``top_k``: at most K tags per video; ``min_tags``: at least this many
+    (default: the model's ``train.thresholds.min_tags``). Other keyword arguments go to :func:`predict_split`.
+    """
+    from mmcls.models.model_dir import load_model_categories, resolve_model_dir
+    from mmcls.tagging import load_thresholds, model_tags, threshold_vector
+
+    folder = resolve_model_dir(model_dir)
+    config = _folder_config(folder)
+    if config.data.task != "multilabel":
+        raise ConfigError(f"{folder}: a single-label model (data.task={config.data.task}); it does not tag")
+    category_ids = list(load_model_categories(folder).category_ids)
+    # Refused before predicting: a missing thresholds file, a bad --threshold or --top-k.
+    threshold_vector(threshold, load_thresholds(folder, category_ids), len(category_ids))
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k={top_k}: must be at least 1")
+    ids, preds, _ = predict_split(model_dir, data_root, split, **kwargs)  # type: ignore[arg-type]
+    probs = preds.probs[np.argsort(preds.indices)]
+    return ids, probs, model_tags(folder, config, category_ids, probs, threshold, top_k, min_tags), preds
+
+
+def _folder_config(folder: Path):  # noqa: ANN202 - a Config; imported late like the model folder's readers
+    from mmcls.config import Config
+    from mmcls.names import CONFIG_FILE
+
+    return Config.from_yaml(folder / CONFIG_FILE)
+
+
+def write_tags(
+    path: str | Path,
+    ids: Sequence[str],
+    probs: np.ndarray,
+    tags: np.ndarray,
+    categories: CategoryMap,
+    thresholds: np.ndarray | None = None,
+) -> None:
+    """The multilabel prediction file: CSV ``id,labels`` (class ids ``|``-separated, in class order) and the
+    probabilities beside it (``OUT.probs.npy`` + ``OUT.probs.json``: ids, class order and the ``thresholds``
+    used, for ``mmcls evaluate --report``), all atomically."""
+    from mmcls.data.annotations import LABELS_SEPARATOR
+    from mmcls.data.prob_files import save_probs
+    from mmcls.metrics import TAG_CSV_HEADER, tag_probs_path
+
+    class_ids = np.asarray(categories.category_ids, dtype=object)
+    meta = {} if thresholds is None else {"thresholds": [round(float(t), 6) for t in thresholds]}
+    save_probs(tag_probs_path(path), probs, ids, categories, task="multilabel", **meta)
+    with atomic_writer(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(TAG_CSV_HEADER)
+        writer.writerows(
+            (video_id, LABELS_SEPARATOR.join(class_ids[row])) for video_id, row in zip(ids, tags)
+        )

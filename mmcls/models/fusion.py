@@ -268,6 +268,18 @@ class MultimodalClassifier(nn.Module):
         hidden = self.text_encoder.config.hidden_size
         pooled_dim = hidden * 2 if self.cfg.pooling == "cls_mean" else hidden
         self.classifier = nn.Sequential(nn.Dropout(self.cfg.dropout), nn.Linear(pooled_dim, num_classes))
+        if (
+            self.cfg.label_embedding != "none"
+        ):  # multilabel: scores against class vectors (label_embedding.py)
+            from mmcls.models.label_embedding import label_embedding_head
+
+            self.classifier = label_embedding_head(
+                pooled_dim,
+                num_classes,
+                self.cfg.label_embedding_dim,
+                self.cfg.dropout,
+                self.cfg.label_embedding_trainable,
+            )
         self.video_classifier = nn.Sequential(nn.Dropout(self.cfg.dropout), nn.Linear(hidden, num_classes))
 
     def _head_layers(self) -> list[nn.Linear]:

@@ -204,6 +204,8 @@ def member_categories(member: Member) -> CategoryMap:
 
 def same_categories(members: Sequence[Member]) -> CategoryMap:
     """The members' common taxonomy; members trained over different class lists cannot be blended."""
+    for member in members:  # blending and pseudo-labels pick one class per record
+        _refuse_tagging_model(member)
     first = member_categories(members[0])
     for member in members[1:]:
         if member_categories(member).category_ids != first.category_ids:
@@ -211,6 +213,25 @@ def same_categories(members: Sequence[Member]) -> CategoryMap:
                 f"{member.name}: predicts other classes than {members[0].name} (another taxonomy)"
             )
     return first
+
+
+def _refuse_tagging_model(member: Member) -> None:
+    """A multilabel model (``data.task: multilabel``) cannot be a member: ensembles and pseudo-labels are
+    single-label (one class per record, scored by mean_f1)."""
+    from mmcls.config import Config
+    from mmcls.models.model_dir import CONFIG_FILE, resolve_model_dir
+
+    folder = getattr(member, "fold_dirs", [None])[0] or getattr(member, "path", None)
+    if folder is None:
+        return
+    folder = Path(folder)
+    config = (
+        folder / CONFIG_FILE if (folder / CONFIG_FILE).is_file() else resolve_model_dir(folder) / CONFIG_FILE
+    )
+    if Config.from_yaml(config).data.task == "multilabel":
+        raise MemberError(
+            f"{member.name}: a multilabel (tagging) model; ensemble and pseudo-label are single-label only"
+        )
 
 
 def _folder_categories(path: Path) -> CategoryMap:
