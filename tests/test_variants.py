@@ -336,3 +336,13 @@ def test_onnx_export_matches_torch_for_each_variant(tmp_path, fusion, aggregator
         with torch.no_grad():
             ref, _ = graph(*inputs.values())
         assert abs(probs - ref.numpy()).max() <= 1e-4, shape
+
+
+def test_pretraining_refuses_a_variant_it_would_ignore(bert_tokenizer):
+    from mmcls.pretrain.config import PretrainConfig
+    from mmcls.pretrain.model import build_pretraining_model
+
+    for override in ("model.fusion=dual_stream", "model.frame_aggregator=lstm"):
+        cfg = PretrainConfig.from_yaml("pretrain-tiny", [override])
+        with pytest.raises(ConfigError, match="fine-tune the variant with model.init_from"):
+            build_pretraining_model(cfg, cfg.pretrain, vocab_size=len(bert_tokenizer))
