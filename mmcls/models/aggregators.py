@@ -46,9 +46,24 @@ class RecurrentAggregator(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden, eps=eps)
 
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (torch's signature)
+        """Module conversions as usual, except that the recurrent weights stay float32 (``.half()``, bf16).
+
+        ``torch.export`` traces a half-precision LSTM/GRU as one step per frame, which fixed the frame count of
+        an exported FP16 graph (``frames`` became the example's 2, silently); in float32 it stays one
+        recurrent op over a dynamic frame axis. The recurrent weights are a small part of the model.
+        """
+        super()._apply(fn, recurse)
+        for rnn in (self.forward_rnn, self.backward_rnn):
+            if any(p.dtype != torch.float32 for p in rnn.parameters()):
+                rnn.float()
+        return self
+
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``tokens`` ``[B, T, H]``, ``mask`` ``[B, T]`` bool (True = real frame) -> ``[B, T, H]``."""
-        tokens = torch.where(mask.unsqueeze(-1), tokens, torch.zeros((), dtype=tokens.dtype))
+        dtype = tokens.dtype
+        # The recurrence runs in float32 (see _apply); LayerNorm and the output are in the model's dtype.
+        tokens = torch.where(mask.unsqueeze(-1), tokens.float(), torch.zeros((), dtype=torch.float32))
         real = mask.long()
         lengths = real.sum(dim=1, keepdim=True)
         # dest[b, t]: where slot t goes when the real frames are moved to the front (order kept), pads behind.
@@ -62,7 +77,7 @@ class RecurrentAggregator(nn.Module):
         backward_out = backward_out.gather(1, _expand(rev, backward_out.shape[-1]))
         context = torch.cat([forward_out, backward_out], dim=-1)
         context = context.gather(1, _expand(dest, context.shape[-1]))  # back to the original slots
-        return self.norm(tokens + self.dropout(context))
+        return self.norm((tokens + self.dropout(context)).to(dtype))
 
 
 class NeXtVLAD(nn.Module):
