@@ -138,6 +138,23 @@ class FrameEncoderConfig:
 
 
 @dataclass
+class DualStreamConfig:
+    """``model.fusion: dual_stream``: the text (BERT) and the frames run apart, then cross-attention layers."""
+
+    frame_layers: int = setting(2, min=0)  # transformer layers over the frame tokens alone
+    cross_layers: int = setting(2, min=1)  # co-attention layers: text attends to frames and frames to text
+
+
+@dataclass
+class NeXtVLADConfig:
+    """``model.frame_aggregator: nextvlad``: NeXtVLAD pooling (Lin et al. 2018) of the frame tokens."""
+
+    clusters: int = setting(64, min=1)
+    groups: int = setting(8, min=1)
+    expansion: int = setting(2, min=1)
+
+
+@dataclass
 class ModelConfig:
     # BertModel source: hub name or local directory. null = random init from ``bert_config``.
     text_encoder: str | None = "hfl/chinese-macbert-base"
@@ -156,6 +173,19 @@ class ModelConfig:
     label_embedding: Literal["none", "pmi"] = "none"
     label_embedding_dim: int = setting(64, min=1)
     label_embedding_trainable: bool = True  # false: the PMI class vectors stay as computed
+    # Which teacher layers start the student's layers (a student built smaller than its source): entry k is
+    # the source's layer for the student's layer k, e.g. [0, 2, 4, 7, 9, 11] of 12. Applies to model.init_from,
+    # else to the pretrained model.text_encoder. null = same index (the lowest layers of a deeper source).
+    init_layers: list[int] | None = setting(None, min=0)
+    init_frame_layers: list[int] | None = setting(None, min=0)  # the same for the frame encoder's blocks
+    # Architecture variants (docs/variants.md). single_stream: one BERT over text + frame tokens.
+    fusion: Literal["single_stream", "dual_stream"] = "single_stream"
+    dual: DualStreamConfig = field(default_factory=DualStreamConfig)
+    # Applied to the projected frame features before fusion: lstm/gru (bidirectional, residual + LayerNorm:
+    # one context-aware token per frame) or nextvlad (one pooled video vector: the video head's input and an
+    # extra token of the fusion).
+    frame_aggregator: Literal["none", "lstm", "gru", "nextvlad"] = "none"
+    nextvlad: NeXtVLADConfig = field(default_factory=NeXtVLADConfig)
 
 
 @dataclass
@@ -439,9 +469,21 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"train.swa_start_epoch={train.swa_start_epoch} is after the last epoch (train.epochs={train.epochs})"
         )
+    _check_model_variants(cfg.model)
     if not train.adversarial.target:
         raise ConfigError("train.adversarial.target: empty; name word_embeddings and/or frame_proj")
     return cfg
+
+
+def _check_model_variants(model: ModelConfig) -> None:
+    """Layer selections need a source to select from (their counts are checked when the model is built)."""
+    if (model.init_layers or model.init_frame_layers) and not (model.init_from or model.text_encoder):
+        raise ConfigError(
+            "model.init_layers/init_frame_layers choose layers of model.init_from (or of a pretrained "
+            "model.text_encoder): set one of them, or remove the layer selection"
+        )
+    if model.init_frame_layers and not model.init_from:
+        raise ConfigError("model.init_frame_layers chooses frame encoder blocks of model.init_from: set it")
 
 
 def _num_classes_from_taxonomy(values: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcls.config import CLIP_MEAN, CLIP_STD, Config, FrameConfig, ModelConfig
+from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ConfigError, FrameConfig, ModelConfig
 from mmcls.models import MultimodalClassifier, masked_mean
 from mmcls.models.fusion import check_model_config, init_linear
 from mmcls.pretrain.config import PretrainSection
@@ -145,6 +145,14 @@ def build_pretraining_model(
 ) -> PretrainingModel:
     """The pretraining model for ``config``, with the same data/model checks as the classifier's builder."""
     check_model_config(config)
+    model = config.model
+    if model.fusion != "single_stream" or model.frame_aggregator != "none":
+        # The pretraining forward is the single-stream encoder's; fine-tune a variant with model.init_from.
+        raise ConfigError(
+            f"pretraining builds the single-stream encoder without a frame aggregator (got model.fusion="
+            f"{model.fusion}, model.frame_aggregator={model.frame_aggregator}); pretrain the default and "
+            "fine-tune the variant with model.init_from"
+        )
     frames = config.data.frames
     return PretrainingModel(
         config.model,

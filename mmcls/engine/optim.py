@@ -3,6 +3,8 @@
 Parameter groups by module: the frame encoder (a pretrained CLIP tower wants a small LR), the text encoder
 (BERT) and the heads (projection, frame embeddings, classifiers: new weights, larger LR). Inside each,
 biases, norms and embedding tables get no weight decay (decaying a LayerNorm gain towards zero only hurts).
+The model names each parameter's group (``param_group_of``): the dual-stream model puts its frame and cross
+transformer layers in the text encoder's group, and its layer ids put the cross layers on top of BERT's.
 
 With ``train.layer_decay`` the two pretrained towers also get a LR per layer: the layers near the input hold
 general features that fine-tuning should move least, so layer ``l`` of a tower with ``N`` layers trains at
@@ -37,7 +39,11 @@ _FRAME_STEM = (
 )
 
 
-def _module_group(name: str) -> str:
+def _module_group(model: nn.Module, name: str) -> str:
+    """The LR group the model names for a parameter (``param_group_of``), else the one its prefix gives."""
+    group_of = getattr(model, "param_group_of", None)
+    if group_of is not None:
+        return group_of(name)
     if name.startswith("frame_encoder."):
         return "frame_encoder"
     if name.startswith("text_encoder."):
@@ -79,7 +85,7 @@ def _layer_lrs(model: nn.Module, cfg: TrainConfig, base: dict[str, float]) -> di
     frame_ids, num_frame = frame_layer_ids(model)
     out: dict[str, tuple[int, float]] = {}
     for name, _ in model.named_parameters():
-        group = _module_group(name)
+        group = _module_group(model, name)
         if group == "text_encoder":
             layer = model.layer_id_for(name)
             out[name] = (layer, base[group] * decay ** (num_text + 1 - layer))
@@ -106,7 +112,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        module = _module_group(name)
+        module = _module_group(model, name)
         layer, lr = per_layer.get(name, (-1, lrs[module]))
         key = (module, layer, _wants_decay(name, param))
         groups.setdefault(key, []).append(param)

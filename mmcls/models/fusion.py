@@ -15,8 +15,14 @@ layers, pooling) gives the pooled fused features and the pooled frame features; 
 and the video-only classifier) turn them into logits. Both live on the one module, so the parameter names do
 not depend on the split; ``heads=False`` builds the encoder alone (pretraining adds its own heads).
 
+A frame aggregator (``model.frame_aggregator``, :mod:`mmcls.models.aggregators`) may sit between the projection
+and the frame embeddings: ``lstm``/``gru`` turn the frame tokens into context-aware ones (still one per frame);
+``nextvlad`` pools them into one vector that is the video-only head's input and joins the joint sequence as one
+extra token (after the frames, masked out for a sample without frames). The dual-stream variant
+(:mod:`mmcls.models.dual_stream`) subclasses this model and shares its embeddings, aggregator, pooling and heads.
+
 Parameter naming is part of the interface: ``frame_encoder.*`` (the image backbone), ``text_encoder.*`` (the
-``BertModel``) and everything else is "head" (frame projection/embeddings and the classifiers); the trainer
+``BertModel``) and everything else is "head" (frame projection/embeddings, the aggregator, the classifiers); the trainer
 assigns learning rates by these prefixes (see :meth:`MultimodalClassifier.param_group_of`). Model folders,
 ``model.init_from``, EMA and checkpoints rely on the names too.
 """
@@ -24,6 +30,7 @@ assigns learning rates by these prefixes (see :meth:`MultimodalClassifier.param_
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 
@@ -34,11 +41,13 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ConfigError, FrameConfig, ModelConfig
 from mmcls.data.categories import CategoryMap
+from mmcls.models.aggregators import NeXtVLAD, build_frame_aggregator
 from mmcls.models.frame_encoder import FrameEncoder, PretrainedWeightsError, build_frame_encoder
 from mmcls.names import LOGITS, VIDEO_LOGITS
 
 DEFAULT_VOCAB_SIZE = 21128  # bert-base-chinese
 POOLINGS = ("cls", "mean", "cls_mean")
+log = logging.getLogger("mmcls.models")
 _LAYER_RE = re.compile(r"^text_encoder\.encoder\.layer\.(\d+)\.")
 
 
@@ -88,6 +97,10 @@ class MultimodalClassifier(nn.Module):
         self.frame_position = nn.Embedding(cfg.max_frames, hidden)
         self.frame_norm = nn.LayerNorm(hidden, eps=bert_cfg.layer_norm_eps)
         self.frame_dropout = nn.Dropout(bert_cfg.hidden_dropout_prob)
+        # Absent (no parameters) for model.frame_aggregator=none: the default model's names are unchanged.
+        self.frame_aggregator = build_frame_aggregator(
+            cfg, hidden, dropout=bert_cfg.hidden_dropout_prob, eps=bert_cfg.layer_norm_eps
+        )
         self.classifier: nn.Sequential | None = None
         self.video_classifier: nn.Sequential | None = None
         if heads:
@@ -130,21 +143,43 @@ class MultimodalClassifier(nn.Module):
         frame_mask: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """The encoder: ``pooled`` ``[B, P]`` (the fused sequence pooled by ``model.pooling``), ``video``
-        ``[B, H]`` (the projected frame features' mean over real frames, before fusion), ``hidden_states``
-        ``[B, L+T, H]`` and ``joint_mask`` ``[B, L+T]``. Inputs as for :meth:`forward`."""
+        ``[B, H]`` (the video-only head's input: the frame tokens' mean over real frames before fusion, or the
+        NeXtVLAD vector), ``hidden_states`` ``[B, S, H]`` and ``joint_mask`` ``[B, S]`` (``S = L + T``, plus one
+        for the NeXtVLAD token). Inputs as for :meth:`forward`."""
         frame_mask = frame_mask.bool()
         text_tokens = self.embed_text(input_ids)
-        frame_features = self.project_frames(frames)
-        frame_tokens = self.embed_frames(frame_features)
+        frame_tokens, frame_tokens_mask, video = self.frame_stream_input(frames, frame_mask)
         hidden_states = torch.cat([text_tokens, frame_tokens], dim=1)
-        joint_mask = torch.cat([attention_mask.bool(), frame_mask], dim=1)
+        joint_mask = torch.cat([attention_mask.bool(), frame_tokens_mask], dim=1)
         hidden_states = self.encode(hidden_states, joint_mask)
         return {
             "pooled": self.pool(hidden_states, joint_mask),
-            "video": masked_mean(frame_features, frame_mask),
+            "video": video,
             "hidden_states": hidden_states,
             "joint_mask": joint_mask,
         }
+
+    def frame_stream_input(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames -> the frame tokens that enter the fusion ``[B, T', H]``, their mask ``[B, T']`` and the
+        video-only head's input ``[B, H]``: projection, the aggregator, position/type embeddings.
+
+        ``T' = T`` except with NeXtVLAD, whose vector is appended as one more token (token type 1, no frame
+        position; attended to only when the sample has a real frame).
+        """
+        frame_features = self.project_frames(frames)
+        aggregator = self.frame_aggregator
+        if aggregator is None or frame_features.shape[1] == 0:
+            return self.embed_frames(frame_features), frame_mask, masked_mean(frame_features, frame_mask)
+        if not isinstance(aggregator, NeXtVLAD):
+            context = aggregator(frame_features, frame_mask)
+            return self.embed_frames(context), frame_mask, masked_mean(context, frame_mask)
+        video = aggregator(frame_features, frame_mask)
+        frame_type = self.text_encoder.embeddings.token_type_embeddings.weight[1]
+        extra = self.frame_dropout(self.frame_norm(video + frame_type)).unsqueeze(1)
+        tokens = torch.cat([self.embed_frames(frame_features), extra], dim=1)
+        return tokens, torch.cat([frame_mask, frame_mask.any(dim=1, keepdim=True)], dim=1), video
 
     def forward_head(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The heads over :meth:`forward_features`' output: ``logits`` from ``pooled`` (the fused classifier)
@@ -238,7 +273,8 @@ class MultimodalClassifier(nn.Module):
         """Depth of a parameter for layer-wise LR decay: 0 = embeddings, 1..N = encoder layer, N+1 = heads.
 
         The frame encoder counts as 0 (it sits below the fusion layers; it has its own LR group anyway); the
-        frame projection and frame position/type embeddings are new layers and count as heads.
+        frame projection, frame position/type embeddings and the frame aggregator are new layers and count as
+        heads (``train.head_lr``, no decay).
         """
         if name.startswith(("text_encoder.embeddings.", "frame_encoder.")):
             return 0
@@ -286,10 +322,16 @@ class MultimodalClassifier(nn.Module):
         return [head[1] for head in (self.classifier, self.video_classifier) if head is not None]
 
     def _init_new_layers(self, std: float) -> None:
-        # Same scheme as BERT's own init, so the new tokens start on the scale the encoder expects.
+        # Same scheme as BERT's own init, so the new tokens start on the scale the encoder expects. The
+        # recurrent aggregators keep torch's own init (uniform, scaled to their width).
         for module in (self.frame_proj, *self._head_layers()):
             init_linear(module, std)
         nn.init.normal_(self.frame_position.weight, std=std)
+        if isinstance(self.frame_aggregator, NeXtVLAD):
+            for module in self.frame_aggregator.modules():
+                if isinstance(module, nn.Linear):
+                    init_linear(module, std)
+            nn.init.normal_(self.frame_aggregator.centroids, std=std)
 
 
 def init_linear(layer: nn.Linear, std: float) -> None:
@@ -304,20 +346,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # where() rather than a product, so that non-finite values at padded positions cannot leak in.
     total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(dim=1)
     return total / mask.sum(dim=1).clamp(min=1).to(values.dtype)
-
-
-def build_model(config: Config, vocab_size: int | None = None) -> MultimodalClassifier:
-    """The classifier for a full config (frame size from ``data.frames``); checks data/model consistency."""
-    check_model_config(config)
-    frames, model = config.data.frames, config.model
-    return MultimodalClassifier(
-        model,
-        image_size=frames.image_size,
-        vocab_size=vocab_size,
-        pixel_mean=tuple(frames.mean),
-        pixel_std=tuple(frames.std),
-        feature_dim=frames.feature_dim,
-    )
 
 
 def check_model_config(config: Config) -> None:
@@ -349,13 +377,41 @@ def build_text_encoder(cfg: ModelConfig, vocab_size: int | None = None) -> BertM
             )
         overrides.setdefault("vocab_size", vocab_size or DEFAULT_VOCAB_SIZE)
         return BertModel(BertConfig(**overrides), add_pooling_layer=False)
+    # model.init_layers without model.init_from selects layers of the pretrained BERT itself.
+    chosen = list(cfg.init_layers or []) if not cfg.init_from else []
+    if chosen and overrides.pop("num_hidden_layers", len(chosen)) != len(chosen):
+        raise ConfigError(
+            f"model.init_layers: {len(chosen)} layers {chosen} for a student with "
+            f"model.bert_config.num_hidden_layers={cfg.bert_config['num_hidden_layers']}"
+        )
     model = load_pretrained_bert(cfg.text_encoder, **overrides)
+    if chosen:
+        keep_bert_layers(model, chosen, source=cfg.text_encoder)
     if vocab_size and model.config.vocab_size < vocab_size:
         raise ValueError(
             f"model.text_encoder {cfg.text_encoder!r} has vocab_size={model.config.vocab_size}, "
             f"smaller than the tokenizer ({vocab_size})"
         )
     return model
+
+
+def keep_bert_layers(model: BertModel, chosen: list[int], source: str) -> None:
+    """Keep only BERT layers ``chosen`` (in that order) of ``model``: the student of ``model.init_layers``."""
+    layers = model.encoder.layer
+    wrong = [i for i in chosen if i >= len(layers)]
+    if wrong or len(set(chosen)) != len(chosen):
+        raise ConfigError(
+            f"model.init_layers: {chosen} must name distinct layers of {source!r}, which has {len(layers)}"
+        )
+    model.encoder.layer = nn.ModuleList(layers[i] for i in chosen)
+    model.config.num_hidden_layers = len(chosen)
+    log.info(
+        "model.init_layers: BERT layers %s of %s (of %d) kept as layers 0..%d",
+        chosen,
+        source,
+        len(layers),
+        len(chosen) - 1,
+    )
 
 
 def load_pretrained_bert(name_or_dir: str, **config_overrides: object) -> BertModel:

@@ -43,6 +43,7 @@ from mmcls.config import Config
 from mmcls.data.categories import CategoryMap, Taxonomy, TaxonomyError
 from mmcls.errors import MmclsError
 from mmcls.files import check_regular_file, file_mode
+from mmcls.models.factory import create_classifier
 from mmcls.models.fusion import MultimodalClassifier
 
 CONFIG_FILE = names.CONFIG_FILE
@@ -159,7 +160,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         # Every weight is overwritten by the strict load below, so the random initialisation is skipped: for
         # the base architecture it took 8 s of a CPU start-up (0.3 s without). Buffers are not affected.
         with no_init_weights():
-            model = MultimodalClassifier(
+            model = create_classifier(
                 config.model,
                 image_size=frames.image_size,
                 pixel_mean=tuple(frames.mean),
@@ -276,6 +277,7 @@ def portable_config(model: MultimodalClassifier, config: Config) -> Config:
     saved.model = copy.deepcopy(model.cfg)
     saved.model.text_encoder = None
     saved.model.init_from = None  # the folder's own weights are what it starts from
+    saved.model.init_layers = saved.model.init_frame_layers = None  # (a selection of init_from's layers)
     saved.data.categories = None  # categories.json is the folder's taxonomy (a path would not travel)
     saved.model.bert_config = bert_config_dict(model.text_encoder.config)
     encoder = saved.model.frame_encoder
