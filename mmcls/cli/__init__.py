@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "predict": "mmcls.cli.predict",
     "kfold": "mmcls.cli.kfold",
     "ensemble": "mmcls.cli.ensemble",
+    "stack": "mmcls.cli.stack",
     "pseudo-label": "mmcls.cli.pseudo_label",
     "group-finetune": "mmcls.cli.group_finetune",
     "demo": "mmcls.cli.demo",
