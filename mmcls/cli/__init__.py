@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "stack": "mmcls.cli.stack",
     "pseudo-label": "mmcls.cli.pseudo_label",
     "group-finetune": "mmcls.cli.group_finetune",
+    "tune": "mmcls.cli.tune",
     "demo": "mmcls.cli.demo",
     "info": "mmcls.cli.info",
     "export": "mmcls.deploy.cli_export",
