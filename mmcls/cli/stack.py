@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         default=None,
-        choices=["logreg", "conv"],
-        help="meta-model: logreg (scikit-learn, default) or conv (a 1xM kernel per class, torch)",
+        choices=["logreg", "conv", "lgbm"],
+        help="meta-model: logreg (scikit-learn, default), conv (a 1xM kernel per class, torch) or lgbm "
+        "(LightGBM: pip install 'mmcls[lgbm]')",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the nested folds and the fit (default: 0)")
     p.add_argument(
