@@ -126,6 +126,10 @@ class DataConfig:
     # What a labeled record carries: one ``category_id`` (multiclass, softmax), or ``labels``, a list of class
     # ids of the taxonomy (multilabel tagging, sigmoid outputs; see mmcls/engine/multilabel.py).
     task: Literal["multiclass", "multilabel"] = "multiclass"
+    # Dataset switching: ``[{after_epoch: E, filter: {source_split: labeled | min_confidence: X | ids_file: PATH}}]``;
+    # after E epochs the training records are those that pass the filter (schedule, optimizer, EMA, SWA carry
+    # on). See mmcls/data/switch.py.
+    switch: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -533,6 +537,12 @@ def _check_workflow_settings(cfg: Config) -> None:
     if data.lv1_groups is not None and data.extra_train:
         # The loss is restricted to the groups' classes; extra records of other groups would be unlearnable.
         raise ConfigError("data.lv1_groups cannot be combined with data.extra_train")
+    if data.switch:
+        from mmcls.data.switch import check_switch  # imported late: only a config that switches needs it
+
+        problem = check_switch(data.switch, cfg.train.epochs)
+        if problem:
+            raise ConfigError(problem)
 
 
 ANNOTATION_SPLITS = ("labeled", "unlabeled", "test")

@@ -129,6 +129,7 @@ def summary_markdown(run_dir: Path, cfg: Config, result: Any, seconds: float) ->
     else:
         lines += ["(no validation)"]
     lines += _weakest_classes(getattr(result, "class_scores", None))
+    lines += _data_phases(getattr(result, "data_phases", None))
     lines += ["", "## Data problems", "", _data_errors(run_dir / "data_errors.json"), ""]
     lines += ["Curves: `curves.png`; every logged value: `metrics.csv`.", ""]
     return "\n".join(lines)
@@ -147,6 +148,16 @@ def _weakest_classes(rows: list[dict[str, Any]] | None, count: int = WEAKEST_CLA
         f"{r['recall']:.3f} | {r['f1']:.3f} |"
         for r in weakest
     ]
+    return lines
+
+
+def _data_phases(phases: list[dict[str, int]] | None) -> list[str]:
+    """``data.switch``: which epochs trained on how many records (nothing when the run never switched)."""
+    if not phases:
+        return []
+    lines = ["", "## Training data phases (data.switch)", "", "| epochs | records | samples trained |"]
+    lines += ["|---|---|---|"]
+    lines += [f"| {p['first_epoch']}-{p['last_epoch']} | {p['records']} | {p['samples']} |" for p in phases]
     return lines
 
 

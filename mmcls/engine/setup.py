@@ -28,6 +28,7 @@ from mmcls.data.builders import build_dataset
 from mmcls.data.categories import load_categories
 from mmcls.data.extra_train import ConcatTrainingSets, load_extra_train
 from mmcls.data.folds import split_labeled
+from mmcls.data.switch import Phase, build_phases, extra_confidences, phase_of
 from mmcls.data.text import load_tokenizer
 from mmcls.engine.inference import gather_predictions, predict_loader
 from mmcls.engine.soft_targets import build_training_targets
@@ -85,6 +86,15 @@ class TaskSetup(ABC):
     def datasets(self) -> TaskData:
         """The training and validation datasets (identical on every rank)."""
 
+    def train_indices(self, epoch: int) -> np.ndarray | None:
+        """The samples of ``datasets().train_set`` that epoch ``epoch`` (0-based) trains on; None: all of them.
+
+        The trainer asks before every epoch (and once per epoch up front, to size the schedule). It must
+        depend on the epoch alone, so a resumed run trains on what an uninterrupted one did. The base trains
+        on everything; classification follows ``data.switch``.
+        """
+        return None
+
     def annotation_problems(self) -> dict[str, int]:
         """Problems found in the annotations by :meth:`datasets` (``{kind: count}``, nothing if none): the
         trainer records them under ``"annotations"`` in ``RUN_DIR/data_errors.json``. The base finds none."""
@@ -127,6 +137,7 @@ class ClassificationSetup(TaskSetup):
         # with every released model folder as the class prior of ``mmcls predict --logit-adjust``.
         self.class_counts: np.ndarray | None = None
         self.duplicate_ids = 0  # records repeating an earlier id (set by datasets())
+        self._phases: list[Phase] = []  # data.switch's training subsets (set by datasets())
 
     def check_config(self) -> None:
         """The model predicts one score per category, and ``data.frames`` fits the model (frame count, features
@@ -181,6 +192,8 @@ class ClassificationSetup(TaskSetup):
         self._train_records = [*train_records, *extra.records]
         self._train_splits = [split] * len(train_records) + extra.source_splits
         self._soft_rows = [None] * len(train_records) + extra.soft_targets
+        if cfg.data.switch:
+            self._phases = self._switch_phases(len(train_records), extra)
         val_set = (
             build_dataset(
                 cfg, self.data_root, split, val_records, self.tokenizer, self.categories, train=False
@@ -189,6 +202,21 @@ class ClassificationSetup(TaskSetup):
             else None
         )
         return TaskData(train_set, val_set)
+
+    def _switch_phases(self, num_labeled: int, extra) -> list[Phase]:
+        """``data.switch``'s subsets of the training records (see :mod:`mmcls.data.switch`)."""
+        stated = extra_confidences(self.cfg.data.extra_train)
+        confidences = [1.0] * num_labeled + [
+            stated.get(r.id, float(soft.max()) if soft is not None else 1.0)
+            for r, soft in zip(extra.records, extra.soft_targets)
+        ]
+        phases = build_phases(self.cfg.data.switch, self._train_records, self._train_splits, confidences)
+        for phase in phases:
+            log.info("data.switch: %s", phase.describe(len(self._train_records)))
+        return phases
+
+    def train_indices(self, epoch: int) -> np.ndarray | None:
+        return phase_of(self._phases, epoch).indices if self._phases else None
 
     def annotation_problems(self) -> dict[str, int]:
         return {"duplicate_ids": self.duplicate_ids} if self.duplicate_ids else {}

@@ -19,6 +19,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -32,11 +33,12 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
     set_state_dict,
 )
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mmcls.config import Config, ConfigError
 from mmcls.data.builders import build_eval_loader, build_loader
+from mmcls.data.switch import EpochSubset
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
     DistInfo,
@@ -101,6 +103,13 @@ class TrainResult:
     interrupted: bool
     selection_metric: str  # the validation score that picked best/ (best_score): the setup's Selection.metric
     class_scores: list[dict[str, Any]] | None = None  # per class (id, name, F1...) of the last validation
+    # Runs of epochs that trained on the same records (data.switch): first/last epoch, records, samples.
+    data_phases: list[dict[str, int]] = field(default_factory=list)
+
+
+#: Called after every epoch with its number (1-based) and its validation scores ({} when it had no
+#: validation); returning True stops the run there (a checkpoint is saved; the result says interrupted).
+EpochEndCallback = Callable[[int, dict[str, float]], bool | None]
 
 
 class StopRequest:
@@ -168,6 +177,7 @@ class Trainer:
     """One training run: ``Trainer(cfg, data_root, run_dir, resume=...).fit()``.
 
     ``setup``: what is trained (default: classification, :func:`mmcls.engine.setup.build_setup`).
+    ``on_epoch_end``: see :data:`EpochEndCallback` (``mmcls tune`` reports to its pruner through it).
     """
 
     def __init__(
@@ -178,8 +188,10 @@ class Trainer:
         resume: bool = False,
         setup: TaskSetup | None = None,
         overwrite: bool = False,
+        on_epoch_end: EpochEndCallback | None = None,
     ) -> None:
         self.cfg = cfg
+        self.on_epoch_end = on_epoch_end
         self.data_root = Path(data_root)
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -211,22 +223,30 @@ class Trainer:
         self.pad_id = self.setup.pad_id
         data = self.setup.datasets()
         self.train_set, self.val_set = data.train_set, data.val_set
-        self.train_sampler = DistributedSampler(
-            self.train_set,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            shuffle=True,
-            seed=tcfg.seed,
-            drop_last=True,
-        )
-        batches = len(self.train_sampler) // self.local_batch
-        self.steps_per_epoch = batches // tcfg.grad_accum_steps
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{len(self.train_set)} training records give no full step of batch_size={tcfg.batch_size} "
-                f"x grad_accum_steps={tcfg.grad_accum_steps}"
+        # The steps of every epoch (its training samples are the setup's choice, data.switch): the schedule
+        # spans them all, so it carries on across a switch to fewer records.
+        self.epoch_steps: list[int] = []
+        self.data_phases: list[dict[str, int]] = []  # runs of epochs on the same records, for the report
+        previous = None
+        for epoch in range(tcfg.epochs):
+            indices = self.setup.train_indices(epoch)
+            records = len(self.train_set) if indices is None else len(indices)
+            steps = (records // self.dist.world_size) // self.local_batch // tcfg.grad_accum_steps
+            if steps == 0:
+                raise ConfigError(
+                    f"epoch {epoch + 1}: {records} training records give no full step of "
+                    f"batch_size={tcfg.batch_size} x grad_accum_steps={tcfg.grad_accum_steps}"
+                )
+            self.epoch_steps.append(steps)
+            samples = steps * tcfg.batch_size * tcfg.grad_accum_steps
+            if epoch == 0 or not _same_indices(indices, previous):
+                self.data_phases.append({"first_epoch": epoch + 1, "records": records, "samples": 0})
+            self.data_phases[-1].update(
+                last_epoch=epoch + 1, samples=self.data_phases[-1]["samples"] + samples
             )
-        self.total_steps = self.steps_per_epoch * tcfg.epochs
+            previous = indices
+        self.steps_per_epoch = self.epoch_steps[0]
+        self.total_steps = sum(self.epoch_steps)
 
         # ---- model, task, optimisation. Same init on every rank; DDP also broadcasts rank 0's weights.
         seed_everything(tcfg.seed)
@@ -251,6 +271,22 @@ class Trainer:
         self.state = TrainState()
         self.last_metrics: dict[str, float] = {}
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=tcfg.tensorboard)
+
+    def _epoch_train_set(self, epoch: int) -> Dataset:
+        """The training samples of ``epoch`` (0-based): the whole set, or the subset the setup chose."""
+        indices = self.setup.train_indices(epoch)
+        return self.train_set if indices is None else EpochSubset(self.train_set, indices.tolist())
+
+    def _epoch_sampler(self, dataset: Dataset) -> DistributedSampler:
+        """This rank's shard of a permutation that depends on (seed, epoch) only."""
+        return DistributedSampler(
+            dataset,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=self.cfg.train.seed,
+            drop_last=True,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def _state_dict_options(self) -> StateDictOptions:
@@ -314,23 +350,47 @@ class Trainer:
                     self.save_checkpoint()
                     self.logger.close()
                     return self._result(interrupted=True)
-                self._end_epoch()
+                metrics = self._end_epoch()
+                if self._stop_after_epoch(metrics):
+                    self.logger.close()
+                    return self._result(interrupted=True)
         self._release(LAST_DIR)
         if self.val_set is None:
             self._release(BEST_DIR)
         self.logger.close()
         return self._result(interrupted=False)
 
+    def _stop_after_epoch(self, metrics: dict[str, float]) -> bool:
+        """Ask ``on_epoch_end`` whether to stop (every rank asks; any rank's yes stops them all)."""
+        if self.on_epoch_end is None:
+            return False
+        stop = bool(self.on_epoch_end(self.state.epoch, metrics))
+        (stop_any,) = any_rank([stop], self.device)
+        return stop_any
+
     def _train_epoch(self, stop: StopRequest) -> bool:
         """Train the rest of the current epoch; True if a stop was requested."""
         tcfg, state = self.cfg.train, self.state
-        self.train_sampler.set_epoch(state.epoch)
-        self.train_set.set_epoch(state.epoch)
+        train_set = self._epoch_train_set(state.epoch)
+        sampler = self._epoch_sampler(train_set)
+        sampler.set_epoch(state.epoch)
+        train_set.set_epoch(state.epoch)
+        steps = self.epoch_steps[state.epoch]
+        switching = len(self.data_phases) > 1
+        if (
+            switching
+            and state.samples_done == 0
+            and state.epoch + 1 in {p["first_epoch"] for p in self.data_phases}
+        ):
+            # metrics.csv (the run's log) records each phase's start: data/train_records at its first step.
+            self.logger.log(state.global_step, state.epoch, {"train_records": len(train_set)}, prefix="data/")
+            if self.dist.is_main:
+                log.info("epoch %d: data.switch: training on %d records", state.epoch + 1, len(train_set))
         skip = state.samples_done // self.dist.world_size
         loader = build_loader(
-            self.train_set,
+            train_set,
             self.local_batch,
-            SkipSampler(self.train_sampler, skip),
+            SkipSampler(sampler, skip),
             self.cfg.data.num_workers,
             self.pad_id,
             drop_last=True,
@@ -339,14 +399,14 @@ class Trainer:
         step_in_epoch = state.samples_done // (tcfg.batch_size * tcfg.grad_accum_steps)
         batches = iter(DevicePrefetcher(loader, self.device, self.task.device_keys))
         bar = tqdm(
-            total=self.steps_per_epoch,
+            total=steps,
             initial=step_in_epoch,
             desc=f"epoch {state.epoch + 1}/{tcfg.epochs}",
             disable=not (self.dist.is_main and show_progress(tcfg.progress_bar)),
             dynamic_ncols=True,
         )
         self.task.train()
-        while step_in_epoch < self.steps_per_epoch:
+        while step_in_epoch < steps:
             micro_batches = [next(batches) for _ in range(tcfg.grad_accum_steps)]
             losses = self.train_step(micro_batches)
             step_in_epoch += 1
@@ -365,7 +425,7 @@ class Trainer:
             if stop_now:
                 bar.close()
                 return True
-            if state.global_step % tcfg.checkpoint_every_steps == 0 and step_in_epoch < self.steps_per_epoch:
+            if state.global_step % tcfg.checkpoint_every_steps == 0 and step_in_epoch < steps:
                 self.save_checkpoint()
         bar.close()
         return False
@@ -434,8 +494,9 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ epoch end
-    def _end_epoch(self) -> None:
-        state = self.state
+    def _end_epoch(self) -> dict[str, float]:
+        """Evaluate (when due), release ``best/``, checkpoint; returns this epoch's validation scores ({})."""
+        state, evaluated = self.state, {}
         errors = Counter()
         for part in all_gather_objects(dict(state.epoch_errors)):
             errors.update(part)
@@ -445,6 +506,7 @@ class Trainer:
         self.task.after_epoch(state.epoch + 1)  # SWA's snapshot: evaluated below, saved in the checkpoint
         if self.val_set is not None and (state.epoch + 1) % self.cfg.train.eval_every_epochs == 0:
             self.last_metrics, val_errors = self._evaluate_with_errors()
+            evaluated = self.last_metrics
             if val_errors and self.dist.is_main:
                 log.warning("epoch %d: validation data problems %s", state.epoch + 1, dict(val_errors))
             self._write_data_report("val", val_errors)
@@ -459,6 +521,7 @@ class Trainer:
         state.samples_done = 0
         state.epoch_errors = Counter()
         self.save_checkpoint()
+        return evaluated
 
     def evaluate(self) -> dict[str, float]:
         """Scores of the evaluated weights (EMA if on) on the validation split, identical for any world size."""
@@ -522,7 +585,12 @@ class Trainer:
             interrupted=interrupted,
             selection_metric=self.setup.selection.metric,
             class_scores=self.setup.class_scores,
+            data_phases=self.data_phases if len(self.data_phases) > 1 else [],
         )
+
+
+def _same_indices(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def _to_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -538,16 +606,19 @@ def train(
     resume: bool = False,
     setup: TaskSetup | None = None,
     overwrite: bool = False,
+    on_epoch_end: EpochEndCallback | None = None,
 ) -> TrainResult:
     """Train ``cfg`` on ``data_root``, writing checkpoints, logs and model folders to ``run_dir``.
 
     ``setup``: what is trained; default classification (``mmcls pretrain`` passes its own). ``overwrite``
     starts a run again in a folder that holds one (or that mmcls did not create); see
-    :mod:`mmcls.engine.run_dir`.
+    :mod:`mmcls.engine.run_dir`. ``on_epoch_end``: see :data:`EpochEndCallback`.
     """
     start = time.time()
     owns_process_group = not is_initialized()  # a caller's own process group is left to the caller
-    trainer = Trainer(cfg, data_root, run_dir, resume=resume, setup=setup, overwrite=overwrite)
+    trainer = Trainer(
+        cfg, data_root, run_dir, resume=resume, setup=setup, overwrite=overwrite, on_epoch_end=on_epoch_end
+    )
     result = trainer.fit()
     seconds = time.time() - start
     log.info("training took %.1f s", seconds)
