@@ -70,7 +70,12 @@ def _run_split(args: argparse.Namespace) -> int:
 
     from mmcls.deploy.client import classify_split_remote
     from mmcls.files import atomic_writer
+    from mmcls.inference.predict import check_submission_path
+    from mmcls.output_guard import check_outputs, data_inputs
 
+    inputs = data_inputs(args.data_root, [args.split or "test"])
+    check_outputs([("--out", args.out)], inputs)
+    check_submission_path(args.out, inputs)
     results = classify_split_remote(
         args.url,
         args.data_root,

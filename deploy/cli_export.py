@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from mmcls.deploy.export import export_model
+    from mmcls.output_guard import check_outputs, model_inputs
+
+    check_outputs([("--out", args.out)], model_inputs(args.model_dir))
 
     out = export_model(
         args.model_dir,

@@ -34,6 +34,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from mmcls.inference.features import extract_features
+    from mmcls.output_guard import check_outputs, data_inputs, model_inputs
+    from mmcls.workflows.pseudo_label import member_annotation_files
+
+    files = member_annotation_files(args.model_dir)
+    check_outputs(
+        [("--out", args.out)],
+        [*model_inputs(args.model_dir), *data_inputs(args.data_root, [args.split], files, features=False)],
+    )
 
     summary = extract_features(
         args.model_dir,

@@ -38,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from mmcls.data.categories import load_categories
     from mmcls.data.synthetic import make_synthetic_dataset
+    from mmcls.output_guard import check_outputs
 
+    check_outputs([("out", args.out)], [args.categories])
     categories = load_categories(args.categories)  # a bad taxonomy is refused before anything is written
     summary = make_synthetic_dataset(
         args.out,

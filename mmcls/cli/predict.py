@@ -90,12 +90,14 @@ def error_report_path(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
     from mmcls.inference.predict import check_submission_path, predict_split
+    from mmcls.output_guard import check_outputs, data_inputs, model_inputs
 
     _check_mode(args)
     if args.video:
         return _run_videos(args)
     args.split = args.split or "test"
-    inputs = [_split_annotation_path(args), args.model_dir]
+    inputs = [_split_annotation_path(args), *model_inputs(args.model_dir), *data_inputs(args.data_root, [])]
+    check_outputs([("--out", args.out), ("--out", error_report_path(args.out))], inputs)
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():

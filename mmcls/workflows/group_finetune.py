@@ -30,6 +30,7 @@ from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import resolve_model_dir
 from mmcls.models.model_dir import load_model_categories
 from mmcls.names import BEST_DIR, CONFIG_FILE
+from mmcls.output_guard import check_outputs, data_inputs, model_inputs
 from mmcls.workflows.members import GROUPS_FILE, GroupFinetuned, PredictOptions, predict_model
 
 log = logging.getLogger("mmcls.group_finetune")
@@ -60,6 +61,7 @@ def group_finetune(
         raise GroupFinetuneError(
             f"{run_dir}: not a finished training run directory ({CONFIG_FILE} and {BEST_DIR}/)"
         )
+    check_outputs([("--out", out_dir)], [*model_inputs(run_dir), *data_inputs(data_root, [])])
     started = (
         (out_dir / GROUPS_FILE).is_file()
         or (out_dir / TAXONOMY_FILE).is_file()

@@ -38,6 +38,7 @@ from mmcls.engine.distributed import (
 )
 from mmcls.errors import MmclsError
 from mmcls.metrics import compute_scores_from_indices
+from mmcls.output_guard import check_outputs, config_inputs
 from mmcls.workflows.members import KFOLD_FILE, PredictOptions, predict_model
 
 log = logging.getLogger("mmcls.kfold")
@@ -78,6 +79,7 @@ def run_kfold(
 
     data_root, out_dir = Path(data_root), Path(out_dir)
     cfg = kfold_config(cfg, num_folds, seed)
+    check_outputs([("--out", out_dir)], config_inputs(cfg, data_root))
     owns_process_group = not is_initialized()
     info = init_distributed(resolve_device(cfg.train.device, world_info_from_env()))
     fresh = _check_plan(out_dir, cfg, resume)

@@ -1,0 +1,130 @@
+"""Trust, round two (issue 23): no command writes over or into its own inputs, numeric options are checked at
+parse time, bad values and broken artifacts are one line, and a command refused by validation writes nothing.
+
+Every case runs the real command in-process (``mmcls.cli.main``) and checks the exit status 2, one stderr line
+naming the problem, and that the inputs are byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from mmcls.cli import main
+from mmcls.data.synthetic import make_synthetic_dataset
+
+from deploy_fixtures import tiny_model_dir
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder``: relative path -> sha256 (equal snapshots = byte-identical trees)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def refused(capsys, argv: list[str], *needles: str) -> str:
+    """``mmcls ARGV`` exits 2 with one stderr line holding every needle."""
+    assert main(argv) == 2
+    line = one_error_line(capsys)
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A data root (``data/``), a model folder (``model/``) and a run directory (``run/`` with ``best/``)."""
+    root = tmp_path_factory.mktemp("trust")
+    make_synthetic_dataset(root / "data", 24, 4, 6, seed=2, num_frames=2, image_size=32)
+    tiny_model_dir(root / "model")
+    (root / "run").mkdir()
+    tiny_model_dir(root / "run" / "best")
+    (root / "run" / "config.yaml").write_bytes((root / "run" / "best" / "config.yaml").read_bytes())
+    return root
+
+
+# ------------------------------------------------------------------------- 1. outputs never replace inputs
+@pytest.mark.parametrize(
+    "out",
+    [
+        "run/best/model.safetensors",
+        "run/best/config.yaml",
+        "run/config.yaml",
+        "model/model.safetensors",
+        "data/annotations/test.json",
+        "data/zip_feats/test.zip",
+        "data/zip_frames/test/x.csv",
+    ],
+)
+def test_predict_refuses_an_output_that_is_or_is_inside_an_input(work, capsys, out):
+    before = snapshot(work)
+    model = "model" if out.startswith("model") else "run"
+    argv = ["predict", str(work / model), "--data-root", str(work / "data"), "--out", str(work / out)]
+    refused(capsys, argv, str(work / out), "input of this command")
+    assert snapshot(work) == before
+
+
+def test_predict_beside_the_run_is_still_allowed(work):
+    """The README's ``--out runs/tiny/result.csv``: beside the run's files, not one of them."""
+    out = work / "run" / "result.csv"
+    argv = ["predict", str(work / "run"), "--data-root", str(work / "data"), "--out", str(out)]
+    argv += ["--batch-size", "8", "--num-workers", "0", "--device", "cpu"]
+    assert main(argv) == 0
+    assert out.is_file() and (work / "run" / "result.data_errors.json").is_file()
+    out.unlink()
+    (work / "run" / "result.data_errors.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "argv_of",
+    [
+        lambda w: ["ensemble", str(w / "model"), "--data-root", str(w / "data"), "--out",
+                   str(w / "data/annotations/test.json"), "--overwrite"],
+        lambda w: ["ensemble", str(w / "model"), "--data-root", str(w / "data"), "--out",
+                   str(w / "x.csv"), "--save-probs", str(w / "model/p.npy"), "--overwrite"],
+        lambda w: ["pseudo-label", str(w / "run"), "--data-root", str(w / "data"), "--split", "unlabeled",
+                   "--out", str(w / "data/annotations/unlabeled.json"), "--min-confidence", "0.5",
+                   "--overwrite"],
+        lambda w: ["extract-features", str(w / "model"), "--data-root", str(w / "data"), "--split", "test",
+                   "--out", str(w / "model/model.safetensors"), "--overwrite"],
+        lambda w: ["extract-features", str(w / "model"), "--data-root", str(w / "data"), "--split", "test",
+                   "--out", str(w / "data/annotations/test.json"), "--overwrite"],
+        lambda w: ["export", str(w / "run"), "--format", "onnx", "--out", str(w / "run/best/onnx")],
+        lambda w: ["train", "tiny", "--data-root", str(w / "data"), "--out", str(w / "data"), "--overwrite"],
+        lambda w: ["train", "tiny", "--data-root", str(w / "data"), "--out", str(w / "run/best/again"),
+                   "--set", f"model.init_from={w / 'run'}", "--overwrite"],
+        lambda w: ["kfold", "tiny", "--data-root", str(w / "data"), "--out", str(w / "data/zip_frames/k")],
+        lambda w: ["group-finetune", str(w / "run"), "--data-root", str(w / "data"), "--out",
+                   str(w / "run/best/groups")],
+        lambda w: ["client", "http://127.0.0.1:9", "--data-root", str(w / "data"), "--out",
+                   str(w / "data/annotations/test.json")],
+        lambda w: ["make-data", str(w / "model"), "--categories", str(w / "model/categories.json"),
+                   "--overwrite"],
+    ],
+    ids=["ensemble-annotations", "ensemble-save-probs-in-model", "pseudo-label-own-split",
+         "extract-features-weights", "extract-features-annotations", "export-into-model", "train-into-data",
+         "train-into-init-from", "kfold-into-frames", "group-finetune-into-model", "client-own-split",
+         "make-data-over-taxonomy"],
+)  # fmt: skip
+def test_every_writing_command_refuses_its_own_inputs_even_with_overwrite(work, capsys, argv_of):
+    before = snapshot(work)
+    refused(capsys, argv_of(work), "input of this command")
+    assert snapshot(work) == before
+
+
+def test_ensemble_save_probs_bad_fails_before_the_csv_is_written(work, tmp_path, capsys):
+    out = tmp_path / "result.csv"
+    argv = ["ensemble", str(work / "model"), "--data-root", str(work / "data"), "--out", str(out)]
+    refused(capsys, [*argv, "--save-probs", str(tmp_path / "probs.txt")], "probs.txt", ".npy")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
