@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmcls.cli.options import positive_float, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -22,9 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--with-names", action="store_true", help="a third CSV column: the name of each predicted class"
     )
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
     p.add_argument("--protocol", choices=["http", "grpc"], default=None, help="default: from the URL")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one answer")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds to wait for one answer")
     videos = p.add_argument_group("video files (instead of --data-root/--split/--out)")
     videos.add_argument(
         "--video", type=Path, nargs="+", metavar="PATH", help="encoded video files (mp4, ...) to classify"

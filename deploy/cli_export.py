@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mmcls import names
+from mmcls.cli.options import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -19,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="artifact folder to create (must not exist)")
     p.add_argument("--fp16", action="store_true", help="FP16 weights and arithmetic (outputs stay FP32)")
     p.add_argument("--device", default="cpu", help="cpu | cuda: where an AOTI/TensorRT artifact will run")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch of a TensorRT profile / Triton")
+    p.add_argument(
+        "--max-batch", type=positive_int, default=64, help="largest batch of a TensorRT profile / Triton"
+    )
     p.add_argument(
         "--backend",
         default=None,

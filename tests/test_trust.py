@@ -128,3 +128,68 @@ def test_ensemble_save_probs_bad_fails_before_the_csv_is_written(work, tmp_path,
     argv = ["ensemble", str(work / "model"), "--data-root", str(work / "data"), "--out", str(out)]
     refused(capsys, [*argv, "--save-probs", str(tmp_path / "probs.txt")], "probs.txt", ".npy")
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------- 2. numeric options checked at parsing
+def parse_refused(capsys, argv: list[str], option: str) -> str:
+    """argparse refuses ``argv`` (exit 2) before ``run``; its error line names the option."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert option in last and "Traceback" not in last, last
+    return last
+
+
+PARSE_CASES = [
+    (["export", "m", "--format", "onnx", "--out", "o", "--max-batch", "0"], "--max-batch"),
+    (["serve", "m", "--max-batch", "0"], "--max-batch"),
+    (["serve", "m", "--instances", "0"], "--instances"),
+    (["serve", "m", "--http-port", "70000"], "--http-port"),
+    (["serve", "m", "--grpc-port", "0"], "--grpc-port"),
+    (["serve", "m", "--max-video-seconds", "inf"], "--max-video-seconds"),
+    (["client", "http://h:1", "--concurrency", "0"], "--concurrency"),
+    (["client", "http://h:1", "--timeout", "-1"], "--timeout"),
+    (["bench", "data", "tiny", "--data-root", "d", "--warmup", "-1"], "--warmup"),
+    (["bench", "data", "tiny", "--data-root", "d", "--workers", "-2"], "--workers"),
+    (["bench", "data", "tiny", "--data-root", "d", "--repeats", "0"], "--repeats"),
+    (["bench", "infer", "m", "--data-root", "d", "--batch-size", "0"], "--batch-size"),
+    (["predict", "m", "--data-root", "d", "--out", "o", "--logit-adjust", "nan"], "--logit-adjust"),
+    (["predict", "m", "--data-root", "d", "--out", "o", "--num-workers", "-1"], "--num-workers"),
+    (["ensemble", "m", "--data-root", "d", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["pseudo-label", "m", "--data-root", "d", "--out", "o", "--min-confidence", "1.5"], "--min-confidence"),
+    (["extract-features", "m", "--data-root", "d", "--split", "s", "--out", "o", "--max-frames", "0"],
+     "--max-frames"),
+    (["kfold", "tiny", "--data-root", "d", "--out", "o", "--folds", "1"], "--folds"),
+    (["group-finetune", "r", "--data-root", "d", "--out", "o", "--epochs", "0"], "--epochs"),
+    (["group-finetune", "r", "--data-root", "d", "--out", "o", "--groups", "-1"], "--groups"),
+    (["make-data", "o", "--image-size", "0"], "--image-size"),
+    (["demo", "--epochs", "0"], "--epochs"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv,option", PARSE_CASES, ids=[" ".join(a[-2:]) for a, _ in PARSE_CASES])
+def test_numeric_options_are_checked_at_parse_time(capsys, tmp_path, monkeypatch, argv, option):
+    monkeypatch.chdir(tmp_path)
+    parse_refused(capsys, argv, option)
+    assert list(tmp_path.iterdir()) == []  # nothing written (demo --epochs 0 included)
+
+
+def test_a_path_like_config_that_does_not_exist_is_an_error_not_the_preset(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = refused(capsys, ["train", "./tiny", "--data-root", "d", "--out", "o"], "./tiny", "no such config")
+    assert "preset 'tiny'" in line  # the hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_group_finetune_groups_naming_no_group_is_one_line(work, tmp_path, capsys):
+    argv = [
+        "group-finetune",
+        str(work / "run"),
+        "--data-root",
+        str(work / "data"),
+        "--out",
+        str(tmp_path / "g"),
+    ]
+    refused(capsys, [*argv, "--groups", "99"], "--groups 99", "no such level-1 group")
+    assert not (tmp_path / "g").exists()

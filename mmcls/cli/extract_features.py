@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_frame_decoder_option, add_precision_option
+from mmcls.cli.options import add_frame_decoder_option, add_precision_option, non_negative_int, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,10 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="feature zip to write (e.g. ROOT/zip_feats/S.zip)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument(
-        "--max-frames", type=int, default=32, help="frames per video, taken uniformly (default 32)"
+        "--max-frames", type=positive_int, default=32, help="frames per video, taken uniformly (default 32)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="videos per batch")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="videos per batch")
+    p.add_argument(
+        "--num-workers", type=non_negative_int, default=None, help="DataLoader workers (default: the model's)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     add_precision_option(p, default="fp32", help="autocast precision")
     add_frame_decoder_option(p)

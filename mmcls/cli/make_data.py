@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmcls.cli.options import non_negative_int, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -14,12 +16,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="example: mmcls make-data data/ --num-labeled 3000 --num-unlabeled 200 --num-test 600",
     )
     p.add_argument("out", type=Path, help="data root to create")
-    p.add_argument("--num-labeled", type=int, default=2000, help="records in annotations/labeled.json")
-    p.add_argument("--num-unlabeled", type=int, default=500, help="records in annotations/unlabeled.json")
-    p.add_argument("--num-test", type=int, default=500, help="records in annotations/test.json")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
-    p.add_argument("--num-frames", type=int, default=8, help="most frames per video")
-    p.add_argument("--image-size", type=int, default=64, help="frame size in pixels")
+    p.add_argument(
+        "--num-labeled", type=non_negative_int, default=2000, help="records in annotations/labeled.json"
+    )
+    p.add_argument(
+        "--num-unlabeled", type=non_negative_int, default=500, help="records in annotations/unlabeled.json"
+    )
+    p.add_argument("--num-test", type=non_negative_int, default=500, help="records in annotations/test.json")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (same seed, same data)")
+    p.add_argument("--num-frames", type=positive_int, default=8, help="most frames per video")
+    p.add_argument("--image-size", type=positive_int, default=64, help="frame size in pixels")
     p.add_argument(
         "--categories",
         type=Path,

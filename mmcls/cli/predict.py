@@ -13,6 +13,9 @@ from mmcls.cli.options import (
     add_device_option,
     add_frame_decoder_option,
     add_precision_option,
+    finite_float,
+    non_negative_int,
+    positive_int,
 )
 
 
@@ -51,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--json", action="store_true", help='print [{"video", "top": [{"category_id", "name", "prob"}]}]'
     )
     p.add_argument("--batch-size", type=positive_int, default=64, help="videos per batch and process")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
+    p.add_argument(
+        "--num-workers", type=non_negative_int, default=None, help="DataLoader workers (default: the model's)"
+    )
     add_device_option(p, default="auto", help="where to run the model")
     add_precision_option(p, default=None, help="inference precision (default: fp32, or the artifact's own)")
     add_backend_option(
@@ -62,24 +67,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_frame_decoder_option(p)
     p.add_argument(
         "--logit-adjust",
-        type=float,
+        type=finite_float,
         default=0.0,
         metavar="TAU",
         help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
         "saved in the model folder; favours rare classes (macro F1). Default 0: off",
     )
     return p
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--batch-size 0`` is refused before anything is loaded)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def error_report_path(out: Path) -> Path:

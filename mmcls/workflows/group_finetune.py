@@ -74,6 +74,12 @@ def group_finetune(
     cfg = Config.from_dict(apply_overrides(base.to_dict(), list(overrides)))
     # The groups are the parents of RUN's taxonomy (its model folder's categories.json).
     categories = load_model_categories(run_dir)
+    unknown = sorted({g for g in groups or () if not 0 <= g < categories.num_lv1})
+    if unknown:
+        raise GroupFinetuneError(
+            f"--groups {' '.join(map(str, unknown))}: no such level-1 group in {run_dir}'s taxonomy "
+            f"(groups 0..{categories.num_lv1 - 1})"
+        )
     if categories != official_categories():
         # The group runs train over the same taxonomy: a copy in out_dir, as config.yaml cannot carry it.
         out_dir.mkdir(parents=True, exist_ok=True)
