@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mmcls import names
-from mmcls.cli.options import positive_int
+from mmcls.cli.options import add_device_option, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=names.EXPORT_FORMATS, dest="fmt")
     p.add_argument("--out", type=Path, required=True, help="artifact folder to create (must not exist)")
     p.add_argument("--fp16", action="store_true", help="FP16 weights and arithmetic (outputs stay FP32)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda: where an AOTI/TensorRT artifact will run")
+    add_device_option(p, default="cpu", help="where an AOTI/TensorRT artifact will run", auto=False)
     p.add_argument(
         "--max-batch", type=positive_int, default=64, help="largest batch of a TensorRT profile / Triton"
     )
@@ -39,6 +39,15 @@ def run(args: argparse.Namespace) -> int:
     from mmcls.output_guard import check_outputs, model_inputs
 
     check_outputs([("--out", args.out)], model_inputs(args.model_dir))
+    if args.device == "cuda":
+        import torch
+
+        from mmcls.config import ConfigError
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "--device cuda: no CUDA device is visible; export with --device cpu (or on a GPU)"
+            )
 
     out = export_model(
         args.model_dir,

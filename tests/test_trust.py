@@ -8,9 +8,11 @@ naming the problem, and that the inputs are byte-identical afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmcls.cli import main
 from mmcls.data.synthetic import make_synthetic_dataset
@@ -193,3 +195,73 @@ def test_group_finetune_groups_naming_no_group_is_one_line(work, tmp_path, capsy
     ]
     refused(capsys, [*argv, "--groups", "99"], "--groups 99", "no such level-1 group")
     assert not (tmp_path / "g").exists()
+
+
+# -------------------------------------------------------------------------- 3. one line, not a traceback
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_export_device_cuda_without_a_gpu_is_one_line(work, tmp_path, capsys):
+    argv = [
+        "export",
+        str(work / "model"),
+        "--format",
+        "onnx",
+        "--out",
+        str(tmp_path / "a"),
+        "--device",
+        "cuda",
+    ]
+    refused(capsys, argv, "--device cuda", "no CUDA device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def fake_artifact(work: Path, tmp_path: Path, **changes) -> Path:
+    """A model folder turned artifact: a stand-in model.onnx and an export.json with ``changes`` applied."""
+    from mmcls.config import Config
+    from mmcls.deploy.artifact import build_export_info
+
+    folder = tmp_path / "artifact"
+    tiny_model_dir(folder)
+    (folder / "model.onnx").write_bytes(b"stand-in, never parsed: export.json is refused first")
+    config = Config.from_yaml(folder / "config.yaml")
+    info = build_export_info(
+        config,
+        fmt="onnx",
+        precision="fp32",
+        model_file="model.onnx",
+        device="cpu",
+        frame_input="pixels",
+        dynamic_dims={"batch": (1, 8)},
+        num_lv1=23,
+    )
+    for key, value in changes.items():
+        info[key] = value(info[key]) if callable(value) else value
+    (folder / "export.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        ({"format": "aoti"}, "model_file"),
+        ({"format": "tensorrt"}, "model_file"),
+        ({"inputs": lambda d: {("text_ids" if k == "input_ids" else k): v for k, v in d.items()}}, "inputs"),
+        ({"outputs": lambda d: {"scores": d["probs"]}}, "outputs"),
+        ({"frame_input": "jpeg"}, "frame_input"),
+    ],
+    ids=["other-format-aoti", "other-format-tensorrt", "renamed-input", "renamed-output", "frame-input"],
+)
+def test_an_artifact_whose_export_json_lies_is_refused_at_load_in_one_line(
+    work, tmp_path, capsys, changes, needle
+):
+    artifact = fake_artifact(work, tmp_path, **changes)
+    out = tmp_path / "out.csv"
+    argv = ["predict", str(artifact), "--data-root", str(work / "data"), "--out", str(out), "--device", "cpu"]
+    refused(capsys, argv, "export.json", needle)
+    assert not out.exists()
+
+
+def test_kfold_with_more_folds_than_records_is_one_line_and_writes_nothing(work, tmp_path, capsys):
+    out = tmp_path / "k"
+    argv = ["kfold", "tiny", "--data-root", str(work / "data"), "--out", str(out), "--folds", "30"]
+    refused(capsys, [*argv, "--set", "train.device=cpu"], "--folds 30", "more folds than the 24")
+    assert not out.exists()

@@ -82,12 +82,6 @@ def run_kfold(
     check_outputs([("--out", out_dir)], config_inputs(cfg, data_root))
     owns_process_group = not is_initialized()
     info = init_distributed(resolve_device(cfg.train.device, world_info_from_env()))
-    fresh = _check_plan(out_dir, cfg, resume)
-    barrier()  # every rank has looked before rank 0 writes the plan
-    if fresh and info.is_main:
-        write_json(out_dir / KFOLD_FILE, _plan(cfg))
-    barrier()
-
     categories = load_categories(cfg.data.categories)
     records = load_records(
         annotation_path(data_root, cfg.data.train_split, cfg.data.annotations),
@@ -96,7 +90,18 @@ def run_kfold(
     )
     if cfg.data.limit_train:
         records = records[: cfg.data.limit_train]
+    if num_folds > len(records):
+        raise KFoldError(
+            f"--folds {num_folds}: more folds than the {len(records)} labeled records of "
+            f"{cfg.data.train_split!r}; use at most {len(records)} folds"
+        )
     folds = record_folds(records, cfg.data, categories)
+    fresh = _check_plan(out_dir, cfg, resume)
+    barrier()  # every rank has looked before rank 0 writes the plan
+    if fresh and info.is_main:
+        write_json(out_dir / KFOLD_FILE, _plan(cfg))
+    barrier()
+
     options = PredictOptions(
         batch_size=max(cfg.train.eval_batch_size // info.world_size, 1),
         num_workers=cfg.data.num_workers,
