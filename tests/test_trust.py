@@ -265,3 +265,41 @@ def test_kfold_with_more_folds_than_records_is_one_line_and_writes_nothing(work,
     argv = ["kfold", "tiny", "--data-root", str(work / "data"), "--out", str(out), "--folds", "30"]
     refused(capsys, [*argv, "--set", "train.device=cpu"], "--folds 30", "more folds than the 24")
     assert not out.exists()
+
+
+# ------------------------------------------------------ 5. a refused command writes nothing; retries work
+def test_train_with_a_missing_init_from_writes_nothing(work, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "tiny", "--data-root", str(work / "data"), "--out", str(run)]
+    refused(capsys, [*argv, "--set", "model.init_from=nowhere"], "model.init_from", "nowhere")
+    assert not run.exists()
+
+
+def test_a_run_dir_holding_only_its_config_is_no_run_to_protect(tmp_path):
+    """What a run that failed at once left behind: the corrected command starts there without --overwrite."""
+    from mmcls.config import Config
+    from mmcls.engine.run_dir import RunDirError, check_run_dir, start_run_dir
+
+    cfg = Config.from_yaml("tiny")
+    run = tmp_path / "run"
+    start_run_dir(cfg, run, resume=False, overwrite=False)
+    assert sorted(p.name for p in run.iterdir()) == [".mmcls-run", "config.yaml"]
+    check_run_dir(cfg, run, resume=False, overwrite=False)  # no error
+    (run / "metrics.csv").write_text("epoch\n")
+    with pytest.raises(RunDirError, match="already holds a run without checkpoints"):
+        check_run_dir(cfg, run, resume=False, overwrite=False)
+
+
+def test_a_kfold_dir_holding_only_its_plan_is_replaced_by_the_next_command(tmp_path):
+    from mmcls.config import Config
+    from mmcls.workflows.kfold import KFoldError, _check_plan, _plan, kfold_config
+
+    out = tmp_path / "k"
+    (out / "fold0").mkdir(parents=True)
+    (out / "fold0" / "config.yaml").write_text("{}")  # fold 0 failed before training
+    old = kfold_config(Config.from_yaml("tiny"), 3, 1)
+    (out / "kfold.json").write_text(json.dumps(_plan(old)))
+    assert _check_plan(out, kfold_config(Config.from_yaml("tiny"), 4, 1), resume=False) is True
+    (out / "fold0" / "metrics.csv").write_text("epoch\n")  # a fold that trained: a run to protect
+    with pytest.raises(KFoldError, match="already holds a kfold run"):
+        _check_plan(out, old, resume=False)

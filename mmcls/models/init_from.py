@@ -45,7 +45,7 @@ class InitFromReport:
 
 def load_init_weights(model: nn.Module, source: str | Path) -> InitFromReport:
     """Load every matching tensor of ``source`` (model folder, run directory or ``.safetensors`` file)."""
-    path = _weights_path(source)
+    path = init_weights_path(source)
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -73,7 +73,7 @@ def load_init_weights(model: nn.Module, source: str | Path) -> InitFromReport:
     return report
 
 
-def _weights_path(source: str | Path) -> Path:
+def init_weights_path(source: str | Path) -> Path:
     source = Path(source)
     if source.suffix == ".safetensors":
         if not source.is_file():

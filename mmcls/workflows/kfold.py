@@ -37,7 +37,9 @@ from mmcls.engine.distributed import (
     world_info_from_env,
 )
 from mmcls.errors import MmclsError
+from mmcls.files import RUN_MARKER
 from mmcls.metrics import compute_scores_from_indices
+from mmcls.names import CONFIG_FILE
 from mmcls.output_guard import check_outputs, config_inputs
 from mmcls.workflows.members import KFOLD_FILE, PredictOptions, predict_model
 
@@ -154,6 +156,18 @@ def _check_plan(out_dir: Path, cfg: Config, resume: bool) -> bool:
     """A new kfold needs a fresh directory; a resumed one must have the same folds and config. True: new."""
     plan_path = out_dir / KFOLD_FILE
     plan = _plan(cfg)
+    # A fold folder holding only its config (and marker) is a fold that failed before training.
+    started = any(
+        entry.name not in (CONFIG_FILE, RUN_MARKER)
+        for fold in out_dir.glob("fold[0-9]*")
+        if fold.is_dir()
+        for entry in fold.iterdir()
+    )
+    if plan_path.is_file() and not started and not resume:
+        # Only the plan: an earlier command stopped before its first fold; it is no run to protect.
+        others = [p for p in out_dir.iterdir() if p.name != KFOLD_FILE and not p.name.startswith("fold")]
+        if not others:
+            return True
     if plan_path.is_file():
         if not resume:
             raise KFoldError(
