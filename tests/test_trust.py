@@ -303,3 +303,48 @@ def test_a_kfold_dir_holding_only_its_plan_is_replaced_by_the_next_command(tmp_p
     (out / "fold0" / "metrics.csv").write_text("epoch\n")  # a fold that trained: a run to protect
     with pytest.raises(KFoldError, match="already holds a kfold run"):
         _check_plan(out, old, resume=False)
+
+
+# ------------------------------------------------------------- 4. serve refuses before tritonserver starts
+def test_serve_names_a_busy_port_before_starting(work, capsys):
+    import socket
+
+    from commands import free_ports
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        grpc, metrics = free_ports(2)
+        argv = ["serve", str(work / "model"), "--http-port", str(port)]
+        argv += ["--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+        refused(capsys, argv, f"--http-port {port}", "not free")
+
+
+def test_serve_refuses_equal_ports(work, capsys):
+    argv = [
+        "serve",
+        str(work / "model"),
+        "--http-port",
+        "8100",
+        "--grpc-port",
+        "8100",
+        "--metrics-port",
+        "8102",
+    ]
+    refused(capsys, argv, "must differ")
+
+
+def test_serve_checks_the_model_as_predict_does_before_starting(work, tmp_path, capsys):
+    import pickle
+
+    from commands import free_ports
+
+    ports = free_ports(3)
+    port_args = ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    broken = tmp_path / "model"
+    tiny_model_dir(broken)
+    (broken / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    refused(capsys, ["serve", str(broken), *port_args], "model.safetensors", "not a readable safetensors")
+    argv = ["serve", str(work / "model"), "--precision", "fp16", "--device", "cpu", *port_args]
+    refused(capsys, argv, "fp16")
