@@ -69,15 +69,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_split(args: argparse.Namespace) -> int:
     import csv
+    from collections import Counter
 
+    from mmcls.cli.predict import error_report_path
     from mmcls.deploy.client import classify_split_remote
     from mmcls.files import atomic_writer
-    from mmcls.inference.predict import check_submission_path
+    from mmcls.inference.predict import check_submission_path, write_error_report
     from mmcls.output_guard import check_outputs, data_inputs
 
     inputs = data_inputs(args.data_root, [args.split or "test"])
-    check_outputs([("--out", args.out)], inputs)
+    report = error_report_path(args.out)
+    check_outputs([("--out", args.out), ("--out", report)], inputs)
     check_submission_path(args.out, inputs)
+    check_submission_path(report, inputs)
     results = classify_split_remote(
         args.url,
         args.data_root,
@@ -91,9 +95,12 @@ def _run_split(args: argparse.Namespace) -> int:
         for record, result in results:
             row = [record.id, result.category_id]
             writer.writerow([*row, result.category_name] if args.with_names else row)
-    errors = sum(1 for _, result in results if result.errors)
-    note = f", {errors} videos with frame errors" if errors else ""
-    print(f"wrote {len(results)} predictions to {args.out}{note}")
+    totals = Counter(kind for _, result in results for kind in result.frame_errors)
+    write_error_report(report, dict(totals))  # predict's format: the same totals on the same data
+    print(f"wrote {len(results)} predictions to {args.out}")
+    if totals:
+        listed = ", ".join(f"{kind}: {count}" for kind, count in sorted(totals.items()))
+        print(f"data problems (predicted from the text alone where frames were unreadable): {listed}")
     return 0
 
 

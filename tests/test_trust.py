@@ -348,3 +348,66 @@ def test_serve_checks_the_model_as_predict_does_before_starting(work, tmp_path, 
     refused(capsys, ["serve", str(broken), *port_args], "model.safetensors", "not a readable safetensors")
     argv = ["serve", str(work / "model"), "--precision", "fp16", "--device", "cpu", *port_args]
     refused(capsys, argv, "fp16")
+
+
+# ------------------------------------------------- 6. the client reads frames as predict does, same totals
+@pytest.fixture
+def hostile_root(tmp_path) -> Path:
+    """A data root whose test zips are a symlink to /dev/zero, a FIFO, missing, truncated, empty, and one
+    whose frames have no image suffix (valid JPEGs that predict reads)."""
+    import os
+    import zipfile
+
+    from mmcls.data.annotations import load_records
+
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, 8, 0, 8, seed=4, num_frames=3, image_size=32)
+    ids = [r.id for r in load_records(root / "annotations" / "test.json")]
+    zips = [root / "zip_frames" / "test" / i[-3:] / f"{i}.zip" for i in ids]
+    zips[0].unlink()
+    zips[0].symlink_to("/dev/zero")
+    zips[1].unlink()
+    os.mkfifo(zips[1])
+    zips[2].unlink()
+    zips[3].write_bytes(zips[3].read_bytes()[:40])
+    zips[4].write_bytes(b"")
+    with zipfile.ZipFile(zips[5]) as zf:
+        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(zips[5], "w") as zf:
+        for name, data in members:
+            zf.writestr(name.rsplit(".", 1)[0], data)
+    return root
+
+
+def test_client_frame_reader_counts_what_predict_counts(work, hostile_root, tmp_path):
+    from mmcls.config import Config
+    from mmcls.data.annotations import load_records
+    from mmcls.deploy.client import frame_error_kinds, frame_reader, read_frame_bytes
+
+    out = tmp_path / "predict.csv"
+    argv = ["predict", str(work / "model"), "--data-root", str(hostile_root), "--out", str(out)]
+    assert main([*argv, "--device", "cpu", "--num-workers", "0", "--batch-size", "4"]) == 0
+    predicted = json.loads((tmp_path / "predict.data_errors.json").read_text())
+
+    max_frames = Config.from_yaml(work / "model" / "config.yaml").data.frames.max_frames
+    reader = frame_reader(hostile_root / "zip_frames" / "test", max_frames)
+    totals: dict[str, int] = {}
+    sent = {}
+    for record in load_records(hostile_root / "annotations" / "test.json"):
+        frames, local = read_frame_bytes(reader, record.id)
+        sent[record.id] = len(frames)
+        for kind in frame_error_kinds(local, len(frames), []):  # the server decodes every valid JPEG
+            totals[kind] = totals.get(kind, 0) + 1
+    assert {"frames": dict(sorted(totals.items())), "total": sum(totals.values())} == predicted
+    assert predicted["total"] >= 5  # /dev/zero, FIFO, missing, truncated, empty
+    assert sum(1 for n in sent.values() if n) == 3  # the suffix-less zip is read, as predict reads it
+
+
+def test_frame_error_kinds_of_server_side_failures():
+    from mmcls.deploy.client import frame_error_kinds
+
+    assert frame_error_kinds([], 3, ["frames[1]: undecodable image"]) == ["bad_image"]
+    assert frame_error_kinds(
+        ["bad_image"], 2, ["frames[0]: undecodable image", "frames[1]: undecodable image"]
+    ) == ["bad_image"]
+    assert frame_error_kinds(["missing_file"], 0, []) == ["missing_file"]
