@@ -72,7 +72,7 @@ def _run_split(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from mmcls.cli.predict import error_report_path
-    from mmcls.deploy.client import classify_split_remote
+    from mmcls.deploy.client import iter_classify_split_remote
     from mmcls.files import atomic_writer
     from mmcls.inference.predict import check_submission_path, write_error_report
     from mmcls.output_guard import check_outputs, data_inputs
@@ -82,7 +82,7 @@ def _run_split(args: argparse.Namespace) -> int:
     check_outputs([("--out", args.out), ("--out", report)], inputs)
     check_submission_path(args.out, inputs)
     check_submission_path(report, inputs)
-    results = classify_split_remote(
+    results = iter_classify_split_remote(
         args.url,
         args.data_root,
         args.split or "test",
@@ -90,14 +90,17 @@ def _run_split(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         timeout=args.timeout,
     )
+    totals: Counter[str] = Counter()
+    count = 0
     with atomic_writer(args.out, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        for record, result in results:
+        for record, result in results:  # a stream: rows are written as the answers come
             row = [record.id, result.category_id]
             writer.writerow([*row, result.category_name] if args.with_names else row)
-    totals = Counter(kind for _, result in results for kind in result.frame_errors)
+            totals.update(result.frame_errors)
+            count += 1
     write_error_report(report, dict(totals))  # predict's format: the same totals on the same data
-    print(f"wrote {len(results)} predictions to {args.out}")
+    print(f"wrote {count} predictions to {args.out}")
     if totals:
         listed = ", ".join(f"{kind}: {count}" for kind, count in sorted(totals.items()))
         print(f"data problems (predicted from the text alone where frames were unreadable): {listed}")

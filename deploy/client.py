@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +198,25 @@ def classify_split_remote(
     timeout: float = 60.0,
 ) -> list[tuple[Record, VideoResult]]:
     """Every record of ``split`` with the server's answer, in annotation order (requests run concurrently)."""
+    return list(
+        iter_classify_split_remote(
+            url, data_root, split, concurrency=concurrency, protocol=protocol, timeout=timeout
+        )
+    )
+
+
+def iter_classify_split_remote(
+    url: str,
+    data_root: str | Path,
+    split: str = "test",
+    *,
+    concurrency: int = 8,
+    protocol: str | None = None,
+    timeout: float = 60.0,
+) -> Iterator[tuple[Record, VideoResult]]:
+    """:func:`classify_split_remote` as a stream: at most ``4 * concurrency`` videos are read or in flight at
+    once, so a million-video split costs the memory of a few dozen videos, whatever its size. The records are
+    read and the server is asked for its model now (errors are raised here); the videos when iterated."""
     records = load_records(annotation_path(data_root, split))
     frames_root = Path(data_root) / "zip_frames" / split
     local = threading.local()
@@ -214,8 +235,22 @@ def classify_split_remote(
         result.frame_errors = frame_error_kinds(local_errors, len(frames), result.errors)
         return result
 
+    return _in_order(classify, records, concurrency)
+
+
+def _in_order(classify, records: list[Record], concurrency: int) -> Iterator[tuple[Record, VideoResult]]:
+    """``(record, classify(record))`` in order, ``concurrency`` threads, a bounded window of pending videos."""
+    window = 4 * max(1, concurrency)
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        return list(zip(records, pool.map(classify, records)))
+        pending: deque = deque()
+        for record in records:
+            pending.append((record, pool.submit(classify, record)))
+            if len(pending) >= window:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _first(values: np.ndarray) -> str:

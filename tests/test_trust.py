@@ -411,3 +411,13 @@ def test_frame_error_kinds_of_server_side_failures():
         ["bad_image"], 2, ["frames[0]: undecodable image", "frames[1]: undecodable image"]
     ) == ["bad_image"]
     assert frame_error_kinds(["missing_file"], 0, []) == ["missing_file"]
+
+
+def test_the_client_streams_a_split_in_order_with_a_bounded_window():
+    from mmcls.deploy.client import _in_order
+
+    started = []
+    stream = _in_order(lambda r: started.append(r) or r * 2, list(range(1000)), 2)
+    first = next(stream)
+    assert first == (0, 0) and len(started) <= 8  # 4 x concurrency read ahead, not the whole split
+    assert [first, *stream] == [(r, 2 * r) for r in range(1000)]
