@@ -421,3 +421,52 @@ def test_the_client_streams_a_split_in_order_with_a_bounded_window():
     first = next(stream)
     assert first == (0, 0) and len(started) <= 8  # 4 x concurrency read ahead, not the whole split
     assert [first, *stream] == [(r, 2 * r) for r in range(1000)]
+
+
+# ------------------------------------------------------ 7. uncached pretrained weights fail at once offline
+@pytest.fixture
+def hub_down(monkeypatch):
+    """The hub answers nothing: HF_HUB_OFFLINE off, HF_ENDPOINT a closed local port, no proxy."""
+    from huggingface_hub import constants
+
+    from mmcls.models import frame_encoder
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    frame_encoder._probe.cache_clear()
+    yield
+    frame_encoder._probe.cache_clear()
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_uncached_bert_weights_fail_at_once(hub_down, monkeypatch, offline):
+    import time
+
+    from huggingface_hub import constants
+
+    from mmcls.models.frame_encoder import PretrainedWeightsError
+    from mmcls.models.fusion import load_pretrained_bert
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    start = time.monotonic()
+    with pytest.raises(PretrainedWeightsError) as caught:
+        load_pretrained_bert("mmcls-tests/not-a-cached-bert")
+    assert time.monotonic() - start < 5
+    message = str(caught.value)
+    assert "not in the local caches" in message and "hf download" in message
+    assert ("HF_HUB_OFFLINE=1" if offline else "127.0.0.1:9 cannot be reached") in message
+
+
+def test_uncached_open_clip_weights_fail_at_once_when_the_hub_is_down(hub_down):
+    import time
+
+    from mmcls.config import Config
+    from mmcls.models.frame_encoder import PretrainedWeightsError, build_frame_encoder
+
+    cfg = Config.from_yaml("tiny", ["model.frame_encoder.name=hf-hub:mmcls-tests/not-cached"])
+    start = time.monotonic()
+    with pytest.raises(PretrainedWeightsError, match="127.0.0.1:9 cannot be reached"):
+        build_frame_encoder(cfg.model.frame_encoder, cfg.data.frames)
+    assert time.monotonic() - start < 10
