@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mmcls.cli.options import (
     add_backend_option,
+    add_device_option,
     add_precision_option,
     non_negative_int,
     port,
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         p, default=None, help="runtime (default: torch for a model folder, the artifact's own)"
     )
     add_precision_option(p, default=None, help="torch backend only")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_option(p, default="auto", help="where the served model runs")
     p.add_argument("--host", default="127.0.0.1", help="address the HTTP and gRPC endpoints listen on")
     p.add_argument("--http-port", type=port, default=8000)
     p.add_argument("--grpc-port", type=port, default=8001)

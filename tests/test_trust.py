@@ -167,6 +167,9 @@ PARSE_CASES = [
     (["group-finetune", "r", "--data-root", "d", "--out", "o", "--groups", "-1"], "--groups"),
     (["make-data", "o", "--image-size", "0"], "--image-size"),
     (["demo", "--epochs", "0"], "--epochs"),
+    (["ensemble", "m", "--data-root", "d", "--out", "o", "--device", "gpu"], "--device"),
+    (["extract-features", "m", "--data-root", "d", "--split", "s", "--out", "o", "--device", "tpu"], "--device"),
+    (["serve", "m", "--device", "cuda:9"], "--device"),
 ]  # fmt: skip
 
 

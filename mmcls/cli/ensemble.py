@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_precision_option, non_negative_int, positive_int
+from mmcls.cli.options import add_device_option, add_precision_option, non_negative_int, positive_int
 
 
 def add_predict_options(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_predict_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="DataLoader workers (default: each model's)",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_option(p, default="auto", help="where to run the members")
     add_precision_option(p, default="fp32", help="inference precision")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 

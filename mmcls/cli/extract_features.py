@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_frame_decoder_option, add_precision_option, non_negative_int, positive_int
+from mmcls.cli.options import (
+    add_device_option,
+    add_frame_decoder_option,
+    add_precision_option,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--num-workers", type=non_negative_int, default=None, help="DataLoader workers (default: the model's)"
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_option(p, default="auto", help="where to run the model")
     add_precision_option(p, default="fp32", help="autocast precision")
     add_frame_decoder_option(p)
     return p
