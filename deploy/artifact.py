@@ -96,9 +96,32 @@ def read_export_info(folder: Path) -> dict[str, Any]:
     if info.get("format") not in names.EXPORT_FORMATS:
         raise ArtifactError(f"{path}: unknown format {info.get('format')!r}")
     model_file = info.get("model_file")
+    expected = MODEL_FILES.get(info["format"])
+    if expected is not None and model_file != expected:
+        raise ArtifactError(
+            f"{path}: format {info['format']!r} is compiled into {expected}, but model_file is {model_file!r} "
+            "(an edited or mixed-up export.json; export the model again)"
+        )
     if model_file and not (folder / model_file).is_file():
         raise ArtifactError(f"{folder}: {names.EXPORT_FILE} names {model_file}, which is missing")
+    if expected is not None:
+        _check_tensor_names(path, info, "inputs", names.MODEL_INPUTS)
+        _check_tensor_names(path, info, "outputs", names.GRAPH_OUTPUTS)
+        if info.get("frame_input") not in ("pixels", "features"):
+            raise ArtifactError(
+                f"{path}: frame_input {info.get('frame_input')!r}: expected pixels or features"
+            )
     return info
+
+
+def _check_tensor_names(path: Path, info: dict[str, Any], key: str, wanted: tuple[str, ...]) -> None:
+    """``export.json``'s ``inputs``/``outputs`` name exactly the graph's tensors (:mod:`mmcls.names`)."""
+    given = info.get(key)
+    if not isinstance(given, dict) or set(given) != set(wanted):
+        found = sorted(given) if isinstance(given, dict) else given
+        raise ArtifactError(
+            f"{path}: {key} must be {', '.join(wanted)} (the names the graph was exported with), got {found!r}"
+        )
 
 
 def build_export_info(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmcls.cli.options import positive_float, positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -22,9 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--with-names", action="store_true", help="a third CSV column: the name of each predicted class"
     )
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+    p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
     p.add_argument("--protocol", choices=["http", "grpc"], default=None, help="default: from the URL")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one answer")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds to wait for one answer")
     videos = p.add_argument_group("video files (instead of --data-root/--split/--out)")
     videos.add_argument(
         "--video", type=Path, nargs="+", metavar="PATH", help="encoded video files (mp4, ...) to classify"
@@ -67,11 +69,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_split(args: argparse.Namespace) -> int:
     import csv
+    from collections import Counter
 
-    from mmcls.deploy.client import classify_split_remote
+    from mmcls.cli.predict import error_report_path
+    from mmcls.deploy.client import iter_classify_split_remote
     from mmcls.files import atomic_writer
+    from mmcls.inference.predict import check_submission_path, write_error_report
+    from mmcls.output_guard import check_outputs, data_inputs
 
-    results = classify_split_remote(
+    inputs = data_inputs(args.data_root, [args.split or "test"])
+    report = error_report_path(args.out)
+    check_outputs([("--out", args.out), ("--out", report)], inputs)
+    check_submission_path(args.out, inputs)
+    check_submission_path(report, inputs)
+    results = iter_classify_split_remote(
         args.url,
         args.data_root,
         args.split or "test",
@@ -79,14 +90,20 @@ def _run_split(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         timeout=args.timeout,
     )
+    totals: Counter[str] = Counter()
+    count = 0
     with atomic_writer(args.out, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        for record, result in results:
+        for record, result in results:  # a stream: rows are written as the answers come
             row = [record.id, result.category_id]
             writer.writerow([*row, result.category_name] if args.with_names else row)
-    errors = sum(1 for _, result in results if result.errors)
-    note = f", {errors} videos with frame errors" if errors else ""
-    print(f"wrote {len(results)} predictions to {args.out}{note}")
+            totals.update(result.frame_errors)
+            count += 1
+    write_error_report(report, dict(totals))  # predict's format: the same totals on the same data
+    print(f"wrote {count} predictions to {args.out}")
+    if totals:
+        listed = ", ".join(f"{kind}: {count}" for kind, count in sorted(totals.items()))
+        print(f"data problems (predicted from the text alone where frames were unreadable): {listed}")
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mmcls import names
+from mmcls.cli.options import add_device_option, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,8 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=names.EXPORT_FORMATS, dest="fmt")
     p.add_argument("--out", type=Path, required=True, help="artifact folder to create (must not exist)")
     p.add_argument("--fp16", action="store_true", help="FP16 weights and arithmetic (outputs stay FP32)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda: where an AOTI/TensorRT artifact will run")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch of a TensorRT profile / Triton")
+    add_device_option(p, default="cpu", help="where an AOTI/TensorRT artifact will run", auto=False)
+    p.add_argument(
+        "--max-batch", type=positive_int, default=64, help="largest batch of a TensorRT profile / Triton"
+    )
     p.add_argument(
         "--backend",
         default=None,
@@ -33,6 +36,18 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from mmcls.deploy.export import export_model
+    from mmcls.output_guard import check_outputs, model_inputs
+
+    check_outputs([("--out", args.out)], model_inputs(args.model_dir))
+    if args.device == "cuda":
+        import torch
+
+        from mmcls.config import ConfigError
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "--device cuda: no CUDA device is visible; export with --device cpu (or on a GPU)"
+            )
 
     out = export_model(
         args.model_dir,

@@ -6,7 +6,15 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from mmcls.cli.options import add_backend_option, add_precision_option
+from mmcls.cli.options import (
+    add_backend_option,
+    add_device_option,
+    add_precision_option,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,24 +30,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         p, default=None, help="runtime (default: torch for a model folder, the artifact's own)"
     )
     add_precision_option(p, default=None, help="torch backend only")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_option(p, default="auto", help="where the served model runs")
     p.add_argument("--host", default="127.0.0.1", help="address the HTTP and gRPC endpoints listen on")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
-    p.add_argument("--max-batch", type=int, default=64, help="Triton's max_batch_size (videos per execution)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher's wait for a batch")
-    p.add_argument("--instances", type=int, default=1, help="model instances (parallel executions)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtime (default: all)")
+    p.add_argument("--http-port", type=port, default=8000)
+    p.add_argument("--grpc-port", type=port, default=8001)
+    p.add_argument("--metrics-port", type=port, default=8002)
+    p.add_argument(
+        "--max-batch", type=positive_int, default=64, help="Triton's max_batch_size (videos per execution)"
+    )
+    p.add_argument(
+        "--max-queue-delay-us", type=non_negative_int, default=2000, help="dynamic batcher's wait for a batch"
+    )
+    p.add_argument("--instances", type=positive_int, default=1, help="model instances (parallel executions)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="intra-op threads of the runtime (default: all)"
+    )
     p.add_argument(
         "--max-video-bytes",
-        type=int,
+        type=positive_int,
         default=32 * 1024 * 1024,
         help="input 'video' (an encoded video file) larger than this is refused (default: 32 MiB)",
     )
     p.add_argument(
         "--max-video-seconds",
-        type=float,
+        type=positive_float,
         default=600.0,
         help="input 'video' longer than this is refused before decoding (default: 600)",
     )

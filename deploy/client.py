@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
-import zipfile
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,8 +22,9 @@ from urllib.parse import urlparse
 import numpy as np
 
 from mmcls import names
+from mmcls.config import FrameConfig
 from mmcls.data.annotations import Record, annotation_path, load_records
-from mmcls.data.frames import IMAGE_SUFFIXES, sample_frame_indices
+from mmcls.data.frames import EncodedZipFramesSource, FrameError
 from mmcls.errors import MmclsError
 
 MODEL_NAME = names.TRITON_MODEL
@@ -39,6 +41,7 @@ class VideoResult:
     probs: np.ndarray
     errors: list[str]
     category_name: str = ""  # the taxonomy's name of category_id (the id itself where the file has none)
+    frame_errors: list[str] = field(default_factory=list)  # error kinds as predict counts them (split only)
 
 
 class Connection:
@@ -138,17 +141,34 @@ def classify_video(
         connection.close()
 
 
-def read_frame_bytes(zip_path: Path, max_frames: int) -> list[bytes]:
-    """The encoded frames the zip frame source would pick for evaluation; [] if the zip is missing/unreadable."""
+def frame_reader(frames_root: Path, max_frames: int) -> EncodedZipFramesSource:
+    """The reader ``predict`` uses for a split's frame zips, handing on the sampled JPEGs undecoded.
+
+    The same checks as ``predict`` (regular files only: a symlink to ``/dev/zero`` or a FIFO is refused; the
+    size, member and pixel limits of ``data.frames``; members without an image suffix tried when no member has
+    one) and the same frames (evaluation sampling). The server decodes what is sent.
+    """
+    return EncodedZipFramesSource(FrameConfig(max_frames=max_frames), frames_root)
+
+
+def read_frame_bytes(source: EncodedZipFramesSource, video_id: str) -> tuple[list[bytes], list[str]]:
+    """``(JPEG frames, error kinds)`` of one video: ``([], [kind])`` for a zip predict could not use either
+    (the server then classifies from the text, as ``predict`` falls back to text)."""
     try:
-        with zipfile.ZipFile(zip_path) as zf:
-            members = sorted(
-                (i for i in zf.infolist() if not i.is_dir() and i.filename.lower().endswith(IMAGE_SUFFIXES)),
-                key=lambda i: i.filename,
-            )
-            return [zf.read(members[k]) for k in sample_frame_indices(len(members), max_frames, None)]
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
-        return []  # the server then classifies from the text, as `mmcls predict` falls back to text
+        clip = source.read(video_id)
+    except FrameError as exc:
+        return [], [exc.kind]
+    return list(clip.frames.data), list(clip.errors)
+
+
+def frame_error_kinds(local: list[str], sent: int, server_errors: list[str]) -> list[str]:
+    """The error kinds ``predict`` counts for one video: the client's (zip, member, header) and the frames the
+    server could not decode (``bad_image``); a video none of whose sent frames decoded counts once, by its first
+    problem, as predict's ``none of the sampled frames could be read``."""
+    failed = sum(1 for error in server_errors if error.startswith(f"{names.SERVED_FRAMES}["))
+    if sent and failed >= sent:
+        return [local[0] if local else "bad_image"]
+    return [*local, *["bad_image"] * failed]
 
 
 def predict_split_remote(
@@ -178,24 +198,59 @@ def classify_split_remote(
     timeout: float = 60.0,
 ) -> list[tuple[Record, VideoResult]]:
     """Every record of ``split`` with the server's answer, in annotation order (requests run concurrently)."""
+    return list(
+        iter_classify_split_remote(
+            url, data_root, split, concurrency=concurrency, protocol=protocol, timeout=timeout
+        )
+    )
+
+
+def iter_classify_split_remote(
+    url: str,
+    data_root: str | Path,
+    split: str = "test",
+    *,
+    concurrency: int = 8,
+    protocol: str | None = None,
+    timeout: float = 60.0,
+) -> Iterator[tuple[Record, VideoResult]]:
+    """:func:`classify_split_remote` as a stream: at most ``4 * concurrency`` videos are read or in flight at
+    once, so a million-video split costs the memory of a few dozen videos, whatever its size. The records are
+    read and the server is asked for its model now (errors are raised here); the videos when iterated."""
     records = load_records(annotation_path(data_root, split))
     frames_root = Path(data_root) / "zip_frames" / split
     local = threading.local()
     probe = Connection(url, protocol, timeout)
     if probe.frame_input != "pixels":
         raise ClientError(f"{url}: the served model takes frame features; this client sends JPEG frames")
-    max_frames = probe.max_frames
+    reader = frame_reader(frames_root, probe.max_frames)
     probe.close()
 
     def classify(record: Record) -> VideoResult:
         if not hasattr(local, "connection"):
             local.connection = Connection(url, protocol, timeout)
-        frames = read_frame_bytes(frames_root / record.id[-3:] / f"{record.id}.zip", max_frames)
+        frames, local_errors = read_frame_bytes(reader, record.id)
         ocr = json.dumps([{"time": t, "text": s} for t, s in record.ocr], ensure_ascii=False)
-        return local.connection.infer(record.title, record.asr, ocr, frames, name=record.id)
+        result = local.connection.infer(record.title, record.asr, ocr, frames, name=record.id)
+        result.frame_errors = frame_error_kinds(local_errors, len(frames), result.errors)
+        return result
 
+    return _in_order(classify, records, concurrency)
+
+
+def _in_order(classify, records: list[Record], concurrency: int) -> Iterator[tuple[Record, VideoResult]]:
+    """``(record, classify(record))`` in order, ``concurrency`` threads, a bounded window of pending videos."""
+    window = 4 * max(1, concurrency)
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        return list(zip(records, pool.map(classify, records)))
+        pending: deque = deque()
+        for record in records:
+            pending.append((record, pool.submit(classify, record)))
+            if len(pending) >= window:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _first(values: np.ndarray) -> str:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -178,8 +179,55 @@ def server_command(workspace: Path, repository: Path, options: ServeOptions) -> 
     ]
 
 
+def check_ports_free(options: ServeOptions) -> None:
+    """Refuse, before anything starts, equal ports or a port another process listens on (named).
+
+    Without this a second ``serve`` on busy ports saw the *other* server answer its readiness probe, printed
+    "serving at ..." and failed seconds later without naming the port. ``SO_REUSEADDR`` as Triton binds: a
+    port in TIME_WAIT after a stopped server is free.
+    """
+    ports = {"--http-port": options.http_port, "--grpc-port": options.grpc_port}
+    ports["--metrics-port"] = options.metrics_port
+    if len(set(ports.values())) < len(ports):
+        listed = ", ".join(f"{name} {port}" for name, port in ports.items())
+        raise ServeError(f"{listed}: the three ports must differ")
+    for name, port in ports.items():
+        try:
+            family = socket.getaddrinfo(options.host, port, type=socket.SOCK_STREAM)[0][0]
+        except socket.gaierror as exc:
+            raise ServeError(f"--host {options.host}: cannot be resolved ({exc.strerror})") from None
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((options.host, port))
+            except OSError as exc:
+                raise ServeError(
+                    f"{name} {port}: {options.host}:{port} is not free ({exc.strerror}); stop what listens "
+                    "there or choose another port"
+                ) from None
+
+
+def check_model(model: Path, options: ServeOptions) -> None:
+    """The checks ``predict`` makes, before ``tritonserver`` starts: build the same Predictor once.
+
+    A pickle renamed to ``model.safetensors``, ``--precision bf16`` for an FP32 export or ``--device cuda``
+    without a GPU is then one line at once, instead of a generic failure after Triton's start-up. A Triton
+    repository from ``mmcls export --format triton`` is served as it is.
+    """
+    if is_triton_repository(model):
+        return
+    from mmcls.deploy.predictor import Predictor
+
+    predictor = Predictor.from_path(
+        model, options.backend, device=options.device, precision=options.precision, threads=1
+    )
+    del predictor
+
+
 def serve(model: str | Path, options: ServeOptions) -> int:
     """Run Triton until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
+    check_ports_free(options)
+    check_model(Path(model), options)
     workspace, repository = prepare_workspace(Path(model), options)
     process = None
     stop_requested = []

@@ -4,7 +4,6 @@ videos with the training loop of ``mmcls train`` (one process or under torchrun)
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from mmcls.cli.options import add_run_options
 from mmcls.cli.train import print_run_result
@@ -19,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "mmcls train tiny --data-root data/ --out runs/ft --set model.init_from=runs/pre"
         ),
     )
-    p.add_argument("config", type=Path, help="YAML file, or a packaged preset (pretrain-tiny, pretrain-base)")
+    p.add_argument("config", help="YAML file, or a packaged preset (pretrain-tiny, pretrain-base)")
     add_run_options(p)
     return p
 

@@ -114,10 +114,15 @@ def test_graph_model_config_for_native_triton_backends(tmp_path):
         "model_file": "model.onnx",
         "inputs": {
             "input_ids": {"dtype": "int64", "shape": ["batch", "text"]},
+            "attention_mask": {"dtype": "int64", "shape": ["batch", "text"]},
             "frames": {"dtype": "uint8", "shape": ["batch", "frames", 3, 32, 32]},
             "frame_mask": {"dtype": "bool", "shape": ["batch", "frames"]},
         },
-        "outputs": {"lv1_probs": {"dtype": "float32", "shape": ["batch", 23]}},
+        "outputs": {
+            "probs": {"dtype": "float32", "shape": ["batch", 200]},
+            "lv1_probs": {"dtype": "float32", "shape": ["batch", 23]},
+        },
+        "frame_input": "pixels",
     }
     (artifact / "export.json").write_text(json.dumps(info))
     (artifact / "model.safetensors").unlink()

@@ -17,6 +17,9 @@ from mmcls.cli.options import (
     add_frame_decoder_option,
     add_precision_option,
     add_set_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
 )
 
 #: ``bench infer --backend`` name -> ``module:factory`` (see :func:`mmcls.bench.torch_backend` for the
@@ -36,13 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     what = p.add_subparsers(dest="bench_target", required=True, metavar="{data,infer,train}")
     data = what.add_parser("data", help="DataLoader alone and one-process cost per video")
-    data.add_argument("config", type=Path, help="YAML file or preset name (tiny, base, feats)")
+    data.add_argument("config", help="YAML file or preset name (tiny, base, feats)")
     infer = what.add_parser("infer", help="inference: model alone, loader alone, predict end to end")
     infer.add_argument("model", type=Path, help="a model folder or a run directory (its best model)")
     add_backend_option(infer, default="torch", help="inference backend")
     add_frame_decoder_option(infer)
     train = what.add_parser("train", help="training: optimizer step alone and training end to end")
-    train.add_argument("config", type=Path, help="YAML file or preset name (tiny, base, feats)")
+    train.add_argument("config", help="YAML file or preset name (tiny, base, feats)")
     for q in (data, infer, train):
         _common(q, config=q is not infer)
     return p
@@ -51,15 +54,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _common(p: argparse.ArgumentParser, config: bool) -> None:
     p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
     p.add_argument("--split", default=None, help="annotation split (default: labeled; infer: test)")
-    p.add_argument("--batch-size", type=int, default=32, help="videos per batch")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="videos per batch")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="DataLoader worker processes")
     add_device_option(p, default="cpu", help="where the model runs", auto=False)
     add_precision_option(p, default="fp32", help="autocast precision")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
-    p.add_argument("--batches", type=int, default=4, help="batches per timed run")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N records of the split")
-    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs; the median is reported")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs before them")
+    p.add_argument("--batches", type=positive_int, default=4, help="batches per timed run")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="use only the first N records of the split"
+    )
+    p.add_argument(
+        "--peak-tflops", type=positive_float, default=None, help="device peak for MFU (default: by name)"
+    )
     p.add_argument(
         "--clock",
         default="wall",

@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+from mmcls.cli.options import non_negative_int, positive_int
+
 VARIANTS: dict[str, list[str]] = {
     "fusion": [],
     # No frames at all: the video-only auxiliary head has nothing to learn from.
@@ -28,10 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("demo_runs"), help="folder for data and runs")
     p.add_argument("--ablations", action="store_true", help="also train text-only and frames-only models")
-    p.add_argument("--num-labeled", type=int, default=3000, help="labeled synthetic videos")
-    p.add_argument("--num-test", type=int, default=600, help="test synthetic videos")
-    p.add_argument("--epochs", type=int, default=None, help="override the tiny preset's epochs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    p.add_argument("--num-labeled", type=positive_int, default=3000, help="labeled synthetic videos")
+    p.add_argument("--num-test", type=positive_int, default=600, help="test synthetic videos")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the tiny preset's epochs")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the data and the training")
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -6,14 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_precision_option
+from mmcls.cli.options import add_device_option, add_precision_option, non_negative_int, positive_int
 
 
 def add_predict_options(p: argparse.ArgumentParser) -> None:
     """The options of running members (shared with ``mmcls pseudo-label``)."""
-    p.add_argument("--batch-size", type=int, default=64, help="videos per batch and process")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: each model's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="videos per batch and process")
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=None,
+        help="DataLoader workers (default: each model's)",
+    )
+    add_device_option(p, default="auto", help="where to run the members")
     add_precision_option(p, default="fp32", help="inference precision")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 

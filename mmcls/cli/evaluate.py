@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from mmcls.cli.options import positive_int
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -47,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top-k",
-        type=int,
+        type=positive_int,
         default=20,
         metavar="K",
         help="multilabel: GAP over each video's top K predictions (key gap_at_K; default 20)",

@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_frame_decoder_option, add_precision_option
+from mmcls.cli.options import (
+    add_device_option,
+    add_frame_decoder_option,
+    add_precision_option,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,11 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="feature zip to write (e.g. ROOT/zip_feats/S.zip)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument(
-        "--max-frames", type=int, default=32, help="frames per video, taken uniformly (default 32)"
+        "--max-frames", type=positive_int, default=32, help="frames per video, taken uniformly (default 32)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="videos per batch")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="videos per batch")
+    p.add_argument(
+        "--num-workers", type=non_negative_int, default=None, help="DataLoader workers (default: the model's)"
+    )
+    add_device_option(p, default="auto", help="where to run the model")
     add_precision_option(p, default="fp32", help="autocast precision")
     add_frame_decoder_option(p)
     return p
@@ -34,6 +42,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from mmcls.inference.features import extract_features
+    from mmcls.output_guard import check_outputs, data_inputs, model_inputs
+    from mmcls.workflows.pseudo_label import member_annotation_files
+
+    files = member_annotation_files(args.model_dir)
+    check_outputs(
+        [("--out", args.out)],
+        [*model_inputs(args.model_dir), *data_inputs(args.data_root, [args.split], files, features=False)],
+    )
 
     summary = extract_features(
         args.model_dir,

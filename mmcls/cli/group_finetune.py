@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_set_option
+from mmcls.cli.options import add_set_option, non_negative_int, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,10 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path, help="a finished training run directory")
     p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
     p.add_argument("--out", type=Path, required=True, help="directory for the group runs")
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs per group (default 2)")
-    p.add_argument("--lr-scale", type=float, default=0.5, help="the run's learning rates times this")
-    p.add_argument("--min-records", type=int, default=None, help="skip smaller groups (default: batch size)")
-    p.add_argument("--groups", type=int, nargs="+", default=None, help="only these level-1 groups")
+    p.add_argument("--epochs", type=positive_int, default=2, help="fine-tuning epochs per group (default 2)")
+    p.add_argument("--lr-scale", type=positive_float, default=0.5, help="the run's learning rates times this")
+    p.add_argument(
+        "--min-records", type=positive_int, default=None, help="skip smaller groups (default: batch size)"
+    )
+    p.add_argument(
+        "--groups", type=non_negative_int, nargs="+", default=None, help="only these level-1 groups"
+    )
     add_set_option(p)
     return p
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_set_option
+from mmcls.cli.options import add_set_option, int_range, non_negative_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -15,13 +15,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="train K folds (stratified by level-2 class) and score their out-of-fold predictions",
         epilog="example: mmcls kfold tiny --data-root data/ --out runs/kfold --folds 5",
     )
-    p.add_argument("config", type=Path, help="YAML file, or a packaged preset name (tiny, base, feats)")
+    p.add_argument("config", help="YAML file, or a packaged preset name (tiny, base, feats)")
     p.add_argument("--data-root", type=Path, required=True, help="data in the official layout")
     p.add_argument(
         "--out", type=Path, required=True, help="kfold directory (fold{k}/ run dirs, oof.npy/json)"
     )
-    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the fold split and of training")
+    p.add_argument("--folds", type=int_range(2), default=5, help="number of folds (default 5)")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=None, help="seed of the fold split and of training"
+    )
     add_set_option(p)
     p.add_argument("--resume", action="store_true", help="skip finished folds, continue the unfinished one")
     return p

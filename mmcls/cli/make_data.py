@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mmcls.cli.options import non_negative_int, positive_int, probability
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -14,12 +16,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="example: mmcls make-data data/ --num-labeled 3000 --num-unlabeled 200 --num-test 600",
     )
     p.add_argument("out", type=Path, help="data root to create")
-    p.add_argument("--num-labeled", type=int, default=2000, help="records in annotations/labeled.json")
-    p.add_argument("--num-unlabeled", type=int, default=500, help="records in annotations/unlabeled.json")
-    p.add_argument("--num-test", type=int, default=500, help="records in annotations/test.json")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
-    p.add_argument("--num-frames", type=int, default=8, help="most frames per video")
-    p.add_argument("--image-size", type=int, default=64, help="frame size in pixels")
+    p.add_argument(
+        "--num-labeled", type=non_negative_int, default=2000, help="records in annotations/labeled.json"
+    )
+    p.add_argument(
+        "--num-unlabeled", type=non_negative_int, default=500, help="records in annotations/unlabeled.json"
+    )
+    p.add_argument("--num-test", type=non_negative_int, default=500, help="records in annotations/test.json")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (same seed, same data)")
+    p.add_argument("--num-frames", type=positive_int, default=8, help="most frames per video")
+    p.add_argument("--image-size", type=positive_int, default=64, help="frame size in pixels")
     p.add_argument(
         "--categories",
         type=Path,
@@ -37,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--label-noise",
-        type=float,
+        type=probability,
         default=0.05,
         help="multilabel: chance that a labeled video's tag is dropped, and that a wrong tag is added",
     )
@@ -52,7 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from mmcls.data.categories import load_categories
     from mmcls.data.synthetic import make_synthetic_dataset
+    from mmcls.output_guard import check_outputs
 
+    check_outputs([("out", args.out)], [args.categories])
     categories = load_categories(args.categories)  # a bad taxonomy is refused before anything is written
     summary = make_synthetic_dataset(
         args.out,

@@ -3,10 +3,70 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
 from mmcls import names
+
+
+# ------------------------------------------------------------------------------- numeric option types
+# Every numeric option of every command declares its range through one of these argparse types, as config
+# fields do through ``setting(min=...)``: a bad value is refused at parse time (usage line, exit 2), before a
+# model is loaded or a file written.
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_range(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in ``[low, high]`` (None: unbounded on that side)."""
+
+    def parse(text: str) -> int:
+        value = int(_number(text, int))
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in "invalid integer value"
+    return parse
+
+
+def float_range(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False
+) -> Callable[[str], float]:
+    """argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        value = float(_number(text, float))
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'more than' if low_open else 'at least'} {low}, got {value}"
+            )
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_range(1)  # --batch-size, --repeats, --instances, ...
+non_negative_int = int_range(0)  # --num-workers, --warmup, --seed, ...
+port = int_range(1, 65535)  # --http-port, --grpc-port, --metrics-port
+finite_float = float_range()  # --logit-adjust: any finite number (nan/inf refused)
+positive_float = float_range(0.0, low_open=True)  # --timeout, --lr-scale, --peak-tflops
+probability = float_range(0.0, 1.0)  # --min-confidence
 
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:

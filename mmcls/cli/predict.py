@@ -13,6 +13,9 @@ from mmcls.cli.options import (
     add_device_option,
     add_frame_decoder_option,
     add_precision_option,
+    finite_float,
+    non_negative_int,
+    positive_int,
 )
 
 VIDEO_TOP_K = 5  # classes shown per file by ``predict --video`` without --top-k
@@ -52,7 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--json", action="store_true", help='print [{"video", "top": [{"category_id", "name", "prob"}]}]'
     )
     p.add_argument("--batch-size", type=positive_int, default=64, help="videos per batch and process")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: the model's)")
+    p.add_argument(
+        "--num-workers", type=non_negative_int, default=None, help="DataLoader workers (default: the model's)"
+    )
     add_device_option(p, default="auto", help="where to run the model")
     add_precision_option(p, default=None, help="inference precision (default: fp32, or the artifact's own)")
     add_backend_option(
@@ -63,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_frame_decoder_option(p)
     p.add_argument(
         "--logit-adjust",
-        type=float,
+        type=finite_float,
         default=0.0,
         metavar="TAU",
         help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
@@ -94,7 +99,7 @@ def _add_tagging_options(p: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--min-tags",
-        type=int,
+        type=non_negative_int,
         default=None,
         metavar="N",
         help="at least N tags per video, the most probable (default: the model's train.thresholds.min_tags)",
@@ -194,17 +199,6 @@ def _deployed_tags(args: argparse.Namespace):  # noqa: ANN202 - (ids, probs, tag
     return ids, probs, tags, preds, assets.categories
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--batch-size 0`` is refused before anything is loaded)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def error_report_path(out: Path) -> Path:
     """Where the problem totals of a prediction go: ``result.csv`` -> ``result.data_errors.json``."""
     return out.with_name(f"{out.stem}.data_errors.json")
@@ -213,12 +207,14 @@ def error_report_path(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
     from mmcls.inference.predict import check_submission_path, predict_split
+    from mmcls.output_guard import check_outputs, data_inputs, model_inputs
 
     _check_mode(args)
     if args.video:
         return _run_videos(args)
     args.split = args.split or "test"
-    inputs = [_split_annotation_path(args), args.model_dir]
+    inputs = [_split_annotation_path(args), *model_inputs(args.model_dir), *data_inputs(args.data_root, [])]
+    check_outputs([("--out", args.out), ("--out", error_report_path(args.out))], inputs)
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
     tagging = _is_tagging_model(args)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mmcls.cli.ensemble import add_predict_options, predict_options
+from mmcls.cli.options import probability
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,7 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", default="unlabeled", help="annotation split to label (default: unlabeled)")
     p.add_argument("--out", type=Path, required=True, help="annotation file to write")
     p.add_argument(
-        "--min-confidence", type=float, required=True, help="keep records whose top probability is >= this"
+        "--min-confidence",
+        type=probability,
+        required=True,
+        help="keep records whose top probability is >= this",
     )
     p.add_argument("--soft", action="store_true", help="also write the probabilities as soft targets")
     add_predict_options(p)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mmcls.cli.ensemble import add_predict_options, predict_options
+from mmcls.cli.options import non_negative_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,7 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="meta-model: logreg (scikit-learn, default), conv (a 1xM kernel per class, torch) or lgbm "
         "(LightGBM: pip install 'mmcls[lgbm]')",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the nested folds and the fit (default: 0)")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the nested folds and the fit (default: 0)"
+    )
     p.add_argument(
         "--stack",
         type=Path,

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="train a classifier (single process, or under torchrun)",
         epilog="example: mmcls train tiny --data-root data/ --out runs/tiny --set train.lr=5e-4",
     )
-    p.add_argument("config", type=Path, help="YAML file, or a packaged preset name (tiny, base, feats)")
+    p.add_argument("config", help="YAML file, or a packaged preset name (tiny, base, feats)")
     add_run_options(p)
     return p
 

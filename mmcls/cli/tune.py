@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_set_option
+from mmcls.cli.options import add_set_option, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,14 +22,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="tune directory: trial_NNN/ runs, best.yaml, plots"
     )
     p.add_argument("--space", type=Path, required=True, help="search space YAML (config key -> distribution)")
-    p.add_argument("--trials", type=int, required=True, help="finished trials the study should have in all")
+    p.add_argument(
+        "--trials", type=positive_int, required=True, help="finished trials the study should have in all"
+    )
     p.add_argument(
         "--storage",
         default=None,
         help="Optuna storage URL (default: sqlite:///OUT/study.db), shared to run in parallel",
     )
     p.add_argument("--study", default=None, help="study name in the storage (default: mmcls)")
-    p.add_argument("--timeout", type=float, default=None, help="start no new trial after this many seconds")
+    p.add_argument(
+        "--timeout", type=positive_float, default=None, help="start no new trial after this many seconds"
+    )
     p.add_argument("--pruner", default="median", choices=["median", "none"], help="stop weak trials early")
     add_set_option(p)  # for every trial, e.g. --set train.epochs=3
     return p

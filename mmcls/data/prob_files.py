@@ -28,6 +28,16 @@ def sidecar(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def check_probs_path(path: str | Path) -> None:
+    """Refuse, before any work, a path :func:`save_probs` cannot write (a name without ``.npy``, a folder)."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise ProbFileError(f"{path}: a probabilities file must end in .npy")
+    for target in (path, sidecar(path)):
+        if target.is_dir():
+            raise ProbFileError(f"{target}: is a folder; a probabilities file is NAME.npy + NAME.json")
+
+
 def save_probs(
     path: str | Path,
     probs: np.ndarray,
@@ -37,8 +47,7 @@ def save_probs(
 ) -> None:
     """Write ``path`` (.npy) and its ``.json`` ({ids, category_ids, **meta}); each file replaced atomically."""
     path = Path(path)
-    if path.suffix != ".npy":
-        raise ProbFileError(f"{path}: a probabilities file must end in .npy")
+    check_probs_path(path)
     if probs.shape != (len(ids), categories.num_lv2):
         raise ValueError(f"probs of shape {probs.shape} for {len(ids)} ids and {categories.num_lv2} classes")
     path.parent.mkdir(parents=True, exist_ok=True)

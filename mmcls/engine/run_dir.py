@@ -50,6 +50,11 @@ def check_run_dir(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) 
     kind of run refuses (classification: the class count) is its setup's ``check_config``.
     """
     validate(cfg)  # a config built or changed in code gets the same checks as one loaded from YAML
+    init_from = getattr(getattr(cfg, "model", None), "init_from", None)
+    if init_from:
+        from mmcls.models.init_from import init_weights_path
+
+        init_weights_path(init_from)  # a missing source is refused now, not after the run dir was started
     if resume and overwrite:
         raise RunDirError("--resume continues a run and --overwrite starts it again: pass only one of them")
     latest = ckpt.latest_checkpoint(run_dir)
@@ -72,7 +77,9 @@ def check_run_dir(cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool) 
             f"{run_dir} already holds checkpoints: pass --resume to continue that run, or choose a new --out"
         )
     check_output_dir(run_dir, RUN_MARKER)
-    started = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    # config.yaml alone is not a run: it is written first, so a run that failed at once left only that, and
+    # the corrected command may start there again without --overwrite.
+    started = [name for name in RUN_OUTPUTS if name != CONFIG_FILE and (run_dir / name).exists()]
     if started:
         state = (
             "a finished run"

@@ -63,6 +63,7 @@ from mmcls.errors import MmclsError
 from mmcls.files import atomic_write_json
 from mmcls.models import load_init_weights
 from mmcls.names import BEST_DIR, LAST_DIR
+from mmcls.output_guard import check_outputs, config_inputs
 from mmcls.run_report import write_run_report
 
 log = logging.getLogger("mmcls.train")
@@ -197,6 +198,7 @@ class Trainer:
         self.resume = resume
         # Everything that can be refused is refused here, before any data is read or any file written.
         check_run_dir(cfg, self.run_dir, resume=resume, overwrite=overwrite)
+        check_outputs([("--out", self.run_dir)], config_inputs(cfg, self.data_root))
         self.setup = setup if setup is not None else build_setup(cfg, self.data_root)
         self.setup.check_config()
         tcfg = cfg.train

@@ -15,11 +15,14 @@ architectures such as ``mmcls-tiny-vit`` (32 px, random init) can be used for CP
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -35,6 +38,60 @@ _CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt")
 
 class PretrainedWeightsError(MmclsError, RuntimeError):
     """Pretrained weights could not be loaded; the message names them and how to provide them offline."""
+
+
+# ------------------------------------------------------------------------------------- offline weights
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be used now, or None if it may be.
+
+    ``HF_HUB_OFFLINE=1``, or one quick TCP connection to the hub (``HF_ENDPOINT``) that fails: then the weights
+    must come from the caches, and asking the hub would only spend a minute in retries before the same error.
+    Behind a proxy (``HTTPS_PROXY``) the hub is not probed directly (None: the download decides).
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE=1"
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    return _probe(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(endpoint: str) -> str | None:
+    """One connection attempt per endpoint and process (the answer is kept: no retry storm)."""
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"{url.hostname}:{port} cannot be reached: {exc.strerror or exc}"
+    return None
+
+
+@contextlib.contextmanager
+def cache_only_if_hub_unreachable() -> Iterator[str | None]:
+    """Within: ``huggingface_hub`` reads only its cache when :func:`hub_unreachable` (yields the reason), so a
+    missing download fails at once with the caller's clear error instead of after retries."""
+    reason = hub_unreachable()
+    if reason is None:
+        yield None
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield reason
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _offline_note(reason: str | None) -> str:
+    return f" (not in the local caches, and the hub is not used: {reason})" if reason else ""
 
 
 class FrameEncoder(nn.Module):
@@ -182,21 +239,24 @@ def _open_clip_visual(cfg: FrameEncoderConfig, image_size: int) -> tuple[nn.Modu
     kwargs.update(cfg.kwargs)
     try:
         # pretrained_text=False: only the visual tower is kept, so never fetch text-tower weights.
-        with _quiet_random_init_warning(enabled=not tag):
+        with _quiet_random_init_warning(enabled=not tag), cache_only_if_hub_unreachable() as offline:
             model = open_clip.create_model(
                 name, pretrained=tag, force_image_size=image_size, pretrained_text=False, **kwargs
             )
     except (RuntimeError, OSError) as exc:
         if not tag and not has_schema:
             raise
-        raise PretrainedWeightsError(_open_clip_hint(name, tag, tag_cfg, exc)) from exc
+        raise PretrainedWeightsError(_open_clip_hint(name, tag, tag_cfg, exc, offline)) from exc
     return model.visual, kwargs
 
 
-def _open_clip_hint(name: str, tag: str | None, tag_cfg: dict, exc: Exception) -> str:
+def _open_clip_hint(
+    name: str, tag: str | None, tag_cfg: dict, exc: Exception, offline: str | None = None
+) -> str:
     repo = (tag_cfg.get("hf_hub") or "").rstrip("/") or "ORG/REPO"
     return (
-        f"could not load pretrained weights for open_clip model {name!r} (pretrained={tag!r}): {exc}\n"
+        f"could not load pretrained weights for open_clip model {name!r} (pretrained={tag!r})"
+        f"{_offline_note(offline)}: {exc}\n"
         f"To provide them without network: download on a connected machine with "
         f"`hf download {repo} --local-dir DIR` (older huggingface_hub: `huggingface-cli download ...`) and set "
         f"model.frame_encoder.pretrained to the checkpoint file in DIR (e.g. DIR/open_clip_pytorch_model.bin); "
@@ -246,15 +306,18 @@ def _timm_backbone(cfg: FrameEncoderConfig) -> tuple[nn.Module, dict[str, Any]]:
         create_kwargs["pretrained_cfg_overlay"] = {"file": tag}
     elif isinstance(tag, str) and tag.lower() not in ("true", "default"):
         name = f"{name}.{tag}"  # a timm pretrained tag, e.g. "augreg_in21k"
+    offline = None
     try:
-        backbone = timm.create_model(name, num_classes=0, **create_kwargs, **cfg.kwargs)
+        with cache_only_if_hub_unreachable() as offline:
+            backbone = timm.create_model(name, num_classes=0, **create_kwargs, **cfg.kwargs)
     except (RuntimeError, OSError) as exc:
         if not tag:
             raise
         pretrained_cfg = timm.get_pretrained_cfg(name)
         repo = (pretrained_cfg.hf_hub_id if pretrained_cfg else None) or f"timm/{name}"
         raise PretrainedWeightsError(
-            f"could not load pretrained weights for timm model {name!r} (pretrained={tag!r}): {exc}\n"
+            f"could not load pretrained weights for timm model {name!r} (pretrained={tag!r})"
+            f"{_offline_note(offline)}: {exc}\n"
             f"To provide them without network: download on a connected machine with "
             f"`hf download {repo} --local-dir DIR` (older huggingface_hub: `huggingface-cli download ...`) "
             f"and set model.frame_encoder.pretrained to DIR/model.safetensors; or copy a Hugging Face cache "

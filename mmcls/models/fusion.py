@@ -42,7 +42,12 @@ from transformers.masking_utils import create_bidirectional_mask
 from mmcls.config import CLIP_MEAN, CLIP_STD, Config, ConfigError, FrameConfig, ModelConfig
 from mmcls.data.categories import CategoryMap
 from mmcls.models.aggregators import NeXtVLAD, build_frame_aggregator
-from mmcls.models.frame_encoder import FrameEncoder, PretrainedWeightsError, build_frame_encoder
+from mmcls.models.frame_encoder import (
+    FrameEncoder,
+    PretrainedWeightsError,
+    build_frame_encoder,
+    hub_unreachable,
+)
 from mmcls.names import LOGITS, VIDEO_LOGITS
 
 DEFAULT_VOCAB_SIZE = 21128  # bert-base-chinese
@@ -430,6 +435,12 @@ def load_pretrained_bert(name_or_dir: str, **config_overrides: object) -> BertMo
                 return BertModel.from_pretrained(name_or_dir, local_files_only=True, **kwargs)
             except OSError:
                 pass
+            reason = hub_unreachable()
+            if reason is not None:  # fail now with the fix, not after a minute of download retries
+                raise PretrainedWeightsError(
+                    f"model.text_encoder: BERT weights {name_or_dir!r} are not in the local caches and the hub "
+                    f"is not used ({reason}). " + _bert_hint(name_or_dir)
+                )
         return BertModel.from_pretrained(name_or_dir, **kwargs)
     except (OSError, ValueError) as exc:  # HFValidationError (a bad repo id) is a ValueError
         raise PretrainedWeightsError(

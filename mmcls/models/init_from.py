@@ -68,7 +68,7 @@ def load_init_weights(
     ``layers``/``frame_layers``: the source layers that become the model's BERT layers / frame blocks, in order
     (default: the model config's ``init_layers``/``init_frame_layers``; None = same index).
     """
-    path = _weights_path(source)
+    path = init_weights_path(source)
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -152,7 +152,7 @@ def select_layers(
     return renamed, unused
 
 
-def _weights_path(source: str | Path) -> Path:
+def init_weights_path(source: str | Path) -> Path:
     source = Path(source)
     if source.suffix == ".safetensors":
         if not source.is_file():

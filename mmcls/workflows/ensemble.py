@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mmcls.data.categories import CategoryMap
-from mmcls.data.prob_files import load_probs, rows_for, save_probs, sidecar, write_json
+from mmcls.data.prob_files import check_probs_path, load_probs, rows_for, save_probs, sidecar, write_json
 from mmcls.errors import MmclsError
 from mmcls.workflows.members import PredictOptions, load_member, same_categories
 
@@ -158,7 +158,12 @@ def run_ensemble(
     options = options or PredictOptions()
     out_csv = Path(out_csv)
     summary_path = out_csv.with_suffix(".ensemble.json")
-    refuse_existing([out_csv, summary_path, *([Path(save_probs_to)] if save_probs_to else [])], overwrite)
+    outputs = [("--out", out_csv), ("--out", summary_path)]
+    if save_probs_to:
+        check_probs_path(save_probs_to)
+        outputs += [("--save-probs", Path(save_probs_to)), ("--save-probs", sidecar(save_probs_to))]
+    guard_member_outputs(outputs, member_paths, data_root, split, extra_inputs=list(oof_sources or []))
+    refuse_existing([path for _, path in outputs], overwrite)
     members = [load_member(p) for p in member_paths]
     categories = same_categories(members)
     summary: dict[str, Any] = {"members": [m.name for m in members], "method": method, "split": split}
@@ -213,6 +218,25 @@ def run_ensemble(
             )
         write_json(summary_path, summary)
     return summary
+
+
+def guard_member_outputs(
+    outputs: Sequence[tuple[str, Path]],
+    member_paths: Sequence[str | Path],
+    data_root: str | Path,
+    split: str,
+    *,
+    extra_inputs: Sequence[str | Path] = (),
+) -> None:
+    """The output guard of the commands that run members (ensemble, pseudo-label): no output is, is inside or
+    contains a member, an extra input (``--oof``), the split's annotation file or the data root's frames."""
+    from mmcls.output_guard import check_outputs, data_inputs, model_inputs
+    from mmcls.workflows.pseudo_label import member_annotation_files
+
+    files = member_annotation_files(member_paths[0]) if member_paths else {}
+    inputs: list[str | Path] = [p for member in member_paths for p in model_inputs(member)]
+    inputs += [*extra_inputs, *data_inputs(data_root, [split], files), *data_inputs(data_root, [split])]
+    check_outputs(outputs, inputs)
 
 
 def refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:

@@ -30,6 +30,7 @@ from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import resolve_model_dir
 from mmcls.models.model_dir import load_model_categories
 from mmcls.names import BEST_DIR, CONFIG_FILE
+from mmcls.output_guard import check_outputs, data_inputs, model_inputs
 from mmcls.workflows.members import GROUPS_FILE, GroupFinetuned, PredictOptions, predict_model
 
 log = logging.getLogger("mmcls.group_finetune")
@@ -60,6 +61,7 @@ def group_finetune(
         raise GroupFinetuneError(
             f"{run_dir}: not a finished training run directory ({CONFIG_FILE} and {BEST_DIR}/)"
         )
+    check_outputs([("--out", out_dir)], [*model_inputs(run_dir), *data_inputs(data_root, [])])
     started = (
         (out_dir / GROUPS_FILE).is_file()
         or (out_dir / TAXONOMY_FILE).is_file()
@@ -72,6 +74,12 @@ def group_finetune(
     cfg = Config.from_dict(apply_overrides(base.to_dict(), list(overrides)))
     # The groups are the parents of RUN's taxonomy (its model folder's categories.json).
     categories = load_model_categories(run_dir)
+    unknown = sorted({g for g in groups or () if not 0 <= g < categories.num_lv1})
+    if unknown:
+        raise GroupFinetuneError(
+            f"--groups {' '.join(map(str, unknown))}: no such level-1 group in {run_dir}'s taxonomy "
+            f"(groups 0..{categories.num_lv1 - 1})"
+        )
     if categories != official_categories():
         # The group runs train over the same taxonomy: a copy in out_dir, as config.yaml cannot carry it.
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,10 @@ from mmcls.engine.distributed import (
     world_info_from_env,
 )
 from mmcls.errors import MmclsError
+from mmcls.files import RUN_MARKER
 from mmcls.metrics import compute_scores_from_indices
+from mmcls.names import CONFIG_FILE
+from mmcls.output_guard import check_outputs, config_inputs
 from mmcls.workflows.members import KFOLD_FILE, PredictOptions, predict_model
 
 log = logging.getLogger("mmcls.kfold")
@@ -78,14 +81,9 @@ def run_kfold(
 
     data_root, out_dir = Path(data_root), Path(out_dir)
     cfg = kfold_config(cfg, num_folds, seed)
+    check_outputs([("--out", out_dir)], config_inputs(cfg, data_root))
     owns_process_group = not is_initialized()
     info = init_distributed(resolve_device(cfg.train.device, world_info_from_env()))
-    fresh = _check_plan(out_dir, cfg, resume)
-    barrier()  # every rank has looked before rank 0 writes the plan
-    if fresh and info.is_main:
-        write_json(out_dir / KFOLD_FILE, _plan(cfg))
-    barrier()
-
     categories = load_categories(cfg.data.categories)
     records = load_records(
         annotation_path(data_root, cfg.data.train_split, cfg.data.annotations),
@@ -94,7 +92,18 @@ def run_kfold(
     )
     if cfg.data.limit_train:
         records = records[: cfg.data.limit_train]
+    if num_folds > len(records):
+        raise KFoldError(
+            f"--folds {num_folds}: more folds than the {len(records)} labeled records of "
+            f"{cfg.data.train_split!r}; use at most {len(records)} folds"
+        )
     folds = record_folds(records, cfg.data, categories)
+    fresh = _check_plan(out_dir, cfg, resume)
+    barrier()  # every rank has looked before rank 0 writes the plan
+    if fresh and info.is_main:
+        write_json(out_dir / KFOLD_FILE, _plan(cfg))
+    barrier()
+
     options = PredictOptions(
         batch_size=max(cfg.train.eval_batch_size // info.world_size, 1),
         num_workers=cfg.data.num_workers,
@@ -147,6 +156,18 @@ def _check_plan(out_dir: Path, cfg: Config, resume: bool) -> bool:
     """A new kfold needs a fresh directory; a resumed one must have the same folds and config. True: new."""
     plan_path = out_dir / KFOLD_FILE
     plan = _plan(cfg)
+    # A fold folder holding only its config (and marker) is a fold that failed before training.
+    started = any(
+        entry.name not in (CONFIG_FILE, RUN_MARKER)
+        for fold in out_dir.glob("fold[0-9]*")
+        if fold.is_dir()
+        for entry in fold.iterdir()
+    )
+    if plan_path.is_file() and not started and not resume:
+        # Only the plan: an earlier command stopped before its first fold; it is no run to protect.
+        others = [p for p in out_dir.iterdir() if p.name != KFOLD_FILE and not p.name.startswith("fold")]
+        if not others:
+            return True
     if plan_path.is_file():
         if not resume:
             raise KFoldError(

@@ -18,7 +18,7 @@ import numpy as np
 
 from mmcls.data.annotations import annotation_path, load_records, write_records
 from mmcls.names import BEST_DIR, CONFIG_FILE
-from mmcls.workflows.ensemble import EnsembleError, blend, refuse_existing
+from mmcls.workflows.ensemble import EnsembleError, blend, guard_member_outputs, refuse_existing
 from mmcls.workflows.members import GROUPS_FILE, PredictOptions, load_member, same_categories
 
 MIN_SOFT_PROB = 1e-4  # smaller probabilities are left out of soft_label (the file stays readable)
@@ -42,6 +42,7 @@ def pseudo_label(
     if not 0.0 <= min_confidence <= 1.0:
         raise EnsembleError(f"--min-confidence must be in [0, 1], got {min_confidence}")
     out = Path(out)
+    guard_member_outputs([("--out", out)], member_paths, data_root, split)
     refuse_existing([out], overwrite)
     options = options or PredictOptions()
     members = [load_member(p) for p in member_paths]
