@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from mmcls import names
@@ -62,13 +63,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_frame_decoder_option(p)
     p.add_argument(
         "--logit-adjust",
-        type=float,
-        default=0.0,
+        type=logit_adjust_value,
+        default="auto",
         metavar="TAU",
         help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
-        "saved in the model folder; favours rare classes (macro F1). Default 0: off",
+        "saved in the model folder; favours rare classes (macro F1). Default auto: the TAU the training run "
+        "chose on validation (saved in the model folder; 0 for folders without it); 0: the plain argmax",
     )
     return p
+
+
+def logit_adjust_value(text: str) -> float | str:
+    """argparse type of ``--logit-adjust``: ``auto`` or a finite number."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected auto or a finite number, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -99,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     check_submission_path(args.out, inputs)
     check_submission_path(error_report_path(args.out), inputs)
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
-        if args.logit_adjust:
+        if args.logit_adjust not in ("auto", 0):
             from mmcls.config import ConfigError
 
             raise ConfigError(
@@ -163,7 +178,7 @@ def _run_videos(args: argparse.Namespace) -> int:
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
         from mmcls.deploy.predictor import Predictor
 
-        if args.logit_adjust:
+        if args.logit_adjust not in ("auto", 0):
             from mmcls.config import ConfigError
 
             raise ConfigError("--logit-adjust: only for model folders predicted with the torch backend")
