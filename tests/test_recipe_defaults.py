@@ -10,13 +10,14 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mmcls.cli.predict import logit_adjust_value
 from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
-from mmcls.data.categories import load_categories
+from mmcls.data.categories import load_categories, official_categories
 from mmcls.data.folds import split_labeled
 from mmcls.engine import adversarial
 from mmcls.engine.task import ClassificationTask
@@ -26,6 +27,7 @@ from mmcls.inference.predict import predict_split
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model
 from mmcls.names import BEST_DIR, LOGIT_ADJUST_FILE
+from mmcls.workflows.bias_tuning import fast_mean_f1, nested_gain
 
 from commands import NO_DROPOUT, QUIET, random_batch, run_main, tiny_config
 
@@ -206,3 +208,40 @@ def test_a_broken_saved_tau_is_a_one_line_error(validated_run, data_root, tmp_pa
 def test_choose_tau_takes_the_smallest_of_equal_scores():
     assert choose_tau({0.0: 0.5, 0.25: 0.7, 0.5: 0.7, 0.75: 0.6}) == 0.25
     assert choose_tau(dict.fromkeys(TAU_GRID, 0.3)) == 0.0
+
+
+# ---------------------------------------------------------------------------- per-class biases on OOF predictions
+def head_biased_oof(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probabilities of a classifier that favours the first classes, and the true labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 200, n)
+    logits = rng.normal(size=(n, 200))
+    logits[np.arange(n), labels] += 2.5
+    logits[:, :20] += 1.5  # the head
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)), labels
+
+
+def test_fast_mean_f1_is_the_challenge_score():
+    categories = official_categories()
+    lv1_of = categories.lv2_to_lv1_matrix().argmax(axis=1)
+    rng = np.random.default_rng(1)
+    for n in (1, 7, 300):
+        true, pred = rng.integers(0, 200, n), rng.integers(0, 40, n)
+        expected = compute_scores_from_indices(true, pred, categories)["mean_f1"]
+        assert fast_mean_f1(true, pred, lv1_of, categories.num_lv1) == pytest.approx(expected, abs=1e-12)
+
+
+def test_tune_bias_never_scores_rows_it_tuned_on():
+    categories = official_categories()
+    log_probs, labels = head_biased_oof()
+    result = nested_gain(log_probs, labels, categories, folds=3, seed=0)
+    for tuned_on, scored, _ in result.folds:
+        assert not np.intersect1d(tuned_on, scored).size and len(tuned_on) + len(scored) == len(labels)
+    assert np.array_equal(np.sort(np.concatenate([s for _, s, _ in result.folds])), np.arange(len(labels)))
+    # Relabel the rows fold 0 scores: fold 0's biases must not move (it never saw those labels).
+    relabelled = labels.copy()
+    scored0 = result.folds[0][1]
+    relabelled[scored0] = (labels[scored0] + 1) % 200
+    again = nested_gain(log_probs, relabelled, categories, folds=3, seed=0)
+    assert np.array_equal(again.folds[0][2], result.folds[0][2])
+    assert any(not np.array_equal(a[2], b[2]) for a, b in zip(again.folds[1:], result.folds[1:]))
