@@ -5,8 +5,8 @@ log-probabilities takes the value of ``BIAS_GRID`` that maximises OOF ``mean_f1`
 ``shrink * |b_c|`` (the shrinkage keeps a class at 0 unless moving it pays for itself), for ``rounds`` sweeps.
 ``nested_gain`` says what that is worth on rows the search never saw: the OOF rows are cut into folds, biases
 are tuned on all other folds and applied to the held-out one, and the held-out predictions are scored
-together, with and without biases. Scoring uses :func:`fast_mean_f1`, equal to the challenge's ``mean_f1``
-(``mmcls.metrics``) but from bincounts, as the search scores thousands of candidates.
+together, with and without biases. Scoring uses the ensemble's bincount ``fast_mean_f1`` (equal to the
+challenge's ``mean_f1``), as the search scores thousands of candidates.
 """
 
 from __future__ import annotations
@@ -16,25 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmcls.data.categories import CategoryMap
+from mmcls.workflows.ensemble import fast_mean_f1
 
 BIAS_GRID: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
-
-
-def _f1s(true: np.ndarray, pred: np.ndarray, n: int) -> tuple[float, float]:
-    """(micro F1, macro F1 over the classes in ``true`` or ``pred``), as sklearn computes them here."""
-    t = np.bincount(true, minlength=n)
-    p = np.bincount(pred, minlength=n)
-    tp = np.bincount(true[true == pred], minlength=n)
-    present = (t + p) > 0
-    macro = float((2 * tp[present] / (t + p)[present]).mean()) if present.any() else 0.0
-    return float((true == pred).mean()), macro
-
-
-def fast_mean_f1(true: np.ndarray, pred: np.ndarray, lv1_of: np.ndarray, num_lv1: int) -> float:
-    """The challenge's mean of lv1/lv2 micro and macro F1 for lv2 index arrays (every row predicted)."""
-    n2 = len(lv1_of)
-    scores = [*_f1s(lv1_of[true], lv1_of[pred], num_lv1), *_f1s(true, pred, n2)]
-    return sum(scores) / 4.0
 
 
 def tune_biases(
@@ -42,7 +26,6 @@ def tune_biases(
 ) -> np.ndarray:
     """Per-class biases ``[C]`` that maximise ``mean_f1(argmax(log_probs + b)) - shrink * sum|b|``."""
     lv1_of = categories.lv2_to_lv1_matrix().argmax(axis=1)
-    num_lv1 = categories.num_lv1
     bias = np.zeros(log_probs.shape[1])
     for _ in range(rounds):
         for c in range(log_probs.shape[1]):
@@ -50,7 +33,7 @@ def tune_biases(
             for value in BIAS_GRID:
                 bias[c] = value
                 pred = (log_probs + bias).argmax(axis=1)
-                objective = fast_mean_f1(labels, pred, lv1_of, num_lv1) - shrink * np.abs(bias).sum()
+                objective = fast_mean_f1(labels, pred, lv1_of) - shrink * np.abs(bias).sum()
                 if objective > best_objective + 1e-12:
                     best_value, best_objective = value, objective
             bias[c] = best_value
@@ -89,7 +72,7 @@ def nested_gain(
         record.append((np.sort(tuned_on), np.sort(scored), bias))
     lv1_of = categories.lv2_to_lv1_matrix().argmax(axis=1)
     return NestedResult(
-        fast_mean_f1(labels, pred, lv1_of, categories.num_lv1),
-        fast_mean_f1(labels, tuned_pred, lv1_of, categories.num_lv1),
+        fast_mean_f1(labels, pred, lv1_of),
+        fast_mean_f1(labels, tuned_pred, lv1_of),
         record,
     )
