@@ -223,6 +223,11 @@ class AdversarialConfig:
     """
 
     method: Literal["none", "fgm", "pgd"] = "none"
+    # How epsilon and alpha are measured. relative: as multiples of the typical (root-mean-square) L2 norm of the
+    # perturbed rows (the embedding rows of the batch's tokens; the frame projection's rows, one per output), so
+    # one setting means the same for a tiny random-init table and a pretrained bert-base one. absolute: plain L2
+    # lengths, as before (the write-ups' epsilon=1.0 on bert-base is about relative 0.7-1.0: docs/recipe.md).
+    norm: Literal["relative", "absolute"] = "relative"
     epsilon: float = setting(1.0, above=0)  # radius of the L2 ball around the clean weights (FGM's step)
     alpha: float = setting(0.3, above=0)  # PGD step length (per step, before projection onto the ball)
     steps: int = setting(3, min=1)  # PGD K: perturbation steps (K forward/backward passes per micro-batch)

@@ -65,6 +65,9 @@ EXPORT_FILE = "export.json"
 #: A tagging model's decision thresholds, chosen on validation by training (``mmcls.tagging``); copied into
 #: its export artifacts.
 THRESHOLDS_FILE = "thresholds.json"
+#: In a trained model folder: the logit-adjustment TAU chosen on validation and the grid's scores
+#: (``mmcls.engine.tau``); ``--logit-adjust auto`` applies it, a folder without it predicts with TAU 0.
+LOGIT_ADJUST_FILE = "logit_adjust.json"
 #: The ``best/`` rule: a training run directory's model is the model folder ``RUN_DIR/best/`` (the best
 #: validation score so far), ``RUN_DIR/last/`` the final weights; a path holding ``WEIGHTS_FILE`` itself is a
 #: model folder. :func:`mmcls.models.model_dir.resolve_model_dir` applies it.

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from mmcls.config import Config, ConfigError, flatten
+from mmcls.engine.tau import read_tau_record
 from mmcls.files import atomic_write_bytes, atomic_write_text
+from mmcls.names import BEST_DIR, LOGIT_ADJUST_FILE
 
 WEAKEST_CLASSES = 10  # rows of summary.md's weakest-classes table
 
@@ -116,6 +118,7 @@ def summary_markdown(run_dir: Path, cfg: Config, result: Any, seconds: float) ->
         lines += [f"- best epoch: {result.best_epoch} ({score}), model in `best/`"]
     else:
         lines += ["- no validation split (data.val_fraction=0): `best/` is the last epoch"]
+    lines += _logit_adjust_line(run_dir / BEST_DIR)
     lines += ["", f"## Config: differences from the preset `{preset}`", ""]
     if diff:
         lines += ["| setting | preset | this run |", "|---|---|---|"]
@@ -133,6 +136,19 @@ def summary_markdown(run_dir: Path, cfg: Config, result: Any, seconds: float) ->
     lines += ["", "## Data problems", "", _data_errors(run_dir / "data_errors.json"), ""]
     lines += ["Curves: `curves.png`; every logged value: `metrics.csv`.", ""]
     return "\n".join(lines)
+
+
+def _logit_adjust_line(model_dir: Path) -> list[str]:
+    """The TAU ``best/`` chose on validation and the grid's scores (nothing for a folder without them)."""
+    record = read_tau_record(model_dir)
+    if record is None:
+        return []
+    grid = ", ".join(f"{row['tau']:g}: {row['mean_f1']:.4f}" for row in record.get("grid", []))
+    return [
+        f"- logit adjustment: TAU {record['tau']:g} chosen by {record.get('chosen_by', 'validation')} "
+        f"(`{BEST_DIR}/{LOGIT_ADJUST_FILE}`, applied by `mmcls predict --logit-adjust auto`, the default); "
+        f"grid mean_f1: {grid}"
+    ]
 
 
 def _weakest_classes(rows: list[dict[str, Any]] | None, count: int = WEAKEST_CLASSES) -> list[str]:

@@ -166,7 +166,11 @@ def test_cosine_schedule_is_the_previous_one_and_restarts_and_linear_follow_thei
 # ------------------------------------------------------------------------------------------- adversarial
 @pytest.mark.parametrize("method", ["fgm", "pgd"])
 def test_adversarial_restores_the_embeddings_bit_for_bit_and_stays_in_the_epsilon_ball(method):
-    task = make_task(f"train.adversarial.method={method}", "train.adversarial.epsilon=0.5")
+    task = make_task(
+        f"train.adversarial.method={method}",
+        "train.adversarial.epsilon=0.5",
+        "train.adversarial.norm=absolute",
+    )
     word = task.model.text_encoder.embeddings.word_embeddings.weight
     before = word.detach().clone()
     loss, parts = task.forward_backward(random_batch(), scale=lambda x: x, sync=True)
@@ -186,6 +190,7 @@ def test_pgd_gradient_is_clean_plus_the_last_perturbed_pass_and_scale_invariant(
         "train.adversarial.steps=3",
         "train.adversarial.epsilon=0.4",
         "train.adversarial.alpha=0.3",
+        "train.adversarial.norm=absolute",
     ]
     batch = random_batch()
     task = make_task(*overrides)

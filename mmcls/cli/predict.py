@@ -68,11 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_frame_decoder_option(p)
     p.add_argument(
         "--logit-adjust",
-        type=finite_float,
-        default=0.0,
+        type=logit_adjust_value,
+        default="auto",
         metavar="TAU",
         help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
-        "saved in the model folder; favours rare classes (macro F1). Default 0: off",
+        "saved in the model folder; favours rare classes (macro F1). Default auto: the TAU the training run "
+        "chose on validation (saved in the model folder; 0 for folders without it); 0: the plain argmax",
     )
     p.add_argument(
         "--top-k",
@@ -84,6 +85,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     _add_tagging_options(p)
     return p
+
+
+def logit_adjust_value(text: str) -> float | str:
+    """argparse type of ``--logit-adjust``: ``auto`` (the TAU saved by training) or a finite number."""
+    if text == "auto":
+        return text
+    try:
+        return finite_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a finite number, got {text!r}") from None
 
 
 # ------------------------------------------------------------------ multilabel tagging (issue #17)
@@ -126,7 +137,7 @@ def _check_tagging_options(args: argparse.Namespace, tagging: bool) -> None:
     given = [option for option, value in options if value is not None]
     if given and not tagging:
         raise ConfigError(f"{given[0]}: only for a multilabel model (data.task=multilabel)")
-    if tagging and args.logit_adjust:
+    if tagging and args.logit_adjust not in ("auto", 0):
         raise ConfigError("--logit-adjust: single-label only; this model tags (data.task=multilabel)")
     if args.min_tags is not None and args.min_tags < 0:
         raise ConfigError(f"--min-tags={args.min_tags}: must be at least 0")
@@ -222,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     if tagging:
         return _run_tagging(args)
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
-        if args.logit_adjust:
+        if args.logit_adjust not in ("auto", 0):
             from mmcls.config import ConfigError
 
             raise ConfigError(
@@ -285,7 +296,7 @@ def _run_videos(args: argparse.Namespace) -> int:
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
         from mmcls.deploy.predictor import Predictor
 
-        if args.logit_adjust:
+        if args.logit_adjust not in ("auto", 0):
             from mmcls.config import ConfigError
 
             raise ConfigError("--logit-adjust: only for model folders predicted with the torch backend")

@@ -16,11 +16,23 @@ process does: the captured target gradients are summed over the ranks (one all-r
 per attack step, far smaller than the model's gradient all-reduce). The grad scaler's factor (fp16) and the
 ``1/grad_accum_steps`` factor cancel in ``g / ||g||``; a non-finite or zero gradient gives ``delta = 0``
 (the scaler skips that step anyway), so every rank takes the same passes.
+
+``train.adversarial.norm: relative`` (the default) measures ``epsilon`` and ``alpha`` in units of the
+root-mean-square L2 norm of the perturbed rows: the rows whose clean gradient is non-zero (the embedding rows
+of the batch's tokens; every row of the frame projection, one per output). A random-init tiny table (rows of
+norm ~0.2) and a pretrained bert-base one (~1.0-1.5) then get perturbations of the same relative size; the
+unit is taken once per micro-batch from the clean weights and the global gradient, so all ranks agree.
+``absolute`` uses the numbers as plain L2 lengths.
+
+A guard watches the attack: when the adversarial loss stays many times the clean loss for many micro-batches
+in a row, the perturbation is swamping the signal (the model is being destroyed, not regularised); one
+warning with the numbers says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -28,6 +40,12 @@ import torch.distributed as dist
 from torch import nn
 
 from mmcls.config import AdversarialConfig, ConfigError
+
+log = logging.getLogger("mmcls.train")
+
+# The guard: adversarial loss above GUARD_RATIO x clean loss for GUARD_STEPS micro-batches in a row.
+GUARD_RATIO = 5.0
+GUARD_STEPS = 50
 
 
 def target_parameters(model: nn.Module, targets: list[str]) -> list[nn.Parameter]:
@@ -54,12 +72,23 @@ def step_towards(delta: torch.Tensor, grad: torch.Tensor, step: float, epsilon: 
     return moved
 
 
+def row_scale(weight: torch.Tensor, grad: torch.Tensor) -> float:
+    """Root-mean-square L2 norm of the rows of ``weight`` whose ``grad`` row is non-zero (0.0 if none is)."""
+    touched = grad.reshape(grad.shape[0], -1).abs().sum(dim=1) > 0
+    if not bool(touched.any()):
+        return 0.0
+    rows = weight.detach().float().reshape(weight.shape[0], -1)[touched]
+    return float(torch.sqrt(rows.pow(2).sum(dim=1).mean()))
+
+
 class Adversary:
     """FGM/PGD around one micro-batch's clean forward/backward (see the module docstring)."""
 
     def __init__(self, cfg: AdversarialConfig, model: nn.Module) -> None:
         self.cfg = cfg
         self.params = target_parameters(model, list(cfg.target))
+        self._over = 0  # micro-batches in a row with adversarial loss > GUARD_RATIO x clean loss
+        self._warned = False
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[list[torch.Tensor | None]]:
@@ -98,12 +127,13 @@ class Adversary:
         scale: Callable[[torch.Tensor], torch.Tensor],
         no_sync: Callable[[], contextlib.AbstractContextManager],
         sync: bool,
+        clean_loss: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the adversarial passes; the last one's gradients are added to ``.grad``. Returns its loss.
 
         ``compute_loss`` is one forward of the same micro-batch (under autocast), ``scale`` turns a loss into
         what is backpropagated (grad scaler, accumulation factor), ``sync`` says whether the last backward
-        is the one that all-reduces the step's gradients.
+        is the one that all-reduces the step's gradients. ``clean_loss`` (this micro-batch's) feeds the guard.
         """
         fgm = self.cfg.method == "fgm"
         steps = 1 if fgm else self.cfg.steps
@@ -111,11 +141,14 @@ class Adversary:
         originals = [p.detach().clone() for p in self.params]
         deltas = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         grads = self._global(clean_grads)
+        units = self.units(originals, grads)
         try:
             for t in range(steps):
                 with torch.no_grad():
                     for i, (param, original) in enumerate(zip(self.params, originals)):
-                        deltas[i] = step_towards(deltas[i], grads[i], step_size, self.cfg.epsilon)
+                        deltas[i] = step_towards(
+                            deltas[i], grads[i], step_size * units[i], self.cfg.epsilon * units[i]
+                        )
                         param.copy_(original + deltas[i].to(original.dtype))
                 if t < steps - 1:  # PGD's inner steps: only the targets' gradients, .grad untouched
                     with no_sync():
@@ -132,4 +165,33 @@ class Adversary:
                 for param, original in zip(self.params, originals):
                     param.copy_(original)
         self.last_deltas = deltas  # for tests and diagnostics: what was added to each target
+        self.last_units = units  # the length that epsilon/alpha were multiplied by, per target
+        if clean_loss is not None:
+            self.watch(float(clean_loss.detach()), float(loss.detach()))
         return loss
+
+    def units(self, weights: list[torch.Tensor], grads: list[torch.Tensor]) -> list[float]:
+        """Per target, the length epsilon and alpha are measured in: 1.0 (absolute) or the rows' RMS norm."""
+        if self.cfg.norm == "absolute":
+            return [1.0] * len(weights)
+        return [row_scale(w, g) for w, g in zip(weights, grads)]
+
+    def watch(self, clean: float, adversarial: float) -> None:
+        """The guard: one warning when the attack swamps the clean loss for GUARD_STEPS micro-batches in a row."""
+        if self._warned:
+            return
+        self._over = self._over + 1 if adversarial > GUARD_RATIO * max(clean, 1e-8) else 0
+        if self._over >= GUARD_STEPS:
+            self._warned = True
+            log.warning(
+                "train.adversarial: the adversarial loss has been over %gx the clean loss for %d micro-batches "
+                "in a row (last: %.4g vs %.4g; method=%s, norm=%s, epsilon=%g): the perturbation is destroying "
+                "the model rather than regularising it; lower train.adversarial.epsilon (and alpha)",
+                GUARD_RATIO,
+                GUARD_STEPS,
+                adversarial,
+                clean,
+                self.cfg.method,
+                self.cfg.norm,
+                self.cfg.epsilon,
+            )

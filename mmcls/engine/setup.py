@@ -33,6 +33,7 @@ from mmcls.data.text import load_tokenizer
 from mmcls.engine.inference import gather_predictions, predict_loader
 from mmcls.engine.soft_targets import build_training_targets
 from mmcls.engine.task import ClassificationTask, TrainingTask
+from mmcls.engine.tau import grid_scores, tau_record, write_tau
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
 from mmcls.models.fusion import check_model_config
@@ -129,6 +130,8 @@ class ClassificationSetup(TaskSetup):
     """Fine-tuning: labelled records of ``data.train_split`` with a seeded hold-out, selected on ``mean_f1``."""
 
     selection = Selection("mean_f1", higher_is_better=True)
+    #: ``{TAU: mean_f1}`` of the last evaluation's logit-adjustment grid; None before it (or without counts).
+    tau_scores: dict[float, float] | None = None
 
     def __init__(self, cfg: Config, data_root: str | Path) -> None:
         super().__init__(cfg, data_root)
@@ -258,11 +261,17 @@ class ClassificationSetup(TaskSetup):
         true_probs = preds.probs[known, preds.labels[known]]
         scores["loss"] = float(-np.log(np.clip(true_probs, 1e-12, None)).mean()) if len(known) else math.nan
         scores["num_samples"] = len(preds.indices)
+        # The logit-adjustment grid on these same probabilities: the model folder saved after this evaluation
+        # (best/ when it improved) records the TAU that predict --logit-adjust auto applies (mmcls.engine.tau).
+        if self.class_counts is not None and len(known):
+            self.tau_scores = grid_scores(preds.probs, preds.labels, self.class_counts, self.categories)
         return scores, preds.frame_errors
 
     def save_model(self, path: Path, model: nn.Module) -> None:
         counts = self.class_counts.tolist() if self.class_counts is not None else None
         save_model_dir(path, model, self.cfg, self.tokenizer, self.categories, train_counts=counts)
+        if self.tau_scores is not None:
+            write_tau(path, tau_record(self.tau_scores))
 
 
 def build_setup(cfg: Config, data_root: str | Path) -> TaskSetup:

@@ -155,6 +155,7 @@ def teacher_probs(
             precision=cfg.train.precision,
             progress=False,
             ids=wanted,
+            logit_adjust=0.0,  # the teacher's own probabilities, not the prediction-time adjustment
         )
         row_of = {video_id: row for row, video_id in enumerate(split_ids)}
         order = np.argsort(preds.indices)

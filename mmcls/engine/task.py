@@ -156,7 +156,7 @@ class TrainingTask(nn.Module):
                 with autocast(self.device, self.cfg.precision):
                     return self(batch)[0]
 
-            adv_loss = self.adversary.attack(clean_grads, adversarial_loss, scale, self.no_sync, sync)
+            adv_loss = self.adversary.attack(clean_grads, adversarial_loss, scale, self.no_sync, sync, loss)
             parts["loss_adv"] = adv_loss.detach()
         return loss, parts
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from mmcls.engine.distributed import (
 from mmcls.engine.inference import Predictions, cast_for_inference, gather_predictions, predict_loader
 from mmcls.engine.logger import show_progress
 from mmcls.engine.losses import adjust_logits, log_prior
+from mmcls.engine.tau import saved_tau
 from mmcls.errors import MmclsError
 from mmcls.files import (
     InputFileError,
@@ -73,7 +75,7 @@ def predict_split(
     precision: str = "fp32",
     progress: bool = True,
     ids: Collection[str] | None = None,
-    logit_adjust: float = 0.0,
+    logit_adjust: float | Literal["auto"] = "auto",
     frame_decoder: str = "pil",
 ) -> tuple[list[str], Predictions, list[str]]:
     """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids).
@@ -83,7 +85,8 @@ def predict_split(
 
     ``batch_size`` is per process. ``ids``: predict only these records (e.g. one fold's validation records
     for out-of-fold predictions); every one must be in the split. ``logit_adjust`` is TAU of the logit
-    adjustment (0 = none); the returned probabilities are then the adjusted ones. ``frame_decoder``: ``pil``
+    adjustment (0 = none; ``auto`` = the TAU the model folder saved, else 0); the returned probabilities are
+    then the adjusted ones. ``frame_decoder``: ``pil``
     (DataLoader workers) or ``cuda`` (batched on the GPU; see ``mmcls.data.device_decode``).
     """
     if batch_size < 1:
@@ -110,7 +113,7 @@ def predict_split(
     )
     model = cast_for_inference(loaded.model, torch_device, precision)
     multilabel = loaded.config.data.task == "multilabel"
-    if multilabel and logit_adjust:
+    if multilabel and logit_adjust not in ("auto", 0):
         raise LogitAdjustError("--logit-adjust: single-label only; this model tags (data.task=multilabel)")
     preds = predict_loader(
         model,
@@ -121,13 +124,8 @@ def predict_split(
         multilabel=multilabel,
     )
     preds = gather_predictions(preds)  # all ranks' shares, each record once (a no-op in one process)
-    if logit_adjust:
-        if loaded.train_counts is None:
-            raise LogitAdjustError(
-                f"--logit-adjust: {loaded.path}/categories.json has no train_counts (the training split's class "
-                "counts, saved by training since the recipe update); retrain, or predict without --logit-adjust"
-            )
-        preds = adjusted_predictions(preds, np.asarray(loaded.train_counts), logit_adjust)
+    if not multilabel:  # tags are decided by their thresholds, never by a prior shift
+        preds = apply_logit_adjust(preds, loaded, logit_adjust)
     order = np.argsort(preds.indices)
     if not np.array_equal(preds.indices[order], np.arange(len(records))):
         raise RuntimeError(f"prediction covered {len(preds.indices)} of {len(records)} records of {split!r}")
@@ -197,6 +195,20 @@ def records_to_predict(
         if len(records) != len(wanted):
             raise ValueError(f"{len(wanted) - len(records)} of the requested ids are not in split {split!r}")
     return records
+
+
+def apply_logit_adjust(
+    preds: Predictions, loaded: LoadedModel, logit_adjust: float | Literal["auto"]
+) -> Predictions:
+    """``preds`` adjusted with TAU ``logit_adjust``; ``auto``: the TAU chosen on validation and saved in the
+    model folder (``mmcls.engine.tau``), 0 for a folder without it (older runs predict as before)."""
+    tau = saved_tau(loaded.path) if logit_adjust == "auto" else float(logit_adjust)
+    if tau and loaded.train_counts is None:
+        raise LogitAdjustError(
+            f"--logit-adjust: {loaded.path}/categories.json has no train_counts (the training split's class "
+            "counts, saved by training since the recipe update); retrain, or predict with --logit-adjust 0"
+        )
+    return adjusted_predictions(preds, np.asarray(loaded.train_counts), tau) if tau else preds
 
 
 def adjusted_predictions(preds: Predictions, train_counts: np.ndarray, tau: float) -> Predictions:
@@ -333,7 +345,7 @@ def predict_videos(
     batch_size: int = 64,
     device: str = "auto",
     precision: str = "fp32",
-    logit_adjust: float = 0.0,
+    logit_adjust: float | Literal["auto"] = "auto",
 ) -> tuple[CategoryMap, np.ndarray]:
     """``(taxonomy, probabilities [n, C])`` of the records of :func:`video_records`, with the torch backend."""
     torch_device = resolve_device(device, world_info_from_env(), setting="--device")
@@ -342,10 +354,7 @@ def predict_videos(
     loader = video_loader(loaded.config, loaded.tokenizer, loaded.categories, records, batch_size)
     model = cast_for_inference(loaded.model, torch_device, precision)
     preds = predict_loader(model, loader, torch_device, precision, progress=False)
-    if logit_adjust:
-        if loaded.train_counts is None:
-            raise LogitAdjustError(f"--logit-adjust: {loaded.path}/categories.json has no train_counts")
-        preds = adjusted_predictions(preds, np.asarray(loaded.train_counts), logit_adjust)
+    preds = apply_logit_adjust(preds, loaded, logit_adjust)
     return loaded.categories, preds.probs[np.argsort(preds.indices)]
 
 

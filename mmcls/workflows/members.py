@@ -82,6 +82,9 @@ def predict_model(
         precision=options.precision,
         progress=options.progress,
         ids=ids,
+        # Members give plain probabilities: blending weights are fitted on plain out-of-fold probabilities, and
+        # a model's saved TAU was chosen on the validation rows that kfold's OOF view predicts.
+        logit_adjust=0.0,
     )
     return split_ids, preds.probs[np.argsort(preds.indices)]
 

@@ -1,0 +1,237 @@
+"""Issue 22: defaults that do not hurt. Scale-free adversarial perturbations and their guard; the logit
+adjustment TAU chosen on validation, saved in the model folder and applied by ``predict --logit-adjust auto``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmcls.cli.predict import logit_adjust_value
+from mmcls.config import Config
+from mmcls.data.annotations import annotation_path, load_records
+from mmcls.data.categories import load_categories, official_categories
+from mmcls.data.folds import split_labeled
+from mmcls.engine import adversarial
+from mmcls.engine.task import ClassificationTask
+from mmcls.engine.tau import TAU_GRID, choose_tau
+from mmcls.engine.trainer import train
+from mmcls.inference.predict import predict_split
+from mmcls.metrics import compute_scores_from_indices
+from mmcls.models import build_model
+from mmcls.names import BEST_DIR, LOGIT_ADJUST_FILE
+from mmcls.workflows.bias_tuning import nested_gain
+
+from commands import NO_DROPOUT, QUIET, random_batch, run_main, tiny_config
+
+CPU = torch.device("cpu")
+
+
+def adversarial_task(scale: float, *overrides: str) -> ClassificationTask:
+    """The tiny model with its word embeddings and frame projection multiplied by ``scale``."""
+    cfg = Config.from_yaml(
+        "tiny",
+        [
+            "data.frames.max_frames=4",
+            *NO_DROPOUT,
+            "train.adversarial.method=fgm",
+            "train.adversarial.target=[word_embeddings, frame_proj]",
+            *overrides,
+        ],
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab_size=21128)
+    with torch.no_grad():
+        model.text_encoder.embeddings.word_embeddings.weight.mul_(scale)
+        model.frame_proj.weight.mul_(scale)
+    return ClassificationTask(model, cfg.train, CPU).train()
+
+
+def rms_row_norm(rows: torch.Tensor) -> float:
+    return rows.float().norm(dim=1).pow(2).mean().sqrt().item()
+
+
+def perturbation_ratios(task: ClassificationTask, batch: dict) -> list[float]:
+    """||delta|| over the RMS norm of the rows perturbed: the batch's token rows; all frame projection rows."""
+    word = task.model.text_encoder.embeddings.word_embeddings.weight.detach().clone()
+    proj = task.model.frame_proj.weight.detach().clone()
+    task.forward_backward(batch, scale=lambda x: x, sync=True)
+    word_delta, proj_delta = task.adversary.last_deltas
+    tokens = batch["input_ids"].unique()
+    untouched = torch.ones(word.shape[0], dtype=torch.bool)
+    untouched[tokens] = False
+    assert torch.count_nonzero(word_delta[untouched]) == 0  # only the batch's token rows move
+    return [
+        word_delta.norm().item() / rms_row_norm(word[tokens]),
+        proj_delta.norm().item() / rms_row_norm(proj),
+    ]
+
+
+def test_relative_epsilon_gives_the_same_ratio_for_two_embedding_scales():
+    batch = random_batch()
+    small = perturbation_ratios(adversarial_task(1.0, "train.adversarial.epsilon=0.3"), batch)
+    large = perturbation_ratios(adversarial_task(8.0, "train.adversarial.epsilon=0.3"), batch)
+    assert small == pytest.approx([0.3, 0.3], rel=1e-4)
+    assert large == pytest.approx([0.3, 0.3], rel=1e-4)
+
+
+def test_absolute_epsilon_is_a_plain_length_whatever_the_scale():
+    batch = random_batch()
+    for scale in (1.0, 8.0):
+        task = adversarial_task(scale, "train.adversarial.epsilon=0.3", "train.adversarial.norm=absolute")
+        task.forward_backward(batch, scale=lambda x: x, sync=True)
+        assert [d.norm().item() for d in task.adversary.last_deltas] == pytest.approx([0.3, 0.3], rel=1e-4)
+        assert task.adversary.last_units == [1.0, 1.0]
+
+
+def test_relative_is_the_default_and_pgd_stays_in_the_relative_ball():
+    assert Config.from_yaml("tiny", []).train.adversarial.norm == "relative"
+    task = adversarial_task(
+        8.0, "train.adversarial.method=pgd", "train.adversarial.epsilon=0.2", "train.adversarial.alpha=0.15"
+    )
+    task.forward_backward(random_batch(), scale=lambda x: x, sync=True)
+    for delta, unit in zip(task.adversary.last_deltas, task.adversary.last_units):
+        assert 0 < delta.norm().item() <= 0.2 * unit * (1 + 1e-5)
+
+
+def test_the_guard_warns_once_with_the_numbers(caplog):
+    task = adversarial_task(1.0)
+    guard = task.adversary
+    caplog.set_level(logging.WARNING, logger="mmcls.train")
+    for _ in range(adversarial.GUARD_STEPS - 1):
+        guard.watch(clean=0.5, adversarial=4.0)
+    guard.watch(clean=0.5, adversarial=1.0)  # one ordinary micro-batch resets the count
+    for _ in range(adversarial.GUARD_STEPS - 1):
+        guard.watch(clean=0.5, adversarial=4.0)
+    assert not caplog.records
+    for _ in range(adversarial.GUARD_STEPS + 5):
+        guard.watch(clean=0.5, adversarial=4.0)
+    (record,) = caplog.records
+    assert "4 vs 0.5" in record.getMessage() and "epsilon=1" in record.getMessage()
+
+
+# ---------------------------------------------------------------------------- logit adjustment chosen on validation
+@pytest.fixture(scope="module")
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(120, 0, 24, seed=5, num_frames=4, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def validated_run(data_root) -> tuple[Path, Config]:
+    """One short epoch with a validation split: its best/ folder records the TAU chosen on validation."""
+    run_dir = data_root.parent / "tau-run"
+    cfg = tiny_config(
+        "train.epochs=1",
+        "train.batch_size=8",
+        *QUIET,
+        "data.num_workers=0",
+        "data.val_fraction=0.3",
+        "data.frames.max_frames=4",
+    )
+    train(cfg, data_root, run_dir)
+    return run_dir, cfg
+
+
+def validation_mean_f1(run_dir: Path, cfg: Config, data_root: Path) -> dict[float, float]:
+    """The grid scored independently of training: predict the held-out records with each TAU and score them."""
+    categories = load_categories(cfg.data.categories)
+    records = load_records(annotation_path(data_root, "labeled"), require_label=True)
+    _, val_records = split_labeled(records, cfg.data, cfg.train.seed, categories)
+    labels = {r.id: categories.lv2_index(r.category_id) for r in val_records}
+    scores = {}
+    for tau in TAU_GRID:
+        ids, _, predicted = predict_split(
+            run_dir, data_root, "labeled", ids=list(labels), logit_adjust=tau, progress=False
+        )
+        pred = [categories.lv2_index(c) for c in predicted]
+        scores[tau] = compute_scores_from_indices([labels[i] for i in ids], pred, categories)["mean_f1"]
+    return scores
+
+
+def test_the_saved_tau_is_the_validation_argmax_of_the_grid(validated_run, data_root):
+    run_dir, cfg = validated_run
+    saved = json.loads((run_dir / BEST_DIR / LOGIT_ADJUST_FILE).read_text())
+    grid = {row["tau"]: row["mean_f1"] for row in saved["grid"]}
+    assert list(grid) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+    recomputed = validation_mean_f1(run_dir, cfg, data_root)
+    assert grid == pytest.approx(recomputed, abs=1e-6)
+    best = max(recomputed.values())
+    assert saved["tau"] == min(t for t, s in recomputed.items() if s >= best - 1e-9)
+    summary = (run_dir / "summary.md").read_text()
+    assert f"logit adjustment: TAU {saved['tau']:g} chosen by validation mean_f1" in summary
+
+
+def test_predict_auto_applies_the_saved_tau_and_old_folders_predict_as_tau_0(
+    validated_run, data_root, tmp_path
+):
+    run_dir, _ = validated_run
+    folder = tmp_path / "model"
+    shutil.copytree(run_dir / BEST_DIR, folder)
+    record = json.loads((folder / LOGIT_ADJUST_FILE).read_text())
+    (folder / LOGIT_ADJUST_FILE).write_text(json.dumps({**record, "tau": 1.5}))
+
+    def predict(name: str, *extra: str) -> list[str]:
+        out = tmp_path / f"{name}.csv"
+        run_main("predict", str(folder), "--data-root", str(data_root), "--out", str(out), *extra)
+        return [line.split(",")[1] for line in out.read_text().splitlines()]
+
+    auto = predict("auto")
+    assert auto == predict("explicit", "--logit-adjust", "1.5") == predict("named", "--logit-adjust", "auto")
+    plain = predict("zero", "--logit-adjust", "0")
+    assert auto != plain  # TAU 1.5 moves some of the 24 test records to rarer classes
+    (folder / LOGIT_ADJUST_FILE).unlink()  # a folder written before the file existed
+    assert predict("old") == plain
+
+
+def test_a_broken_saved_tau_is_a_one_line_error(validated_run, data_root, tmp_path):
+    run_dir, _ = validated_run
+    folder = tmp_path / "model"
+    shutil.copytree(run_dir / BEST_DIR, folder)
+    (folder / LOGIT_ADJUST_FILE).write_text(json.dumps({"tau": -1}))
+    args = ["predict", str(folder), "--data-root", str(data_root), "--out", str(tmp_path / "x.csv")]
+    _, err = run_main(*args, expect=2)
+    assert f"{LOGIT_ADJUST_FILE}: field tau must be a number >= 0" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "x.csv").exists()
+    run_main(*args, "--logit-adjust", "0")  # an explicit TAU does not read the file
+    with pytest.raises(argparse.ArgumentTypeError, match="expected auto or a finite number"):
+        logit_adjust_value("nan")  # what argparse reports for --logit-adjust nan
+    assert logit_adjust_value("auto") == "auto" and logit_adjust_value("0.5") == 0.5
+
+
+def test_choose_tau_takes_the_smallest_of_equal_scores():
+    assert choose_tau({0.0: 0.5, 0.25: 0.7, 0.5: 0.7, 0.75: 0.6}) == 0.25
+    assert choose_tau(dict.fromkeys(TAU_GRID, 0.3)) == 0.0
+
+
+# ---------------------------------------------------------------------------- per-class biases on OOF predictions
+def head_biased_oof(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probabilities of a classifier that favours the first classes, and the true labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 200, n)
+    logits = rng.normal(size=(n, 200))
+    logits[np.arange(n), labels] += 2.5
+    logits[:, :20] += 1.5  # the head
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True)), labels
+
+
+def test_tune_bias_never_scores_rows_it_tuned_on():
+    categories = official_categories()
+    log_probs, labels = head_biased_oof()
+    result = nested_gain(log_probs, labels, categories, folds=3, seed=0)
+    for tuned_on, scored, _ in result.folds:
+        assert not np.intersect1d(tuned_on, scored).size and len(tuned_on) + len(scored) == len(labels)
+    assert np.array_equal(np.sort(np.concatenate([s for _, s, _ in result.folds])), np.arange(len(labels)))
+    # Relabel the rows fold 0 scores: fold 0's biases must not move (it never saw those labels).
+    relabelled = labels.copy()
+    scored0 = result.folds[0][1]
+    relabelled[scored0] = (labels[scored0] + 1) % 200
+    again = nested_gain(log_probs, relabelled, categories, folds=3, seed=0)
+    assert np.array_equal(again.folds[0][2], result.folds[0][2])
+    assert any(not np.array_equal(a[2], b[2]) for a, b in zip(again.folds[1:], result.folds[1:]))
