@@ -115,7 +115,12 @@ BACKENDS: dict[str, BackendInfo] = {
             quantize_path="mmcls.deploy.quantize:quantize_onnx_file",
         ),
         BackendInfo(
-            "aoti", "model.pt2", "mmcls.deploy.predictor:AotiBackend", "mmcls.deploy.export:export_aoti_file"
+            "aoti",
+            "model.pt2",
+            "mmcls.deploy.predictor:AotiBackend",
+            "mmcls.deploy.export:export_aoti_file",
+            # torch's PT2E int8 quantizer left torch.ao for torchao (absent from torch 2.14), not a dependency.
+            quantize_hint=" (torch.ao has no PT2E int8 quantizer in this torch; it moved to torchao)",
         ),
         BackendInfo(
             "tensorrt",

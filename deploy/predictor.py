@@ -271,10 +271,14 @@ def bench_backend(path: str | Path, device: torch.device, precision: str):
     benchmark takes (see ``mmcls.engine.bench.torch_backend``): ``(run(batch) -> log-probabilities, assets)``.
 
     An artifact's precision was fixed at export, so ``precision`` is only checked against it: ``fp32`` (the
-    benchmark's default) means "as exported".
+    benchmark's default) means "as exported". On the CPU the runtime gets torch's intra-op thread count
+    (``OMP_NUM_THREADS``), so that backends compared side by side (``--compare``) use the same cores.
     """
     predictor = Predictor.from_path(
-        path, device=device.type, precision=None if precision == "fp32" else precision
+        path,
+        device=device.type,
+        precision=None if precision == "fp32" else precision,
+        threads=torch.get_num_threads() if device.type == "cpu" else None,
     )
     if predictor.backend_name == "torch":
         raise ArtifactError(f"{path}: a model folder, not an exported artifact: use --backend torch")
