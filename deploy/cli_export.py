@@ -28,12 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     q = p.add_argument_group("int8 quantization (--format onnx)")
     q.add_argument(
-        "--quantize", default=None, choices=["int8"], help="int8 weights (ONNX Runtime's quantizer)"
+        "--quantize",
+        default=None,
+        choices=names.QUANTIZE_PRECISIONS,
+        help="int8 weights (ONNX Runtime's quantizer)",
     )
     q.add_argument(
         "--quantize-mode",
         default="dynamic",
-        choices=["dynamic", "static"],
+        choices=names.QUANTIZE_MODES,
         help="dynamic: int8 MatMul/Gemm weights, no data; static: calibrated QDQ (needs --data-root)",
     )
     q.add_argument("--data-root", type=Path, default=None, help="static: the calibration videos' data root")

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +37,8 @@ from mmcls.deploy.artifact import ArtifactError
 
 logger = logging.getLogger(__name__)
 
-QuantizeMode = Literal["dynamic", "static"]
-QUANTIZE_MODES: tuple[str, ...] = ("dynamic", "static")
-QUANTIZE_PRECISIONS: tuple[str, ...] = ("int8",)
+QUANTIZE_MODES = names.QUANTIZE_MODES
+QUANTIZE_PRECISIONS = names.QUANTIZE_PRECISIONS
 DEFAULT_CALIBRATION_SIZE = 256
 #: The operators each mode quantizes (``op_types_to_quantize``).
 DYNAMIC_OPS = ("MatMul", "Gemm")
