@@ -15,6 +15,11 @@ Adding a backend ``xyz`` = one new file + one line here:
 2. a ``BackendInfo("xyz", ...)`` line in :data:`BACKENDS` below, and ``"xyz"`` added to
    :data:`mmcls.names.Backend`, the import-free name list the CLI takes its ``choices`` from (a test checks
    that both list the same names).
+
+A backend that can run int8 (``mmcls export --quantize int8``) lists ``"int8"`` in its precisions and names a
+quantizer ``quantize_xyz(model_path, plan, assets, info) -> dict`` that rewrites the exported FP32 model file
+in place and returns ``export.json``'s ``quantization`` entry (see :mod:`mmcls.deploy.quantize`). int8 is a
+precision, not a backend: the artifact keeps its model file, inputs, outputs and runtime.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class BackendInfo:
     ``precisions``: what it runs (``--precision``; an exported backend runs the precision fixed at export,
     ``--fp16`` or not). ``cpu_precisions``: the subset it runs on the CPU. ``devices``: the device types it
     runs on. ``triton_platform``: Triton's native backend that can serve the bare exported graph beside the
-    Python-backend model (``mmcls_graph``), None where there is none.
+    Python-backend model (``mmcls_graph``), None where there is none. ``quantize_path``: the int8 quantizer of
+    the exported model file (``export --quantize int8``), None where the backend has no int8 path.
     """
 
     name: str
@@ -45,6 +51,8 @@ class BackendInfo:
     devices: tuple[str, ...] = ("cpu", "cuda")
     triton_platform: str | None = None
     cpu_hint: str = ""  # what to use instead of a precision this backend cannot run on the CPU
+    quantize_path: str | None = None  # "module:attribute" of the int8 quantizer; None: no int8 export
+    quantize_hint: str = ""  # why there is no int8 export, for the error of --quantize
 
     @property
     def exportable(self) -> bool:
@@ -59,6 +67,18 @@ class BackendInfo:
     def runtime(self) -> Any:
         """The runtime class (imported now)."""
         return _load(self.runtime_path)
+
+    def quantizer(self) -> Any:
+        """The int8 quantizer (imported now); an ArtifactError naming the backends that have one."""
+        if self.quantize_path is None:
+            from mmcls.deploy.artifact import ArtifactError
+
+            able = [info.name for info in BACKENDS.values() if info.quantize_path]
+            raise ArtifactError(
+                f"--quantize with --format {self.name}: no int8 export for this backend{self.quantize_hint}; "
+                f"use --format {' or '.join(able)}"
+            )
+        return _load(self.quantize_path)
 
     def precision_problem(self, precision: str, device_type: str) -> str | None:
         """Why ``precision`` cannot run on ``device_type`` with this backend, or None."""
@@ -88,10 +108,19 @@ BACKENDS: dict[str, BackendInfo] = {
             "model.onnx",
             "mmcls.deploy.predictor:OnnxBackend",
             "mmcls.deploy.export:export_onnx_file",
+            # int8: ONNX Runtime's quantizer (dynamic or calibrated QDQ), run by the same CPU/CUDA session.
+            precisions=("fp32", "fp16", "int8"),
+            cpu_precisions=("fp32", "fp16", "int8"),
             triton_platform="onnxruntime_onnx",
+            quantize_path="mmcls.deploy.quantize:quantize_onnx_file",
         ),
         BackendInfo(
-            "aoti", "model.pt2", "mmcls.deploy.predictor:AotiBackend", "mmcls.deploy.export:export_aoti_file"
+            "aoti",
+            "model.pt2",
+            "mmcls.deploy.predictor:AotiBackend",
+            "mmcls.deploy.export:export_aoti_file",
+            # torch's PT2E int8 quantizer left torch.ao for torchao (absent from torch 2.14), not a dependency.
+            quantize_hint=" (torch.ao has no PT2E int8 quantizer in this torch; it moved to torchao)",
         ),
         BackendInfo(
             "tensorrt",

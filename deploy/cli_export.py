@@ -1,4 +1,4 @@
-"""``mmcls export MODEL_DIR --format onnx|aoti|tensorrt|triton --out ARTIFACT_DIR [--fp16]``."""
+"""``mmcls export MODEL_DIR --format onnx|aoti|tensorrt|triton --out ARTIFACT_DIR [--fp16 | --quantize int8]``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from mmcls import names
-from mmcls.cli.options import add_device_option, positive_int
+from mmcls.cli.options import add_device_option, logit_adjust_value, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,6 +28,38 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         choices=names.BACKENDS,
         help="--format triton: the runtime inside the Triton model (default torch)",
+    )
+    q = p.add_argument_group("int8 quantization (--format onnx)")
+    q.add_argument(
+        "--quantize",
+        default=None,
+        choices=names.QUANTIZE_PRECISIONS,
+        help="int8 weights (ONNX Runtime's quantizer)",
+    )
+    q.add_argument(
+        "--quantize-mode",
+        default="dynamic",
+        choices=names.QUANTIZE_MODES,
+        help="dynamic: int8 MatMul/Gemm weights, no data; static: calibrated QDQ (needs --data-root)",
+    )
+    q.add_argument("--data-root", type=Path, default=None, help="static: the calibration videos' data root")
+    q.add_argument(
+        "--calibration-split", default=None, help="static: annotation split to calibrate on (default: train)"
+    )
+    q.add_argument(
+        "--calibration-size",
+        type=positive_int,
+        default=None,
+        help="static: videos to calibrate on (default 256)",
+    )
+    p.add_argument(
+        "--logit-adjust",
+        type=logit_adjust_value,
+        default="auto",
+        metavar="TAU",
+        help="bake -TAU * log prior (the training split's class counts) into the classifier bias: the "
+        "artifact predicts as `mmcls predict --logit-adjust TAU` does. Default auto: the TAU the training run "
+        "chose on validation (0 for folders without one); 0: none",
     )
     return p
 
@@ -57,8 +89,16 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         max_batch=args.max_batch,
         backend=args.backend,
+        quantize=args.quantize,
+        quantize_mode=args.quantize_mode,
+        data_root=args.data_root,
+        calibration_split=args.calibration_split,
+        calibration_size=args.calibration_size,
+        logit_adjust=args.logit_adjust,
     )
     info = out / names.EXPORT_FILE
     summary = json.loads(info.read_text()) if info.is_file() else {"format": args.fmt}
-    print(f"wrote {summary['format']} artifact ({summary.get('precision', '')}) to {out}")
+    quantization = summary.get("quantization") or {}
+    mode = f", {quantization['mode']}" if quantization else ""
+    print(f"wrote {summary['format']} artifact ({summary.get('precision', '')}{mode}) to {out}")
     return 0

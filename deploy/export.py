@@ -6,6 +6,11 @@ graph, so every runtime returns what ``predict`` writes, and FP16 graphs still r
 
 Dimensions kept dynamic: ``batch``, ``text`` (token count) and ``frames`` (frame count). Their example sizes are
 all >= 2 because ``torch.export`` specialises a dimension traced at size 1.
+
+Two options change the compiled model itself, and ``export.json`` says so: ``--quantize int8`` (the backend's
+int8 quantizer, :mod:`mmcls.deploy.quantize`; ``quantization``) and ``--logit-adjust TAU`` (``-TAU * log prior``
+folded into the classifier bias, the prior being the model folder's training-split class counts, exactly as
+``mmcls predict --logit-adjust TAU`` adjusts; ``logit_adjust``).
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mmcls import names
 from mmcls.data.categories import CategoryMap
-from mmcls.deploy.artifact import ArtifactError, build_export_info
+from mmcls.deploy.artifact import ArtifactError, Assets, build_export_info
 from mmcls.deploy.backends import BACKENDS, EXPORTABLE
 from mmcls.models.fusion import MultimodalClassifier, lv1_probs
+
+if TYPE_CHECKING:
+    from mmcls.deploy.quantize import QuantizePlan
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +76,22 @@ def export_model(
     device: str = "cpu",
     max_batch: int = 64,
     backend: str | None = None,
+    quantize: str | None = None,
+    quantize_mode: str = "dynamic",
+    data_root: str | Path | None = None,
+    calibration_split: str | None = None,
+    calibration_size: int | None = None,
+    logit_adjust: float | str = "auto",
 ) -> Path:
     """Write the artifact folder ``out`` for ``model_dir`` in ``fmt``; returns ``out``.
 
     ``out`` must not exist or be empty: a user's files are never overwritten. The folder is assembled under a
     temporary name next to ``out`` and renamed at the end, so a failed export leaves nothing half-written.
     ``backend`` is for ``fmt="triton"``: which runtime the Triton model runs (default: torch).
+    ``quantize`` (``int8``), ``quantize_mode`` and the calibration settings: see :mod:`mmcls.deploy.quantize`;
+    they are checked, and the calibration split read, before anything is loaded or traced.
+    ``logit_adjust``: TAU of the logit adjustment baked into the classifier bias (``auto``: the one the
+    training run chose, if any; 0: none).
     """
     from mmcls.models import load_model_dir
 
@@ -81,6 +100,20 @@ def export_model(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ArtifactError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    if fmt == names.TRITON_FORMAT and (quantize or logit_adjust not in ("auto", 0)):
+        raise ArtifactError(
+            "--quantize/--logit-adjust: not with --format triton; export --format onnx with them, then "
+            "`mmcls serve` the artifact"
+        )
+    plan = None
+    if quantize is not None:
+        plan = _plan_quantization(
+            model_dir, fmt, quantize, quantize_mode, fp16, data_root, calibration_split, calibration_size
+        )
+    elif (quantize_mode, calibration_split, calibration_size) != ("dynamic", None, None):
+        raise ArtifactError(
+            "--quantize-mode/--calibration-split/--calibration-size: only with --quantize int8"
+        )
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -91,7 +124,16 @@ def export_model(
             write_triton_repository(model_dir, tmp, backend=backend or "torch", fp16=fp16, device=device)
         else:
             loaded = load_model_dir(model_dir, device="cpu")
-            _export_into(loaded, tmp, fmt, fp16=fp16, device=device, max_batch=max_batch)
+            _export_into(
+                loaded,
+                tmp,
+                fmt,
+                fp16=fp16,
+                device=device,
+                max_batch=max_batch,
+                plan=plan,
+                logit_adjust=logit_adjust,
+            )
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -100,11 +142,92 @@ def export_model(
     return out
 
 
-def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max_batch: int) -> None:
+def _plan_quantization(
+    model_dir, fmt: str, quantize: str, mode: str, fp16: bool, data_root, split, size
+) -> QuantizePlan:
+    """The checked ``--quantize`` settings with the calibration records (read from the model's own config)."""
+    from mmcls.deploy.artifact import load_assets
+    from mmcls.deploy.quantize import plan_quantization
+
+    record = EXPORTABLE[fmt]
+    record.quantizer()  # no int8 path for this format: the error names the ones that have one
+    if fp16:
+        raise ArtifactError("--quantize int8 and --fp16: choose one precision")
+    assets = load_assets(model_dir)
+    return plan_quantization(
+        quantize,
+        mode,
+        config=assets.config,
+        categories=assets.categories,
+        data_root=data_root,
+        split=split,
+        size=size,
+    )
+
+
+def export_tau(loaded, logit_adjust: float | str) -> float:
+    """The TAU an artifact bakes in: ``auto`` = the one the model folder's training run chose on validation
+    (``mmcls.engine.tau``; 0 for folders without one, and for tagging models, whose thresholds decide); else
+    the number given (refused for a tagging model)."""
+    from mmcls.engine.tau import saved_tau
+    from mmcls.inference.predict import LogitAdjustError
+
+    multilabel = loaded.config.data.task == "multilabel"
+    if logit_adjust == "auto":
+        return 0.0 if multilabel else saved_tau(loaded.path)
+    if multilabel and float(logit_adjust):
+        raise LogitAdjustError("--logit-adjust: single-label only; this model tags (data.task=multilabel)")
+    return float(logit_adjust)
+
+
+def bake_logit_adjustment(loaded, tau: float) -> None:
+    """Fold ``-tau * log prior`` into the fused classifier's bias (``mmcls predict --logit-adjust`` in the graph).
+
+    The prior is :func:`mmcls.engine.losses.log_prior` of the model folder's ``train_counts`` and the shift is
+    :func:`~mmcls.engine.losses.adjust_logits`, the functions ``predict`` applies to its log-probabilities
+    (they equal the logits up to a per-row constant, so both give the same softmax and the same labels).
+    """
+    from mmcls.engine.losses import adjust_logits, log_prior
+    from mmcls.inference.predict import LogitAdjustError
+
+    if loaded.train_counts is None:
+        raise LogitAdjustError(
+            f"--logit-adjust: {loaded.path}/{names.CATEGORIES_FILE} has no train_counts (the training split's "
+            "class counts, saved by training); retrain, or export without --logit-adjust"
+        )
+    linear = loaded.model.classifier[-1]
+    if not isinstance(linear, nn.Linear) or linear.bias is None:
+        raise ArtifactError(f"{loaded.path}: the classifier has no bias to fold --logit-adjust into")
+    bias = linear.bias.detach().double().cpu().numpy()
+    adjusted = adjust_logits(bias[None, :], log_prior(loaded.train_counts), float(tau))[0]
+    with torch.no_grad():
+        linear.bias.copy_(torch.from_numpy(adjusted).to(linear.bias))
+
+
+def _export_into(
+    loaded,
+    folder: Path,
+    fmt: str,
+    *,
+    fp16: bool,
+    device: str,
+    max_batch: int,
+    plan: QuantizePlan | None = None,
+    logit_adjust: float | str = "auto",
+) -> None:
     """Compile ``loaded`` (a :class:`~mmcls.models.model_dir.LoadedModel`) into ``folder`` with its assets."""
     config = loaded.config
     if config.data.frames.source == "none":
         raise ArtifactError(f"{loaded.path}: text-only models (data.frames.source=none) are not exportable")
+    if fmt == "aoti" and config.model.frame_aggregator in ("lstm", "gru"):
+        # torch.export cannot trace nn.LSTM/GRU over a dynamic frame axis (the ONNX exporter maps them to ops).
+        raise ArtifactError(
+            f"{loaded.path}: model.frame_aggregator={config.model.frame_aggregator} cannot be exported as aoti; "
+            "use --format onnx"
+        )
+    tau = export_tau(loaded, logit_adjust)
+    if tau:
+        bake_logit_adjustment(loaded, tau)
     frame_input = "features" if config.model.frame_encoder.type == "identity" else "pixels"
     torch_device = torch.device(device)
     model = loaded.model.to(torch_device)
@@ -126,6 +249,23 @@ def _export_into(loaded, folder: Path, fmt: str, *, fp16: bool, device: str, max
         frame_input=frame_input,
         dynamic_dims=dims,
         num_lv1=loaded.categories.num_lv1,
+    )
+    info["quantization"] = None
+    if plan is not None:
+        assets = Assets(loaded.path, config, loaded.tokenizer, loaded.categories, export_info=None)
+        info["quantization"] = backend.quantizer()(folder / backend.model_file, plan, assets, info)
+        info["precision"] = plan.precision
+    info["logit_adjust"] = (
+        {
+            "tau": tau,
+            "chosen_by": "the training run (validation mean_f1)"
+            if logit_adjust == "auto"
+            else "--logit-adjust",
+            "prior": f"train_counts of {names.CATEGORIES_FILE} (add-one smoothed)",
+            "baked_into": "classifier bias",
+        }
+        if tau
+        else None
     )
     copy_assets(loaded.path, folder, loaded.tokenizer)
     _write_json(folder / names.EXPORT_FILE, info)

@@ -47,11 +47,15 @@ class TorchBackend(Backend):
         precision: str = "fp32",
         threads: int | None = None,
     ):
-        from mmcls.deploy.export import InferenceGraph
+        from mmcls.deploy.export import InferenceGraph, bake_logit_adjustment, export_tau
         from mmcls.engine.inference import cast_for_inference
         from mmcls.models import load_model_dir
 
         loaded = load_model_dir(folder, device=device)
+        # As `mmcls predict` (--logit-adjust auto) and an exported artifact: the TAU training chose, if any.
+        tau = export_tau(loaded, "auto")
+        if tau:
+            bake_logit_adjustment(loaded, tau)
         cast_for_inference(loaded.model, device, precision)
         multilabel = loaded.config.data.task == "multilabel"
         self.graph = InferenceGraph(loaded.model, loaded.categories, multilabel).eval()
@@ -272,10 +276,14 @@ def bench_backend(path: str | Path, device: torch.device, precision: str):
     benchmark takes (see ``mmcls.bench.torch_backend``): ``(run(batch) -> log-probabilities, assets)``.
 
     An artifact's precision was fixed at export, so ``precision`` is only checked against it: ``fp32`` (the
-    benchmark's default) means "as exported".
+    benchmark's default) means "as exported". On the CPU the runtime gets torch's intra-op thread count
+    (``OMP_NUM_THREADS``), so that backends compared side by side (``--compare``) use the same cores.
     """
     predictor = Predictor.from_path(
-        path, device=device.type, precision=None if precision == "fp32" else precision
+        path,
+        device=device.type,
+        precision=None if precision == "fp32" else precision,
+        threads=torch.get_num_threads() if device.type == "cpu" else None,
     )
     if predictor.backend_name == "torch":
         raise ArtifactError(f"{path}: a model folder, not an exported artifact: use --backend torch")

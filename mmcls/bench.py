@@ -390,3 +390,51 @@ def train_step_flops(trainer: Any, micro_batches: list[dict[str, Any]]) -> float
 def _peak_tflops(device: torch.device) -> float | None:
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+# ------------------------------------------------------------------------------------------------ compare
+def bench_compare(models: list[tuple[str, str]], data_root: str | Path, opts: BenchOptions) -> list[dict]:
+    """``bench infer --compare``: :func:`bench_infer` of each ``(model path, "module:factory")``, side by side,
+    plus ``agreement``: the share of the split's videos whose label equals the first model's.
+
+    Each model is measured in a fresh process of its own, one after the other, so ``peak_memory_gib`` is that
+    model's peak, not the largest so far (the CPU figure is the process's peak resident set size).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows, first = [], None
+    for path, factory in models:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            result, labels = pool.submit(_compare_one, str(path), factory, str(data_root), opts).result()
+        first = labels if first is None else first
+        same = len(labels) == len(first)
+        result["agreement"] = float(np.mean(labels == first)) if same else float("nan")
+        rows.append({"model": str(path), **result})
+    return rows
+
+
+def _compare_one(path: str, factory: str, data_root: str, opts: BenchOptions) -> tuple[dict, np.ndarray]:
+    """One row of :func:`bench_compare` (in its own process): the figures, then the labels of the split."""
+    import importlib
+
+    from mmcls.data.builders import build_eval_loader
+
+    module, _, name = factory.partition(":")
+    backend = getattr(importlib.import_module(module), name)
+    made: dict[str, Any] = {}
+
+    def keep(model_dir: str | Path, device: torch.device, precision: str):
+        made["run"], made["loaded"] = backend(model_dir, device, precision)
+        return made["run"], made["loaded"]
+
+    result = bench_infer(path, data_root, opts, backend=keep)
+    loaded, device = made["loaded"], _device(opts.device)
+    dataset, pad_id = _dataset(loaded.config, data_root, opts, train=False, tokenizer=loaded.tokenizer)
+    loader = build_eval_loader(dataset, opts.batch_size, opts.workers, pad_id)
+    indices, labels = [], []
+    for batch in _device_batches(loader, device):
+        labels.append(made["run"](batch).argmax(dim=-1).cpu().numpy())
+        indices.append(batch["index"].numpy())
+    order = np.argsort(np.concatenate(indices), kind="stable")
+    return result, np.concatenate(labels)[order]

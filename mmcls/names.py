@@ -77,6 +77,12 @@ LAST_DIR = "last"
 # ------------------------------------------------------------------------------------------------ choice lists
 #: Numeric precision of training (``train.precision``) and inference (``--precision``).
 Precision = Literal["fp32", "bf16", "fp16"]
+#: ``mmcls export --quantize``: integer precisions of an exported backend (fixed at export: no ``--precision``),
+#: and ``--quantize-mode``: ``dynamic`` (int8 weights, activations scaled per batch) or ``static`` (calibrated).
+Quantize = Literal["int8"]
+QUANTIZE_PRECISIONS: tuple[str, ...] = get_args(Quantize)
+QuantizeMode = Literal["dynamic", "static"]
+QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
 #: Where the model runs (``train.device``, ``--device``); ``auto`` = CUDA when available.
 Device = Literal["auto", "cpu", "cuda"]
 #: Who decodes JPEG frames (``data.frames.decoder``, ``--frame-decoder``).

@@ -49,7 +49,11 @@ def test_registry_covers_every_backend_name():
         assert isinstance(info.runtime(), type)  # every dotted path resolves
         if info.exportable:
             assert callable(info.exporter())
-        assert set(info.cpu_precisions) <= set(info.precisions) <= set(typing.get_args(names.Precision))
+        precisions = {*typing.get_args(names.Precision), *typing.get_args(names.Quantize)}
+        assert set(info.cpu_precisions) <= set(info.precisions) <= precisions
+        assert ("int8" in info.precisions) == (info.quantize_path is not None)
+        if info.quantize_path is not None:
+            assert callable(info.quantizer())
         assert set(info.devices) <= set(typing.get_args(names.Device)) - {"auto"}
     assert backends.BACKENDS["torch"].model_file == names.WEIGHTS_FILE
     assert backends.BACKENDS["torch"].precision_problem("fp16", "cpu") is not None

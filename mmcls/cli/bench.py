@@ -41,7 +41,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     data = what.add_parser("data", help="DataLoader alone and one-process cost per video")
     data.add_argument("config", help="YAML file or preset name (tiny, base, feats)")
     infer = what.add_parser("infer", help="inference: model alone, loader alone, predict end to end")
-    infer.add_argument("model", type=Path, help="a model folder or a run directory (its best model)")
+    infer.add_argument(
+        "model", type=Path, nargs="?", help="a model folder or a run directory (its best model)"
+    )
+    infer.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        metavar="MODEL",
+        help="instead of MODEL: several model/artifact folders side by side, each on its own backend "
+        "(agreement: labels equal to the first's)",
+    )
     add_backend_option(infer, default="torch", help="inference backend")
     add_frame_decoder_option(infer)
     train = what.add_parser("train", help="training: optimizer step alone and training end to end")
@@ -82,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mmcls import bench
-    from mmcls.config import Config
+    from mmcls.config import Config, ConfigError
 
     opts = bench.BenchOptions(
         split=args.split or ("test" if args.bench_target == "infer" else "labeled"),
@@ -98,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         clock=args.clock,
         frame_decoder=getattr(args, "frame_decoder", "pil"),
     )
+    if args.bench_target == "infer" and (args.compare is None) == (args.model is None):
+        raise ConfigError("bench infer: give one MODEL, or --compare A B ... (not both)")
+    if args.bench_target == "infer" and args.compare:
+        return _compare(args, opts)
     if args.bench_target == "infer":
         module, _, factory = INFER_BACKENDS[args.backend].partition(":")
         backend = getattr(importlib.import_module(module), factory)
@@ -122,3 +136,52 @@ def run(args: argparse.Namespace) -> int:
             shown = f"{value:,.3f}" if isinstance(value, float) else value
             print(f"{key:<{width}}  {shown}")
     return 0
+
+
+def _compare(args: argparse.Namespace, opts) -> int:
+    """``bench infer --compare A B C``: one table (or one JSON object) of every model, each on its own backend."""
+    import torch
+
+    from mmcls import bench
+
+    kinds = {path: _kind(path, opts.precision) for path in args.compare}
+    models = [(str(path), INFER_BACKENDS[kinds[path][0]]) for path in args.compare]
+    rows = bench.bench_compare(models, args.data_root, opts)
+    for row, path in zip(rows, args.compare):
+        row["backend"], row["precision"] = kinds[path]
+    if args.json:
+        print(
+            json.dumps({"bench": "infer", "compare": rows, "torch": torch.__version__, "options": vars(opts)})
+        )
+        return 0
+    columns = [
+        ("model", "model"),
+        ("backend", "backend"),
+        ("precision", "precision"),
+        ("model_videos_per_s", "model videos/s"),
+        ("e2e_videos_per_s", "e2e videos/s"),
+        ("peak_memory_gib", "peak GiB"),
+        ("agreement", "agreement"),
+    ]
+    table = [[title for _, title in columns]]
+    for row in rows:
+        table.append(
+            [f"{row[key]:,.3f}" if isinstance(row[key], float) else str(row[key]) for key, _ in columns]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print(
+        f"device {opts.device}, clock {opts.clock}, batch {opts.batch_size}, torch threads {torch.get_num_threads()}"
+    )
+    return 0
+
+
+def _kind(path: Path, precision: str) -> tuple[str, str]:
+    """``(backend, precision)`` of a compared folder: an artifact's own (``export.json``), else torch."""
+    info_path = path / names.EXPORT_FILE
+    if not info_path.is_file():
+        return "torch", precision
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    mode = (info.get("quantization") or {}).get("mode")
+    return info["format"], info.get("precision", "") + (f" {mode}" if mode else "")

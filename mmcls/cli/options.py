@@ -69,6 +69,17 @@ positive_float = float_range(0.0, low_open=True)  # --timeout, --lr-scale, --pea
 probability = float_range(0.0, 1.0)  # --min-confidence
 
 
+def logit_adjust_value(text: str) -> float | str:
+    """argparse type of ``--logit-adjust`` (predict, export): ``auto`` (the TAU its training run chose on
+    validation, saved in the model folder) or a finite number."""
+    if text == "auto":
+        return text
+    try:
+        return finite_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a finite number, got {text!r}") from None
+
+
 def add_set_option(parser: argparse.ArgumentParser) -> None:
     """``--set KEY=VALUE`` (repeatable) into ``args.overrides``: config overrides, values parsed as YAML."""
     parser.add_argument(

@@ -13,7 +13,7 @@ from mmcls.cli.options import (
     add_device_option,
     add_frame_decoder_option,
     add_precision_option,
-    finite_float,
+    logit_adjust_value,
     non_negative_int,
     positive_int,
 )
@@ -85,16 +85,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     _add_tagging_options(p)
     return p
-
-
-def logit_adjust_value(text: str) -> float | str:
-    """argparse type of ``--logit-adjust``: ``auto`` (the TAU saved by training) or a finite number."""
-    if text == "auto":
-        return text
-    try:
-        return finite_float(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected auto or a finite number, got {text!r}") from None
 
 
 # ------------------------------------------------------------------ multilabel tagging (issue #17)

@@ -1,0 +1,231 @@
+"""int8 ONNX artifacts (``export --quantize int8``), ``export --logit-adjust`` and ``bench infer --compare``.
+
+One tiny model is trained once per session (a real ``mmcls train`` run on synthetic data): int8 agreement is
+only meaningful on a model whose scores are not all ties.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from mmcls.deploy.artifact import ArtifactError
+from mmcls.deploy.export import export_model
+from mmcls.deploy.predictor import Predictor
+from mmcls.metrics import compute_scores, read_labels
+
+from commands import child_env, mmcls_command, train_args
+
+pytest.importorskip("onnxruntime.quantization")
+
+
+def run_mmcls(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        mmcls_command(*args), env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """``{"root", "data", "model"}``: a tiny model trained for a few epochs on a synthetic data root."""
+    from mmcls.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("quantize")
+    data = root / "data"
+    make_synthetic_dataset(data, 240, 0, 80, seed=3, num_frames=4, image_size=32)
+    settings = ["data.num_workers=0", "train.epochs=20", "train.checkpoint_every_steps=1000"]
+    result = run_mmcls(*train_args(data, root / "run", settings))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {"root": root, "data": data, "model": root / "run"}
+
+
+@pytest.fixture(scope="session")
+def onnx_fp32(trained):
+    # Both sides without the TAU training chose (auto): what is compared is the quantization alone.
+    return export_model(trained["model"], trained["root"] / "fp32", "onnx", logit_adjust=0)
+
+
+@pytest.fixture(scope="session")
+def int8_artifacts(trained):
+    """The int8 artifacts of both modes, written through the CLI as a user would."""
+    out = {}
+    for mode in ("dynamic", "static"):
+        out[mode] = trained["root"] / f"int8_{mode}"
+        args = ["export", str(trained["model"]), "--format", "onnx", "--out", str(out[mode])]
+        args += ["--quantize", "int8", "--quantize-mode", mode, "--logit-adjust", "0"]
+        if mode == "static":
+            args += ["--data-root", str(trained["data"]), "--calibration-split", "labeled"]
+            args += ["--calibration-size", "64"]
+        result = run_mmcls(*args)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"(int8, {mode})" in result.stdout
+    return out
+
+
+def predict(path, data):
+    """``(ids, category ids, probabilities)`` of the test split through the Predictor."""
+    ids, preds, category_ids = Predictor.from_path(path, device="cpu").predict_split(
+        data, num_workers=0, progress=False
+    )
+    return ids, category_ids, preds.probs[np.argsort(preds.indices)]
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_agrees_with_fp32_on_the_test_split(trained, onnx_fp32, int8_artifacts, mode):
+    data = trained["data"]
+    truth = read_labels(data / "annotations" / "test_labels.json")
+    ids, fp32, _ = predict(onnx_fp32, data)
+    ids8, int8, _ = predict(int8_artifacts[mode], data)
+    assert ids8 == ids and len(ids) == 80
+    agreement = np.mean([a == b for a, b in zip(fp32, int8)])
+    assert agreement >= 0.97, agreement
+    f1_fp32 = compute_scores([truth[i] for i in ids], fp32)["mean_f1"]
+    f1_int8 = compute_scores([truth[i] for i in ids], int8)["mean_f1"]
+    assert abs(f1_fp32 - f1_int8) <= 0.01, (f1_fp32, f1_int8)
+    assert f1_fp32 > 0.05  # a model that learned something: agreement on ties would prove nothing
+
+
+def test_int8_export_json_is_complete(trained, onnx_fp32, int8_artifacts):
+    dynamic = json.loads((int8_artifacts["dynamic"] / "export.json").read_text())
+    static = json.loads((int8_artifacts["static"] / "export.json").read_text())
+    for info in (dynamic, static):
+        assert info["format"] == "onnx" and info["precision"] == "int8"
+        assert info["model_file"] == "model.onnx"
+        assert info["quantization"]["precision"] == "int8"
+        assert info["quantization"]["tool"] == "onnxruntime.quantization"
+        assert info["logit_adjust"] is None
+        assert info["versions"]["onnxruntime"]
+    assert dynamic["quantization"]["mode"] == "dynamic"
+    assert dynamic["quantization"]["calibration"] is None
+    assert dynamic["quantization"]["operators"]["MatMulInteger"] > 0
+    assert static["quantization"]["mode"] == "static" and static["quantization"]["format"] == "QDQ"
+    assert static["quantization"]["calibration"] == {
+        "data_root": str(trained["data"]),
+        "split": "labeled",
+        "count": 64,
+    }
+    assert static["quantization"]["operators"]["Conv"] >= 1  # the ViT's patch embedding
+    assert static["quantization"]["operators"]["MatMul"] > 0
+    # The int8 weights shrink the file (the tiny model's bytes are mostly its float embedding table, which
+    # neither mode quantizes: Gather is not in the quantized operators).
+    fp32_size = (trained["root"] / "fp32" / "model.onnx").stat().st_size
+    for artifact in int8_artifacts.values():
+        assert (artifact / "model.onnx").stat().st_size < 0.95 * fp32_size
+        assert not list(artifact.glob("*.fp32.onnx"))
+
+
+def test_corrupt_calibration_split_is_one_line_error_before_work(trained, tmp_path):
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    (data / "annotations" / "labeled.json").write_text('[{"id": "1", "title": "t"', encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["export", str(trained["model"]), "--format", "onnx", "--out", str(out), "--quantize", "int8"]
+    args += ["--quantize-mode", "static", "--data-root", str(data), "--calibration-split", "labeled"]
+    result = run_mmcls(*args, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "labeled.json" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no artifact, no temporary folder
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"quantize_mode": "static", "data_root": None}, "needs --data-root"),
+        ({"quantize_mode": "static", "calibration_split": "nosuch"}, "'nosuch' not found"),
+        ({"calibration_size": 8}, "only for --quantize-mode static"),
+        ({"fp16": True}, "choose one precision"),
+        ({"fmt": "aoti"}, "no int8 export for this backend"),
+        ({"fmt": "triton"}, "not with --format triton"),
+        ({"quantize": None, "quantize_mode": "static"}, "only with --quantize int8"),
+    ],
+)
+def test_bad_quantize_settings_are_refused_before_work(trained, tmp_path, settings, message):
+    settings = {"fmt": "onnx", "quantize": "int8", "data_root": trained["data"], **settings}
+    with pytest.raises(ArtifactError, match=message):
+        export_model(trained["model"], tmp_path / "out", **settings)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_logit_adjust_baked_into_the_artifact_equals_predict(trained, tmp_path):
+    from mmcls.inference.predict import predict_split
+
+    tau = 1.0
+    artifact = export_model(trained["model"], tmp_path / "adjusted", "onnx", logit_adjust=tau)
+    info = json.loads((artifact / "export.json").read_text())
+    assert info["logit_adjust"]["tau"] == tau and info["precision"] == "fp32"
+    ids, served, served_probs = predict(artifact, trained["data"])
+    kwargs = {"device": "cpu", "num_workers": 0, "progress": False}
+    ref_ids, ref_preds, adjusted = predict_split(
+        trained["model"], trained["data"], logit_adjust=tau, **kwargs
+    )
+    _, _, plain = predict_split(trained["model"], trained["data"], **kwargs)
+    assert ids == ref_ids
+    assert served == adjusted
+    assert served != plain  # the adjustment changes some labels of this model: the test can fail
+    ref_probs = ref_preds.probs[np.argsort(ref_preds.indices)]
+    assert np.abs(served_probs - ref_probs).max() <= 1e-4
+
+
+def test_logit_adjust_needs_the_class_counts(tmp_path):
+    from mmcls.inference.predict import LogitAdjustError
+
+    from deploy_fixtures import tiny_model_dir
+
+    model = tiny_model_dir(tmp_path / "model")  # saved without train_counts
+    with pytest.raises(LogitAdjustError, match="no train_counts"):
+        export_model(model, tmp_path / "out", "onnx", logit_adjust=0.5)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_bench_infer_compare_prints_one_table(trained, onnx_fp32, int8_artifacts):
+    common = ["--data-root", str(trained["data"]), "--batch-size", "8", "--workers", "0", "--repeats", "1"]
+    common += ["--batches", "1", "--limit", "24", "--warmup", "0"]
+    models = [str(trained["model"] / "best"), str(onnx_fp32), str(int8_artifacts["dynamic"])]
+    result = run_mmcls("bench", "infer", "--compare", *models, *common, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)["compare"]
+    assert [(r["backend"], r["precision"]) for r in rows] == [
+        ("torch", "fp32"),
+        ("onnx", "fp32"),
+        ("onnx", "int8 dynamic"),
+    ]
+    for row in rows:
+        for key in ("model_videos_per_s", "e2e_videos_per_s", "peak_memory_gib"):
+            assert row[key] > 0, (row["model"], key)
+    assert rows[0]["agreement"] == 1.0 and rows[1]["agreement"] == 1.0
+    assert rows[2]["agreement"] >= 0.9
+    table = run_mmcls("bench", "infer", "--compare", *models[:2], *common)
+    assert table.returncode == 0, table.stderr[-2000:]
+    header, *lines = table.stdout.splitlines()
+    assert "model videos/s" in header and "agreement" in header and len(lines) == 3
+
+
+@pytest.mark.slow
+def test_serving_an_int8_artifact_end_to_end(trained, int8_artifacts, tmp_path):
+    """`mmcls serve` of the static int8 artifact answers `mmcls client` with `mmcls predict`'s labels."""
+    pytest.importorskip("tritonclient.http")
+    pytest.importorskip("pytriton")
+    from test_deploy_server import Server, read_csv
+
+    from commands import free_ports
+
+    artifact, data = int8_artifacts["static"], trained["data"]
+    predicted = tmp_path / "predict.csv"
+    result = run_mmcls("predict", str(artifact), "--data-root", str(data), "--out", str(predicted))
+    assert result.returncode == 0, result.stderr[-2000:]
+    server = Server(artifact, free_ports(3), tmp_path / "home")
+    try:
+        server.wait_ready()
+        out = tmp_path / "client.csv"
+        args = ["client", server.url, "--data-root", str(data), "--out", str(out), "--concurrency", "4"]
+        result = run_mmcls(*args, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert read_csv(out) == read_csv(predicted)
+    finally:
+        assert server.stop() == 0, server.output()
