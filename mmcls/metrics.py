@@ -326,10 +326,16 @@ def tag_probs_path(pred_csv: str | Path) -> Path:
 
 def is_tag_prediction_file(pred_csv: str | Path) -> bool:
     """Whether ``pred_csv`` starts with the multilabel header ``id,labels`` (the file says which task it is)."""
-    try:
-        with Path(pred_csv).open(encoding="utf-8-sig", newline="") as handle:
-            first = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError):
+    import io
+
+    from mmcls.errors import MmclsError
+    from mmcls.files import open_regular
+
+    try:  # a regular file only: a FIFO or a device given as --pred must never block or flood here
+        with open_regular(pred_csv, what="prediction file") as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            first = next(csv.reader(text), [])
+    except (OSError, UnicodeDecodeError, MmclsError):
         return False  # the reader of the file reports it in its own words
     return tuple(cell.strip() for cell in first) == TAG_CSV_HEADER
 
