@@ -102,6 +102,10 @@ class FolderMember:
     def oof_path(self) -> Path | None:
         return None
 
+    def model_folder(self) -> Path:
+        """A folder whose ``config.yaml`` (directly, or in its ``best/``) describes the member's models."""
+        return self.path
+
 
 class TorchModel(FolderMember):
     """A model folder, or a training run directory (its ``best/`` model)."""
@@ -142,6 +146,9 @@ class KFoldMean(FolderMember):
     def oof_path(self) -> Path | None:
         return self.path / "oof.npy"
 
+    def model_folder(self) -> Path:
+        return self.fold_dirs[0]
+
 
 class GroupFinetuned(FolderMember):
     """A ``mmcls group-finetune`` directory: the base model routes each record to a level-1 group (its
@@ -159,6 +166,9 @@ class GroupFinetuned(FolderMember):
     @staticmethod
     def accepts(path: Path) -> bool:
         return (path / GROUPS_FILE).is_file()
+
+    def model_folder(self) -> Path:
+        return self.base  # the group models are fine-tuned copies of it (same task and classes)
 
     def predict(self, data_root, split, options, ids=None):
         split_ids, base = predict_model(self.base, data_root, split, options, ids)
@@ -224,10 +234,9 @@ def _refuse_tagging_model(member: Member) -> None:
     from mmcls.config import Config
     from mmcls.models.model_dir import CONFIG_FILE, resolve_model_dir
 
-    folder = getattr(member, "fold_dirs", [None])[0] or getattr(member, "path", None)
-    if folder is None:
+    if not isinstance(member, FolderMember):
         return
-    folder = Path(folder)
+    folder = member.model_folder()
     config = (
         folder / CONFIG_FILE if (folder / CONFIG_FILE).is_file() else resolve_model_dir(folder) / CONFIG_FILE
     )
