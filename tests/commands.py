@@ -32,6 +32,15 @@ SMALL_VOCAB = Path(__file__).resolve().parent / "assets" / "small_vocab.txt"
 SMALL_VOCAB_SETTING = f"data.text.tokenizer={SMALL_VOCAB}"
 # No progress bar and no TensorBoard files: nothing a test reads, and both cost time.
 QUIET = ("train.progress_bar=false", "train.tensorboard=false")
+# One short training on a tiny data root (the workflow, taxonomy and annotation-format tests): one epoch, two
+# frames, no workers, quiet.
+ONE_EPOCH = (
+    "train.epochs=1",
+    "train.batch_size=16",
+    *QUIET,
+    "data.num_workers=0",
+    "data.frames.max_frames=2",
+)
 # Deterministic forward passes: no dropout anywhere in the tiny model.
 NO_DROPOUT = (
     "model.dropout=0",

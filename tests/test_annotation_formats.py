@@ -30,16 +30,11 @@ from mmcls.data.synthetic import make_synthetic_dataset
 from mmcls.data.text import load_tokenizer
 from mmcls.engine.trainer import train
 
+from commands import ONE_EPOCH
+
 CATEGORIES = official_categories()
 LABEL = CATEGORIES.category_ids[7]
-FAST = [
-    "train.epochs=1",
-    "train.batch_size=16",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
-    "data.num_workers=0",
-    "data.frames.max_frames=2",
-]
+FAST = list(ONE_EPOCH)
 
 
 def write_jsonl(path: Path, records: list[Record]) -> Path:

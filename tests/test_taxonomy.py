@@ -32,19 +32,12 @@ from mmcls.data.text import load_tokenizer
 from mmcls.metrics import EvaluationError, compute_scores, evaluate_files
 from mmcls.models import build_model, load_model_dir, save_model_dir
 
-from commands import child_env, mmcls_command
+from commands import ONE_EPOCH, child_env, mmcls_command
 from conftest import CHILDREN, PARENTS
 
 SHARED_CATEGORIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wbdc2022_categories.csv"
 FLAT = [("a", "甲"), ("b", "乙"), ("c", "丙"), ("d", "丁"), ("e", "戊")]
-FAST = [
-    "train.epochs=1",
-    "train.batch_size=16",
-    "train.progress_bar=false",
-    "train.tensorboard=false",
-    "data.num_workers=0",
-    "data.frames.max_frames=2",
-]
+FAST = list(ONE_EPOCH)
 
 
 def write_flat(path: Path) -> Path:

@@ -33,18 +33,11 @@ from mmcls.workflows.ensemble import fast_mean_f1, hill_climb
 from mmcls.workflows.kfold import KFoldError, run_kfold
 from mmcls.workflows.members import PredictOptions, predict_model
 
-from commands import QUIET, SMALL_VOCAB_SETTING, run_main
+from commands import ONE_EPOCH, SMALL_VOCAB_SETTING, run_main
 
 CATEGORIES = official_categories()
 LV1 = np.asarray(CATEGORIES.lv1_of_lv2)
-FAST = [
-    SMALL_VOCAB_SETTING,
-    "train.epochs=1",
-    "train.batch_size=16",
-    *QUIET,
-    "data.num_workers=0",
-    "data.frames.max_frames=2",
-]
+FAST = [SMALL_VOCAB_SETTING, *ONE_EPOCH]
 OPTIONS = PredictOptions(batch_size=64, num_workers=0, device="cpu")
 
 
