@@ -20,7 +20,7 @@ import numpy as np
 from mmcls.data.categories import CategoryMap
 from mmcls.data.prob_files import check_probs_path, load_probs, rows_for, save_probs, sidecar, write_json
 from mmcls.errors import MmclsError
-from mmcls.workflows.members import PredictOptions, load_member, same_categories
+from mmcls.workflows.members import OOF_FILE, PredictOptions, load_member, same_categories
 
 STEPS = (0.5, 0.25, 0.1, -0.1, -0.25)
 
@@ -120,7 +120,7 @@ def oof_tables(
     tables, labels, order = [], None, None
     for source in oof_sources:
         path = Path(source)
-        path = path / "oof.npy" if path.is_dir() else path
+        path = path / OOF_FILE if path.is_dir() else path
         if order is None:
             order, probs, info = load_probs(path)
             if "labels" not in info:

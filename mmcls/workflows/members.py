@@ -31,6 +31,7 @@ from mmcls.names import EXPORT_FILE
 
 KFOLD_FILE = "kfold.json"
 GROUPS_FILE = "group_finetune.json"
+OOF_FILE = "oof.npy"  # out-of-fold probabilities: a kfold directory's, each fold's, a stack's
 
 
 class MemberError(MmclsError, ValueError):
@@ -144,7 +145,7 @@ class KFoldMean(FolderMember):
         return split_ids, total / len(self.fold_dirs)
 
     def oof_path(self) -> Path | None:
-        return self.path / "oof.npy"
+        return self.path / OOF_FILE
 
     def model_folder(self) -> Path:
         return self.fold_dirs[0]

@@ -48,7 +48,7 @@ from mmcls.workflows.ensemble import (
     oof_tables,
     refuse_existing,
 )
-from mmcls.workflows.members import PredictOptions, load_member, same_categories
+from mmcls.workflows.members import OOF_FILE, PredictOptions, load_member, same_categories
 
 log = logging.getLogger("mmcls.stack")
 
@@ -301,7 +301,7 @@ def save_stack(
     meta.save(stack_dir / META_FILE)
     labels = info.pop("labels")
     save_probs(
-        stack_dir / "oof.npy",
+        stack_dir / OOF_FILE,
         stacked,
         ids,
         categories,
