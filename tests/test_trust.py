@@ -88,6 +88,18 @@ def test_predict_beside_the_run_is_still_allowed(work):
     (work / "run" / "result.data_errors.json").unlink()
 
 
+def test_predict_replaces_a_file_of_another_kind_only_with_overwrite(work, tmp_path, capsys):
+    """An earlier result CSV is replaced on a re-run; a user's ``notes.txt`` given as ``--out`` by mistake is not."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    argv = ["predict", str(work / "model"), "--data-root", str(work / "data"), "--out", str(notes)]
+    argv += ["--batch-size", "8", "--num-workers", "0", "--device", "cpu"]
+    refused(capsys, argv, str(notes), "not a prediction file", "--overwrite")
+    assert notes.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert notes.read_text().count(",") >= 1  # now the predictions, as asked
+
+
 @pytest.mark.parametrize(
     "argv_of",
     [

@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, help="data in the official layout (not with --video)")
     p.add_argument("--split", default=None, help="annotation split to predict (default: test)")
     p.add_argument("--out", type=Path, help="submission CSV to write (required with --data-root)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="let --out replace an existing file that is not a CSV"
+    )
     videos = p.add_argument_group("one video at a time (instead of --data-root/--split/--out)")
     videos.add_argument(
         "--video",
@@ -216,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
     args.split = args.split or "test"
     inputs = [_split_annotation_path(args), *model_inputs(args.model_dir), *data_inputs(args.data_root, [])]
     check_outputs([("--out", args.out), ("--out", error_report_path(args.out))], inputs)
-    check_submission_path(args.out, inputs)
-    check_submission_path(error_report_path(args.out), inputs)
+    check_submission_path(args.out, inputs, overwrite=args.overwrite)
+    check_submission_path(error_report_path(args.out), inputs, overwrite=args.overwrite)
     tagging = _is_tagging_model(args)
     _check_tagging_options(args, tagging)
     if tagging:
@@ -252,7 +255,12 @@ def _check_mode(args: argparse.Namespace) -> None:
     """A split (``--data-root`` + ``--out``) or files (``--video``), each with its own options, never both."""
     from mmcls.config import ConfigError
 
-    split_options = {"--data-root": args.data_root, "--split": args.split, "--out": args.out}
+    split_options = {
+        "--data-root": args.data_root,
+        "--split": args.split,
+        "--out": args.out,
+        "--overwrite": args.overwrite,
+    }
     video_options = {
         "--title": args.title,
         "--asr": args.asr,
