@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from mmcls import __version__
 
@@ -42,8 +43,19 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose refusals are one line, like every other refusal of the CLI.
+
+    argparse prints the whole usage (dozens of options for ``predict``) above its error; the error line and
+    a pointer to ``--help`` say the same in one line. Sub-command parsers inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="mmcls",
         description="Multimodal short-video classification: frames + title/ASR/OCR -> hierarchical category.",
         epilog="mmcls COMMAND --help shows a command's options and an example.",
