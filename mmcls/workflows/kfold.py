@@ -41,7 +41,7 @@ from mmcls.files import RUN_MARKER
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.names import CONFIG_FILE
 from mmcls.output_guard import check_outputs, config_inputs
-from mmcls.workflows.members import KFOLD_FILE, OOF_FILE, PredictOptions, predict_model
+from mmcls.workflows.members import KFOLD_FILE, OOF_FILE, PredictOptions, fold_dir, predict_model
 
 log = logging.getLogger("mmcls.kfold")
 
@@ -112,26 +112,26 @@ def run_kfold(
     )
     fold_scores: list[float | None] = []
     for k in range(num_folds):
-        fold_dir = out_dir / f"fold{k}"
-        if (fold_dir / OOF_FILE).is_file():
+        fold_path = fold_dir(out_dir, k)
+        if (fold_path / OOF_FILE).is_file():
             log.info("fold %d/%d: finished earlier, skipped", k + 1, num_folds)
         else:
             fold_cfg = cfg.copy()
             fold_cfg.data.fold = k
-            log.info("fold %d/%d: training in %s", k + 1, num_folds, fold_dir)
-            continuing = resume and ckpt.latest_checkpoint(fold_dir) is not None
-            result = train(fold_cfg, data_root, fold_dir, resume=continuing)
+            log.info("fold %d/%d: training in %s", k + 1, num_folds, fold_path)
+            continuing = resume and ckpt.latest_checkpoint(fold_path) is not None
+            result = train(fold_cfg, data_root, fold_path, resume=continuing)
             if result.interrupted:
                 _finish(owns_process_group)
                 return KFoldResult(out_dir, None, fold_scores, interrupted=True)
             val_ids = [r.id for r, f in zip(records, folds) if f == k]
-            ids, probs = predict_model(fold_dir, data_root, cfg.data.train_split, options, val_ids)
+            ids, probs = predict_model(fold_path, data_root, cfg.data.train_split, options, val_ids)
             if info.is_main:
                 save_probs(
-                    fold_dir / OOF_FILE, probs, ids, categories, fold=k, best_mean_f1=result.best_score
+                    fold_path / OOF_FILE, probs, ids, categories, fold=k, best_mean_f1=result.best_score
                 )
             barrier()
-        fold_scores.append(load_probs(fold_dir / OOF_FILE)[2].get("best_mean_f1"))
+        fold_scores.append(load_probs(fold_path / OOF_FILE)[2].get("best_mean_f1"))
 
     scores = None
     if info.is_main:
@@ -201,7 +201,7 @@ def _write_oof(out_dir, records, folds, categories, cfg, fold_scores) -> dict[st
     row_of = {video_id: row for row, video_id in enumerate(ids)}
     filled = np.zeros(len(records), dtype=bool)
     for k in range(cfg.data.num_folds):
-        fold_ids, fold_probs, _ = load_probs(out_dir / f"fold{k}" / OOF_FILE)
+        fold_ids, fold_probs, _ = load_probs(fold_dir(out_dir, k) / OOF_FILE)
         rows = [row_of[video_id] for video_id in fold_ids]
         if filled[rows].any() or (folds[rows] != k).any():
             raise KFoldError(f"{out_dir}/fold{k}/oof.npy: its records are not fold {k}'s (folds changed?)")

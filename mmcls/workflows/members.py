@@ -34,6 +34,11 @@ GROUPS_FILE = "group_finetune.json"
 OOF_FILE = "oof.npy"  # out-of-fold probabilities: a kfold directory's, each fold's, a stack's
 
 
+def fold_dir(kfold_dir: Path, k: int) -> Path:
+    """Where ``mmcls kfold`` trains fold ``k`` (the kfold workflow, its members and pseudo-labels read it)."""
+    return kfold_dir / f"fold{k}"
+
+
 class MemberError(MmclsError, ValueError):
     """A path given as an ensemble member is not a model, run, kfold or group-finetune directory."""
 
@@ -127,7 +132,7 @@ class KFoldMean(FolderMember):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         plan = json.loads((path / KFOLD_FILE).read_text(encoding="utf-8"))
-        self.fold_dirs = [path / f"fold{k}" for k in range(plan["num_folds"])]
+        self.fold_dirs = [fold_dir(path, k) for k in range(plan["num_folds"])]
         missing = [str(d) for d in self.fold_dirs if not TorchModel.accepts(d)]
         if missing:
             raise MemberError(f"{path}: unfinished kfold run, no model in {missing} (rerun with --resume)")

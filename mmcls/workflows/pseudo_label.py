@@ -19,7 +19,7 @@ import numpy as np
 from mmcls.data.annotations import annotation_path, load_records, write_records
 from mmcls.names import BEST_DIR, CONFIG_FILE
 from mmcls.workflows.ensemble import EnsembleError, blend, guard_member_outputs, refuse_existing
-from mmcls.workflows.members import GROUPS_FILE, PredictOptions, load_member, same_categories
+from mmcls.workflows.members import GROUPS_FILE, PredictOptions, fold_dir, load_member, same_categories
 
 MIN_SOFT_PROB = 1e-4  # smaller probabilities are left out of soft_label (the file stays readable)
 
@@ -100,7 +100,7 @@ def member_annotation_files(path: str | Path) -> dict[str, str]:
     from mmcls.config import Config
 
     path = Path(path)
-    folders = [path, path / BEST_DIR, path / "fold0"]
+    folders = [path, path / BEST_DIR, fold_dir(path, 0)]
     if (path / GROUPS_FILE).is_file():
         folders.append(Path(json.loads((path / GROUPS_FILE).read_text(encoding="utf-8"))["base"]))
     for folder in folders:
