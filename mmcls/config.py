@@ -422,7 +422,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             kwargs[name] = tuple(value)
@@ -535,7 +535,7 @@ def _check_workflow_settings(cfg: Config) -> None:
     data = cfg.data
     if (data.num_folds is None) != (data.fold is None):
         raise ConfigError("data.num_folds and data.fold go together: set both or neither")
-    if data.num_folds is not None and data.fold >= data.num_folds:
+    if data.num_folds is not None and data.fold is not None and data.fold >= data.num_folds:
         raise ConfigError(f"data.fold must be in [0, {data.num_folds}), got {data.fold}")
     if data.lv1_groups is not None and not data.lv1_groups:
         raise ConfigError("data.lv1_groups must name at least one level-1 group (or be null)")
