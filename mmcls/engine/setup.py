@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from mmcls.config import Config, ConfigError
 from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
-from mmcls.data.builders import build_dataset
+from mmcls.data.builders import TrainingSet, build_dataset
 from mmcls.data.categories import load_categories
+from mmcls.data.dataset import VideoTextDataset
 from mmcls.data.extra_train import ConcatTrainingSets, load_extra_train
 from mmcls.data.folds import split_labeled
 from mmcls.data.switch import Phase, build_phases, extra_confidences, phase_of
@@ -57,8 +58,8 @@ class Selection:
 
 @dataclass
 class TaskData:
-    train_set: Dataset
-    val_set: Dataset | None  # None: no validation, ``best/`` is the last model
+    train_set: TrainingSet
+    val_set: VideoTextDataset | None  # None: no validation, ``best/`` is the last model
 
 
 class TaskSetup(ABC):
@@ -173,19 +174,21 @@ class ClassificationSetup(TaskSetup):
         # Per-class counts of the labeled training records: class-balanced loss weights, and saved with every
         # released model folder as the class prior of ``mmcls predict --logit-adjust``.
         self.class_counts = np.bincount(
-            [self.categories.lv2_index(r.category_id) for r in train_records],
+            # Loaded with require_label=True: every record has its category_id.
+            [self.categories.lv2_index(r.category_id) for r in train_records],  # type: ignore[arg-type]
             minlength=self.categories.num_lv2,
         )
         split = cfg.data.train_split
-        train_set = build_dataset(
+        labeled_set = build_dataset(
             cfg, self.data_root, split, train_records, self.tokenizer, self.categories, train=True
         )
+        train_set: TrainingSet = labeled_set
         # data.extra_train (pseudo-labels): appended to the training records, frames from their own split.
         extra = load_extra_train(cfg.data.extra_train, self.categories, {r.id for r in records})
         if len(extra):
             log.info("data.extra_train: %d extra training records", len(extra))
             train_set = ConcatTrainingSets(
-                [train_set]
+                [labeled_set]
                 + [
                     build_dataset(cfg, self.data_root, s, recs, self.tokenizer, self.categories, train=True)
                     for s, recs in extra.by_split()
@@ -194,7 +197,8 @@ class ClassificationSetup(TaskSetup):
         # Row i of the loss's soft/teacher targets is training sample i: remember the records in that order.
         self._train_records = [*train_records, *extra.records]
         self._train_splits = [split] * len(train_records) + extra.source_splits
-        self._soft_rows = [None] * len(train_records) + extra.soft_targets
+        self._soft_rows: list[np.ndarray | None] = [None] * len(train_records)
+        self._soft_rows.extend(extra.soft_targets)
         if cfg.data.switch:
             self._phases = self._switch_phases(len(train_records), extra)
         val_set = (
