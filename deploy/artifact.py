@@ -177,7 +177,7 @@ def build_export_info(
 
 
 def _versions() -> dict[str, str | None]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("mmcls", "torch", "onnx", "onnxruntime", "transformers"):
         try:
             versions[dist] = metadata.version(dist)

@@ -339,6 +339,7 @@ def export_onnx(
         opset_version=ONNX_OPSET,
         verbose=False,
     )
+    assert program is not None  # dynamo=True always returns the ONNXProgram (None is the legacy exporter's)
     program.save(str(path))
     onnx.checker.check_model(str(path), full_check=True)
 

@@ -27,7 +27,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmcls.config import Config
 from mmcls.engine.distributed import all_gather_objects
 from mmcls.engine.inference import autocast
 from mmcls.engine.prefetch import to_device
@@ -191,7 +190,7 @@ class PretrainingSetup(TaskSetup):
         save_pretrained_dir(path, model, self.cfg, self.tokenizer)
 
 
-def save_pretrained_dir(path: Path, model: nn.Module, cfg: Config, tokenizer) -> None:
+def save_pretrained_dir(path: Path, model: nn.Module, cfg: PretrainConfig, tokenizer) -> None:
     """A pretraining model folder: ``config.yaml``, ``model.safetensors`` (backbone under the classifier's
     names + pretraining heads), tokenizer files and ``pretrain_info.json``. It has no ``categories.json``:
     it is a starting point for ``model.init_from``, not a classifier for ``mmcls predict``."""
