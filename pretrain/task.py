@@ -46,7 +46,7 @@ INFO_FILE = "pretrain_info.json"
 class PretrainingTask(TrainingTask):
     device_keys = (*MODEL_INPUTS, "mlm_labels")
 
-    def __init__(self, model: nn.Module, cfg: PretrainConfig, device: torch.device) -> None:
+    def __init__(self, model: PretrainingModel, cfg: PretrainConfig, device: torch.device) -> None:
         super().__init__(model, cfg.train, device)
         self.objectives: PretrainSection = cfg.pretrain
 
@@ -141,10 +141,10 @@ class PretrainingSetup(TaskSetup):
         train_set, val_set = build_pretrain_datasets(self.cfg, self.data_root, self.tokenizer)
         return TaskData(train_set, val_set)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> PretrainingModel:
         return build_pretraining_model(self.cfg, self.cfg.pretrain, vocab_size=len(self.tokenizer))
 
-    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+    def build_task(self, model: PretrainingModel, device: torch.device) -> TrainingTask:
         return PretrainingTask(model, self.cfg, device)
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ from mmcls.engine.task import ClassificationTask, TrainingTask
 from mmcls.engine.tau import grid_scores, tau_record, write_tau
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
-from mmcls.models.fusion import check_model_config
+from mmcls.models.fusion import MultimodalClassifier, check_model_config
 from mmcls.report import per_class_scores
 
 log = logging.getLogger("mmcls.train")
@@ -102,12 +102,12 @@ class TaskSetup(ABC):
         trainer records them under ``"annotations"`` in ``RUN_DIR/data_errors.json``. The base finds none."""
         return {}
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> MultimodalClassifier:
         """A freshly initialised model (also used to gather FSDP shards into one copy for saving)."""
         return build_model(self.cfg, vocab_size=len(self.tokenizer))
 
     @abstractmethod
-    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+    def build_task(self, model: MultimodalClassifier, device: torch.device) -> TrainingTask:
         """The training task around ``model`` (not yet wrapped for distributed training)."""
 
     @property
@@ -228,7 +228,7 @@ class ClassificationSetup(TaskSetup):
     def annotation_problems(self) -> dict[str, int]:
         return {"duplicate_ids": self.duplicate_ids} if self.duplicate_ids else {}
 
-    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+    def build_task(self, model: MultimodalClassifier, device: torch.device) -> TrainingTask:
         # datasets() runs first and records the training records in dataset order.
         targets = build_training_targets(
             self.cfg,
