@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -302,6 +302,10 @@ class TrainConfig:
     tensorboard: bool = setting(True, resume_safe=True)
 
 
+#: A :class:`Config` or a subclass (the pretraining config): what its loaders and ``validate`` return.
+ConfigT = TypeVar("ConfigT", bound="Config")
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -310,11 +314,11 @@ class Config:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Config:
+    def from_dict(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
         return validate(_build(cls, _num_classes_from_taxonomy(migrate(values)), prefix=""))
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
+    def from_yaml(cls: type[ConfigT], path: str | Path, overrides: list[str] | None = None) -> ConfigT:
         """Load a YAML file, or a packaged preset by name (``tiny``, ``base``, ``feats``)."""
         path = resolve_preset(path)
         try:
@@ -445,7 +449,7 @@ def _coerce_number(hint: Any, value: Any, key: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def validate(cfg: Config) -> Config:
+def validate(cfg: ConfigT) -> ConfigT:
     """Check every field's type and rules, then the cross-field constraints; raise ConfigError naming the key.
 
     Called when a config is loaded and again by the commands that take a ``Config`` object (a config built or

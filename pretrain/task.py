@@ -19,6 +19,7 @@ import os
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import cast
 
 import torch
 import yaml
@@ -32,7 +33,7 @@ from mmcls.engine.inference import autocast
 from mmcls.engine.prefetch import to_device
 from mmcls.engine.setup import Selection, TaskData, TaskSetup
 from mmcls.engine.task import TrainingTask
-from mmcls.models.fusion import check_model_config
+from mmcls.models.fusion import MultimodalClassifier, check_model_config
 from mmcls.models.model_dir import CONFIG_FILE, WEIGHTS_FILE, portable_config, unwrap_model
 from mmcls.names import MODEL_INPUTS
 from mmcls.pretrain.config import PretrainConfig, PretrainSection
@@ -46,7 +47,7 @@ INFO_FILE = "pretrain_info.json"
 class PretrainingTask(TrainingTask):
     device_keys = (*MODEL_INPUTS, "mlm_labels")
 
-    def __init__(self, model: PretrainingModel, cfg: PretrainConfig, device: torch.device) -> None:
+    def __init__(self, model: MultimodalClassifier, cfg: PretrainConfig, device: torch.device) -> None:
         super().__init__(model, cfg.train, device)
         self.objectives: PretrainSection = cfg.pretrain
 
@@ -86,10 +87,12 @@ class PretrainingTask(TrainingTask):
             )
         if weights["vtm"] > 0:
             valid = shown_mask.any(dim=1) & frame_mask.any(dim=1)
+            assert matched is not None  # drawn above whenever vtm is on
             results["vtm"] = vtm_loss(out["vtm_logit"], matched, valid)
         if weights["itc"] > 0:
             results["itc"] = itc_loss(out["itc_text"], out["itc_video"], out["itc_scale"], gather=gather)
-        loss = sum(weights[name] * value for name, (value, _) in results.items())
+        # validate_pretrain keeps at least one objective on, so the sum is a tensor (never sum()'s start, 0).
+        loss = cast(torch.Tensor, sum(weights[name] * value for name, (value, _) in results.items()))
         parts = {}
         for name, (value, accuracy) in results.items():
             parts[f"{name}_loss"] = value.detach()
@@ -144,7 +147,7 @@ class PretrainingSetup(TaskSetup):
     def build_model(self) -> PretrainingModel:
         return build_pretraining_model(self.cfg, self.cfg.pretrain, vocab_size=len(self.tokenizer))
 
-    def build_task(self, model: PretrainingModel, device: torch.device) -> TrainingTask:
+    def build_task(self, model: MultimodalClassifier, device: torch.device) -> TrainingTask:
         return PretrainingTask(model, self.cfg, device)
 
     @torch.no_grad()
