@@ -17,6 +17,7 @@ preprocessing files, so both load their assets through :func:`load_assets`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -132,7 +133,7 @@ def build_export_info(
     model_file: str,
     device: str,
     frame_input: str,
-    dynamic_dims: dict[str, tuple[int, int | None]],
+    dynamic_dims: Mapping[str, tuple[int, int | None]],
     num_lv1: int,
 ) -> dict[str, Any]:
     """The ``export.json`` dictionary (see the module docstring)."""
@@ -177,7 +178,7 @@ def build_export_info(
 
 
 def _versions() -> dict[str, str | None]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("mmcls", "torch", "onnx", "onnxruntime", "transformers"):
         try:
             versions[dist] = metadata.version(dist)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +78,7 @@ class Connection:
         title: str,
         asr: str,
         ocr: str,
-        frames: list[bytes] = (),
+        frames: Sequence[bytes] = (),
         name: str = "video",
         *,
         video: bytes | None = None,
@@ -128,7 +128,7 @@ def classify_video(
     title: str = "",
     asr: str = "",
     ocr: str = "",
-    frames: list[bytes] = (),
+    frames: Sequence[bytes] = (),
     video: bytes | None = None,
     timeout: float = 60.0,
 ) -> VideoResult:

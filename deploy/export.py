@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -307,7 +308,7 @@ def dynamic_dims(config, max_batch: int) -> dict[str, tuple[int, int]]:
     }
 
 
-def _torch_dynamic_shapes(dims: dict[str, tuple[int, int]]) -> dict[str, dict[int, object]]:
+def _torch_dynamic_shapes(dims: Mapping[str, tuple[int, int]]) -> dict[str, dict[int, object]]:
     # Batch gets no upper bound in the graph itself (ONNX/AOTI need none); TensorRT's profile uses the max.
     batch = torch.export.Dim("batch", min=1)
     text = torch.export.Dim("text", min=1, max=dims["text"][1])
@@ -321,7 +322,7 @@ def _torch_dynamic_shapes(dims: dict[str, tuple[int, int]]) -> dict[str, dict[in
 
 
 def export_onnx(
-    graph: nn.Module, example: tuple[torch.Tensor, ...], dims: dict[str, tuple[int, int]], path: Path
+    graph: nn.Module, example: tuple[torch.Tensor, ...], dims: Mapping[str, tuple[int, int]], path: Path
 ) -> None:
     """``torch.onnx.export(dynamo=True)`` with named inputs/outputs and dynamic dims; checked with onnx.checker.
 
@@ -339,6 +340,7 @@ def export_onnx(
         opset_version=ONNX_OPSET,
         verbose=False,
     )
+    assert program is not None  # dynamo=True always returns the ONNXProgram (None is the legacy exporter's)
     program.save(str(path))
     onnx.checker.check_model(str(path), full_check=True)
 

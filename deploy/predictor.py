@@ -195,7 +195,8 @@ class Predictor:
         from mmcls.engine.inference import Predictions
         from mmcls.engine.prefetch import to_device
 
-        indices, probs, labels, errors = [], [], [], Counter()
+        indices, probs, labels = [], [], []
+        errors: Counter[str] = Counter()
         for batch in tqdm(loader, desc=f"predict[{self.backend_name}]", disable=not progress, leave=False):
             batch = to_device(
                 batch, self.device, keys=()
@@ -218,7 +219,7 @@ class Predictor:
         batch_size: int = 64,
         num_workers: int | None = None,
         progress: bool = True,
-        frame_decoder: str = "pil",
+        frame_decoder: names.FrameDecoder = "pil",
     ):
         """``(ids, predictions, category_ids)`` for ``split``, as ``mmcls.inference.predict.predict_split``."""
         from mmcls.data.builders import build_dataset, build_eval_loader

@@ -61,7 +61,7 @@ def profile_shapes(
     return {
         names.INPUT_IDS: text,
         names.ATTENTION_MASK: text,
-        names.FRAMES: tuple(shape + item for shape in mask),
+        names.FRAMES: (mask[0] + item, mask[1] + item, mask[2] + item),
         names.FRAME_MASK: mask,
     }
 

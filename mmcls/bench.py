@@ -233,7 +233,9 @@ def torch_backend(model_dir: str | Path, device: torch.device, precision: str):
     except ImportError:  # an older checkout (benchmarks/before_after.py): autocast only, as it did
         from mmcls.engine.inference import autocast
 
-        def cast_for_inference(model, device, precision):
+        def cast_for_inference(
+            model: torch.nn.Module, device: torch.device, precision: str
+        ) -> torch.nn.Module:
             return model
 
     loaded = load_model_dir(model_dir, device=device)
@@ -290,7 +292,7 @@ def _predict_rate(run: Callable, loader: Any, device: torch.device) -> float:
             start = time.perf_counter()
         else:
             videos += len(batch["index"])
-    return videos / (time.perf_counter() - start) if videos else float("nan")
+    return videos / (time.perf_counter() - start) if videos and start is not None else float("nan")
 
 
 def _device_batches(loader: Any, device: torch.device, keys=MODEL_INPUTS) -> Iterator[dict[str, Any]]:
@@ -334,11 +336,12 @@ def bench_train(cfg: Any, data_root: str | Path, opts: BenchOptions) -> dict[str
         }
         if device.type == "cuda":
             flops = train_step_flops(trainer, steps[0])
-            peak = (opts.peak_tflops or _peak_tflops(device)) * 1e12
+            peak_tflops = opts.peak_tflops or _peak_tflops(device)  # None: a GPU missing from PEAK_TFLOPS
+            peak = peak_tflops * 1e12 if peak_tflops else None
             result.update(
                 flops_per_video=flops / videos * len(steps),
                 mfu=flops * len(steps) / step_s / peak if peak else None,
-                peak_tflops=peak / 1e12,
+                peak_tflops=peak / 1e12 if peak else None,
             )
     return result
 
@@ -368,7 +371,7 @@ def _train_rate(trainer: Any, device: torch.device) -> float:
             videos += sum(len(b["index"]) for b in micro)
         micro = []
     _synchronize(device)
-    return videos / (time.perf_counter() - start) if videos else float("nan")
+    return videos / (time.perf_counter() - start) if videos and start is not None else float("nan")
 
 
 def train_step_flops(trainer: Any, micro_batches: list[dict[str, Any]]) -> float:

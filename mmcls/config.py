@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -302,6 +302,10 @@ class TrainConfig:
     tensorboard: bool = setting(True, resume_safe=True)
 
 
+#: A :class:`Config` or a subclass (the pretraining config): what its loaders and ``validate`` return.
+ConfigT = TypeVar("ConfigT", bound="Config")
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -310,11 +314,11 @@ class Config:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Config:
+    def from_dict(cls: type[ConfigT], values: dict[str, Any]) -> ConfigT:
         return validate(_build(cls, _num_classes_from_taxonomy(migrate(values)), prefix=""))
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Config:
+    def from_yaml(cls: type[ConfigT], path: str | Path, overrides: list[str] | None = None) -> ConfigT:
         """Load a YAML file, or a packaged preset by name (``tiny``, ``base``, ``feats``)."""
         path = resolve_preset(path)
         try:
@@ -422,7 +426,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             kwargs[name] = tuple(value)
@@ -445,7 +449,7 @@ def _coerce_number(hint: Any, value: Any, key: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def validate(cfg: Config) -> Config:
+def validate(cfg: ConfigT) -> ConfigT:
     """Check every field's type and rules, then the cross-field constraints; raise ConfigError naming the key.
 
     Called when a config is loaded and again by the commands that take a ``Config`` object (a config built or
@@ -535,7 +539,7 @@ def _check_workflow_settings(cfg: Config) -> None:
     data = cfg.data
     if (data.num_folds is None) != (data.fold is None):
         raise ConfigError("data.num_folds and data.fold go together: set both or neither")
-    if data.num_folds is not None and data.fold >= data.num_folds:
+    if data.num_folds is not None and data.fold is not None and data.fold >= data.num_folds:
         raise ConfigError(f"data.fold must be in [0, {data.num_folds}), got {data.fold}")
     if data.lv1_groups is not None and not data.lv1_groups:
         raise ConfigError("data.lv1_groups must name at least one level-1 group (or be null)")

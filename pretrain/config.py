@@ -8,6 +8,7 @@ fine-tuning (the same backbone is built from ``model``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from mmcls.config import Config, ConfigError
 
@@ -42,7 +43,7 @@ class PretrainConfig(Config):
     pretrain: PretrainSection = field(default_factory=PretrainSection)
 
     @classmethod
-    def from_dict(cls, values):  # type: ignore[override]
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
         cfg = super().from_dict(values)
         return validate_pretrain(cfg)
 

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from mmcls.config import Config
 from mmcls.data.annotations import annotation_path
 from mmcls.data.categories import load_categories
 from mmcls.data.dataset import VideoTextDataset, collate_batch
 from mmcls.data.frames import FrameSource, build_frame_source
+from mmcls.pretrain.config import PretrainConfig
 from mmcls.pretrain.masking import IGNORE_INDEX, WordTextEncoder, special_token_ids, whole_word_mask
 from mmcls.pretrain.records import RecordIndex, Subset
 
@@ -29,9 +29,12 @@ from mmcls.pretrain.records import RecordIndex, Subset
 class PretrainDataset(VideoTextDataset):
     """``positions`` of ``index`` (records of ``splits``, in that order) as pretraining samples."""
 
+    records: Subset
+    text_encoder: WordTextEncoder
+
     def __init__(
         self,
-        cfg: Config,
+        cfg: PretrainConfig,
         index: RecordIndex,
         positions: np.ndarray,
         splits: Sequence[str],
@@ -51,7 +54,7 @@ class PretrainDataset(VideoTextDataset):
             on_error=cfg.data.frames.on_error if train else "text_only",
         )
         self.index, self.splits, self.frame_sources = index, list(splits), frame_sources
-        self.mlm_probability = cfg.pretrain.mlm_probability  # type: ignore[attr-defined]
+        self.mlm_probability = cfg.pretrain.mlm_probability
         self.mask_id = int(tokenizer.mask_token_id)
         self.vocab_size = len(tokenizer)
         self.special_ids = special_token_ids(tokenizer)
@@ -96,10 +99,10 @@ class PretrainDataset(VideoTextDataset):
 
 
 def build_pretrain_datasets(
-    cfg: Config, data_root: str | Path, tokenizer: Any
+    cfg: PretrainConfig, data_root: str | Path, tokenizer: Any
 ) -> tuple[PretrainDataset, PretrainDataset | None]:
     """Training and held-out datasets over the records of ``pretrain.splits`` (seeded hold-out of ``val_size``)."""
-    p = cfg.pretrain  # type: ignore[attr-defined]
+    p = cfg.pretrain
     index = RecordIndex(
         [annotation_path(data_root, split, cfg.data.annotations) for split in p.splits],
         load_categories(cfg.data.categories),

@@ -49,11 +49,12 @@ class PretrainingModel(MultimodalClassifier):
         self.objectives = tuple(name for name, weight in weights.items() if weight > 0)
         if "mlm" in self.objectives:
             # BERT's prediction-head transform; the decoder matrix is the word-embedding table (tied).
+            transform = nn.Linear(hidden, hidden)
             self.mlm_transform = nn.Sequential(
-                nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=bert.layer_norm_eps)
+                transform, nn.GELU(), nn.LayerNorm(hidden, eps=bert.layer_norm_eps)
             )
             self.mlm_bias = nn.Parameter(torch.zeros(bert.vocab_size))
-            init_linear(self.mlm_transform[0], std)
+            init_linear(transform, std)
         if "mfm" in self.objectives:
             self.mfm_head = nn.Linear(hidden, hidden)
             init_linear(self.mfm_head, std)

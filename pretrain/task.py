@@ -19,6 +19,7 @@ import os
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import cast
 
 import torch
 import yaml
@@ -27,13 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmcls.config import Config
 from mmcls.engine.distributed import all_gather_objects
 from mmcls.engine.inference import autocast
 from mmcls.engine.prefetch import to_device
 from mmcls.engine.setup import Selection, TaskData, TaskSetup
 from mmcls.engine.task import TrainingTask
-from mmcls.models.fusion import check_model_config
+from mmcls.models.fusion import MultimodalClassifier, check_model_config
 from mmcls.models.model_dir import CONFIG_FILE, WEIGHTS_FILE, portable_config, unwrap_model
 from mmcls.names import MODEL_INPUTS
 from mmcls.pretrain.config import PretrainConfig, PretrainSection
@@ -47,7 +47,7 @@ INFO_FILE = "pretrain_info.json"
 class PretrainingTask(TrainingTask):
     device_keys = (*MODEL_INPUTS, "mlm_labels")
 
-    def __init__(self, model: nn.Module, cfg: PretrainConfig, device: torch.device) -> None:
+    def __init__(self, model: MultimodalClassifier, cfg: PretrainConfig, device: torch.device) -> None:
         super().__init__(model, cfg.train, device)
         self.objectives: PretrainSection = cfg.pretrain
 
@@ -87,10 +87,12 @@ class PretrainingTask(TrainingTask):
             )
         if weights["vtm"] > 0:
             valid = shown_mask.any(dim=1) & frame_mask.any(dim=1)
+            assert matched is not None  # drawn above whenever vtm is on
             results["vtm"] = vtm_loss(out["vtm_logit"], matched, valid)
         if weights["itc"] > 0:
             results["itc"] = itc_loss(out["itc_text"], out["itc_video"], out["itc_scale"], gather=gather)
-        loss = sum(weights[name] * value for name, (value, _) in results.items())
+        # validate_pretrain keeps at least one objective on, so the sum is a tensor (never sum()'s start, 0).
+        loss = cast(torch.Tensor, sum(weights[name] * value for name, (value, _) in results.items()))
         parts = {}
         for name, (value, accuracy) in results.items():
             parts[f"{name}_loss"] = value.detach()
@@ -142,10 +144,10 @@ class PretrainingSetup(TaskSetup):
         train_set, val_set = build_pretrain_datasets(self.cfg, self.data_root, self.tokenizer)
         return TaskData(train_set, val_set)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> PretrainingModel:
         return build_pretraining_model(self.cfg, self.cfg.pretrain, vocab_size=len(self.tokenizer))
 
-    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+    def build_task(self, model: MultimodalClassifier, device: torch.device) -> TrainingTask:
         return PretrainingTask(model, self.cfg, device)
 
     @torch.no_grad()
@@ -191,7 +193,7 @@ class PretrainingSetup(TaskSetup):
         save_pretrained_dir(path, model, self.cfg, self.tokenizer)
 
 
-def save_pretrained_dir(path: Path, model: nn.Module, cfg: Config, tokenizer) -> None:
+def save_pretrained_dir(path: Path, model: nn.Module, cfg: PretrainConfig, tokenizer) -> None:
     """A pretraining model folder: ``config.yaml``, ``model.safetensors`` (backbone under the classifier's
     names + pretraining heads), tokenizer files and ``pretrain_info.json``. It has no ``categories.json``:
     it is a starting point for ``model.init_from``, not a classifier for ``mmcls predict``."""

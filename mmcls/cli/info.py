@@ -42,7 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = {"versions": versions(), "cuda": cuda_devices(), "pretrained_offline": pretrained_weights()}
+    info: dict[str, Any] = {
+        "versions": versions(),
+        "cuda": cuda_devices(),
+        "pretrained_offline": pretrained_weights(),
+    }
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -145,8 +149,9 @@ def _frame_encoder_cached(kind: str, name: str, tag: str) -> bool:
         import timm
 
         try:
+            # None for a name timm does not know: the AttributeError below.
             hub = timm.models.get_pretrained_cfg(name).hf_hub_id  # type: ignore[union-attr]
         except (AttributeError, RuntimeError, ValueError):
             return False
-        return bool(hub) and _hf_cached(hub)
+        return _hf_cached(hub) if hub else False
     return False

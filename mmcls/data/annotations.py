@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import ijson
 
@@ -323,7 +323,7 @@ def _on_line(exc: AnnotationError, line: int | None) -> AnnotationError:
     return AnnotationError(exc.path, exc.problem, exc.index, exc.field, line=line)
 
 
-def _open_annotations(path: Path) -> BinaryIO:
+def _open_annotations(path: Path) -> IO[bytes]:
     try:
         return open_regular(path, what="annotation file")  # a FIFO or a device would hang or never end
     except FileNotFoundError:
@@ -356,7 +356,7 @@ def _jsonl_spans(path: Path) -> Iterator[tuple[int, int, Any, int, int]]:
             index += 1
 
 
-def _bounded_lines(fh: BinaryIO, path: Path) -> Iterator[tuple[int, bytes]]:
+def _bounded_lines(fh: IO[bytes], path: Path) -> Iterator[tuple[int, bytes]]:
     """``(line number, bytes)`` of each line, refusing a line longer than :data:`_MAX_LINE_BYTES`."""
     number = 0
     while raw := fh.readline(_MAX_LINE_BYTES + 1):
@@ -386,7 +386,7 @@ def _csv_spans(path: Path, header: list[str]) -> Iterator[tuple[int, int, dict[s
     """
     ends = [0]  # byte offset after each line handed to the csv reader (index 0: the start of the file)
 
-    def lines(fh: BinaryIO) -> Iterator[str]:
+    def lines(fh: IO[bytes]) -> Iterator[str]:
         for number, raw in _bounded_lines(fh, path):
             if number == 1 and raw.startswith(_BOM):
                 ends[0] = len(_BOM)
@@ -515,7 +515,7 @@ def _iter_items(path: Path) -> Iterator[tuple[int, Any]]:
             raise AnnotationError(path, f"invalid or truncated JSON {after}: {_first_line(exc)}") from None
 
 
-def _seek_to_list(fh: BinaryIO, path: Path) -> None:
+def _seek_to_list(fh: IO[bytes], path: Path) -> None:
     """Skip a UTF-8 BOM and leading whitespace; fail clearly unless the file holds a JSON list."""
     offset = 0
     head = fh.read(len(_BOM))

@@ -17,8 +17,15 @@ from mmcls.config import Config
 from mmcls.data.annotations import Record
 from mmcls.data.categories import CategoryMap
 from mmcls.data.dataset import VideoTextDataset
+from mmcls.data.extra_train import ConcatTrainingSets
 from mmcls.data.frames import build_frame_source
+from mmcls.data.switch import EpochSubset
 from mmcls.data.text import TextEncoder
+from mmcls.names import FrameDecoder
+
+#: What the training loop reads from: one dataset, datasets concatenated (``data.extra_train``), or an epoch's
+#: subset of either (``data.switch``). Each has ``set_epoch`` and ``collate_fn``.
+TrainingSet = VideoTextDataset | ConcatTrainingSets | EpochSubset
 
 
 def build_dataset(
@@ -31,7 +38,7 @@ def build_dataset(
     *,
     train: bool,
     on_error: str | None = None,
-    frame_decoder: str | None = None,
+    frame_decoder: FrameDecoder | None = None,
     dataset_cls: type[VideoTextDataset] = VideoTextDataset,
 ) -> VideoTextDataset:
     """A dataset over ``records`` whose frames come from ``split`` of ``data_root``.
@@ -58,7 +65,7 @@ def build_dataset(
 
 
 def build_loader(
-    dataset: VideoTextDataset,
+    dataset: TrainingSet,
     batch_size: int,
     sampler: Sampler | None,
     num_workers: int,
@@ -100,7 +107,9 @@ def build_eval_loader(
     The sampler pads the last shard with repeats so every rank runs the same number of batches (collectives
     stay matched); ``mmcls.engine.inference.gather_predictions`` drops the repeats again.
     """
-    sampler = DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
+    sampler: Sampler | None = (
+        DistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
+    )
     return build_loader(dataset, batch_size, sampler, num_workers, pad_token_id, device=device)
 
 

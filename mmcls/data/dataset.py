@@ -94,7 +94,7 @@ class VideoTextDataset(torch.utils.data.Dataset):
 
     def _frames(
         self, record: Record, index: int
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    ) -> tuple[torch.Tensor | EncodedFrames | None, torch.Tensor | None, list[str]]:
         source = self.frame_source_for(index)
         if source is None:
             return torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool), []
@@ -124,7 +124,7 @@ class VideoTextDataset(torch.utils.data.Dataset):
             logger.warning("frames unreadable, sample %s: %s%s", action, exc, more)
 
 
-def collate_batch(samples: list[dict[str, Any] | None], pad_token_id: int = 0) -> dict[str, Any]:
+def collate_batch(samples: Sequence[dict[str, Any] | None], pad_token_id: int = 0) -> dict[str, Any]:
     """Stack samples into a batch; ``None`` samples (dropped) are left out and counted in ``"dropped"``.
 
     ``input_ids`` are right-padded with ``pad_token_id`` to the longest sample. ``frame_errors`` counts the
@@ -166,6 +166,8 @@ def collate_batch(samples: list[dict[str, Any] | None], pad_token_id: int = 0) -
 
 
 def _collate_frames(frames: list[torch.Tensor | EncodedFrames]) -> torch.Tensor | EncodedFrameBatch:
+    # One frame source (one data.frames.decoder) makes every sample of a batch: all encoded or all tensors,
+    # so the first sample's kind is the batch's.
     if isinstance(frames[0], EncodedFrames):
-        return EncodedFrameBatch(frames)  # type: ignore[arg-type]
-    return torch.stack(frames)  # type: ignore[arg-type]
+        return EncodedFrameBatch(frames)  # type: ignore[arg-type]  # all EncodedFrames (see above)
+    return torch.stack(frames)  # type: ignore[arg-type]  # all tensors (see above)

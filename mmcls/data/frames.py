@@ -165,19 +165,22 @@ class FrameSource(ABC):
 
     def empty(self) -> FrameClip:
         """An all-padding clip (mask all False), used when a sample falls back to text only."""
-        return FrameClip(
-            frames=torch.zeros((self.max_frames, *self.item_shape), dtype=self.dtype),
-            mask=torch.zeros(self.max_frames, dtype=torch.bool),
-            errors=[],
-        )
+        return self._padded(self._zero_frames(), 0, [])
+
+    def _zero_frames(self) -> torch.Tensor:
+        return torch.zeros((self.max_frames, *self.item_shape), dtype=self.dtype)
+
+    def _padded(self, frames: torch.Tensor, n: int, errors: list[str]) -> FrameClip:
+        """The clip of zero-padded ``frames`` whose first ``n`` are real."""
+        mask = torch.zeros(self.max_frames, dtype=torch.bool)
+        mask[:n] = True
+        return FrameClip(frames=frames, mask=mask, errors=errors)
 
     def _pad(self, items: torch.Tensor, errors: list[str]) -> FrameClip:
-        clip = self.empty()
+        frames = self._zero_frames()
         n = min(len(items), self.max_frames)
-        clip.frames[:n] = items[:n]
-        clip.mask[:n] = True
-        clip.errors = errors
-        return clip
+        frames[:n] = items[:n]
+        return self._padded(frames, n, errors)
 
 
 def fit_image(image: Image.Image, size: int) -> Image.Image:
@@ -212,15 +215,13 @@ class _ImageSource(FrameSource):
         and permuting them to channels-first afterwards cost a strided copy per frame plus two more full copies,
         which profiled as a quarter of a video's time in the worker.
         """
-        clip = self.empty()
-        pixels = clip.frames.numpy()  # shares memory with the tensor
+        frames = self._zero_frames()
+        pixels = frames.numpy()  # shares memory with the tensor
         n = min(len(images), self.max_frames)
         for i, image in enumerate(images[:n]):
             for channel, plane in enumerate(image.split()):
                 pixels[i, channel] = np.asarray(plane)
-        clip.mask[:n] = True
-        clip.errors = errors
-        return clip
+        return self._padded(frames, n, errors)
 
 
 class ZipFramesSource(_ImageSource):

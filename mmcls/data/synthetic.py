@@ -302,9 +302,9 @@ def _check_args(
         raise SyntheticDataError(f"videos must be >= 0, got {videos}")
     if videos > 0 and image_size % 2:
         raise SyntheticDataError(f"videos need an even image_size (yuv420p), got {image_size}")
-    for name, value in (("text_noise", text_noise), ("visual_noise", visual_noise)):
-        if not 0.0 <= value <= 1.0:
-            raise SyntheticDataError(f"{name} must be in [0, 1], got {value}")
+    for name, noise in (("text_noise", text_noise), ("visual_noise", visual_noise)):
+        if not 0.0 <= noise <= 1.0:
+            raise SyntheticDataError(f"{name} must be in [0, 1], got {noise}")
 
 
 @dataclass

@@ -51,8 +51,8 @@ GUARD_STEPS = 50
 def target_parameters(model: nn.Module, targets: list[str]) -> list[nn.Parameter]:
     """The weight matrices named by ``train.adversarial.target`` in a :class:`MultimodalClassifier`."""
     found = {
-        "word_embeddings": model.text_encoder.embeddings.word_embeddings.weight,
-        "frame_proj": model.frame_proj.weight,
+        "word_embeddings": model.get_parameter("text_encoder.embeddings.word_embeddings.weight"),
+        "frame_proj": model.get_parameter("frame_proj.weight"),
     }
     missing = [t for t in targets if t not in found]
     if missing:
@@ -101,7 +101,8 @@ class Adversary:
 
         def hook_for(i: int) -> Callable[[torch.Tensor], None]:
             def hook(grad: torch.Tensor) -> None:
-                captured[i] = grad.detach().clone() if captured[i] is None else captured[i] + grad.detach()
+                earlier = captured[i]
+                captured[i] = grad.detach().clone() if earlier is None else earlier + grad.detach()
 
             return hook
 

@@ -73,7 +73,8 @@ def predict_loader(
     """
     was_training = model.training
     model.eval()
-    indices, probs, labels, errors = [], [], [], Counter()
+    indices, probs, labels = [], [], []
+    errors: Counter[str] = Counter()
     batches = DevicePrefetcher(loader, device, MODEL_INPUTS)  # inputs arrive on the device
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
         errors.update(batch["frame_errors"])

@@ -17,6 +17,7 @@ import logging
 import math
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from mmcls.engine.setup import ClassificationSetup, Selection, TaskData
 from mmcls.engine.task import TrainingTask
 from mmcls.metrics import multilabel_scores
 from mmcls.models import save_model_dir
+from mmcls.models.fusion import MultimodalClassifier
 from mmcls.names import LOGITS, MODEL_INPUTS, VIDEO_LOGITS
 from mmcls.tagging import Thresholds, choose_thresholds, decide_tags
 
@@ -136,19 +138,20 @@ class MultiLabelSetup(ClassificationSetup):
             cfg, self.data_root, split, records, self.tokenizer, self.categories, train=train
         )
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> MultimodalClassifier:
         """The classifier; with ``model.label_embedding: pmi`` its class vectors come from the training split's
         label co-occurrence (:mod:`mmcls.models.label_embedding`; datasets() has run)."""
         model = super().build_model()
         if self.cfg.model.label_embedding == "pmi":
-            from mmcls.models.label_embedding import pmi_embedding
+            from mmcls.models.label_embedding import LabelDot, pmi_embedding
 
             vectors = pmi_embedding(self.train_labels, self.cfg.model.label_embedding_dim)
-            model.classifier[2].set_vectors(vectors)
+            # With a label embedding the classifier is label_embedding_head's: item 2 is its LabelDot.
+            cast(LabelDot, model.get_submodule("classifier.2")).set_vectors(vectors)
             log.info("label embedding: PMI vectors of %d classes, dim %d", *vectors.shape)
         return model
 
-    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+    def build_task(self, model: MultimodalClassifier, device: torch.device) -> TrainingTask:
         model.head_samples = self.cfg.train.multi_dropout
         return MultiLabelTask(model, self.cfg.train, device)
 

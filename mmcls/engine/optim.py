@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mmcls.config import TrainConfig
+from mmcls.models.fusion import MultimodalClassifier
 
 # Transformer blocks of the frame backbones: open_clip's ``transformer.resblocks.i``, timm's ``blocks.i``.
 _FRAME_BLOCK_RE = re.compile(r"(?:^|\.)(?:resblocks|blocks)\.(\d+)\.")
@@ -77,7 +78,9 @@ def frame_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     return ids, num_blocks
 
 
-def _layer_lrs(model: nn.Module, cfg: TrainConfig, base: dict[str, float]) -> dict[str, tuple[int, float]]:
+def _layer_lrs(
+    model: MultimodalClassifier, cfg: TrainConfig, base: dict[str, float]
+) -> dict[str, tuple[int, float]]:
     """``{param name: (layer id, lr)}`` for the text and frame towers under ``cfg.layer_decay``."""
     decay = cfg.layer_decay
     assert decay is not None
@@ -95,7 +98,7 @@ def _layer_lrs(model: nn.Module, cfg: TrainConfig, base: dict[str, float]) -> di
     return out
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: MultimodalClassifier, cfg: TrainConfig) -> list[dict]:
     """AdamW parameter groups: {frame_encoder, text_encoder, head} x {decay, no_decay} [x layer].
 
     Without layer decay the group names are ``module/decay`` and ``module/no_decay``; with it the two towers
@@ -131,11 +134,11 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: MultimodalClassifier, cfg: TrainConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg)
     # On CUDA the fused kernel updates all parameters in a few launches instead of several per tensor.
     on_cuda = all(p.is_cuda for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=on_cuda or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), fused=on_cuda or None)
 
 
 def lr_factor(

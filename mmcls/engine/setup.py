@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from mmcls.config import Config, ConfigError
 from mmcls.data.annotations import AnnotationError, annotation_path, count_duplicate_ids, load_records
-from mmcls.data.builders import build_dataset
+from mmcls.data.builders import TrainingSet, build_dataset
 from mmcls.data.categories import load_categories
+from mmcls.data.dataset import VideoTextDataset
 from mmcls.data.extra_train import ConcatTrainingSets, load_extra_train
 from mmcls.data.folds import split_labeled
 from mmcls.data.switch import Phase, build_phases, extra_confidences, phase_of
@@ -36,7 +37,7 @@ from mmcls.engine.task import ClassificationTask, TrainingTask
 from mmcls.engine.tau import grid_scores, tau_record, write_tau
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model, save_model_dir
-from mmcls.models.fusion import check_model_config
+from mmcls.models.fusion import MultimodalClassifier, check_model_config
 from mmcls.report import per_class_scores
 
 log = logging.getLogger("mmcls.train")
@@ -57,8 +58,8 @@ class Selection:
 
 @dataclass
 class TaskData:
-    train_set: Dataset
-    val_set: Dataset | None  # None: no validation, ``best/`` is the last model
+    train_set: TrainingSet
+    val_set: VideoTextDataset | None  # None: no validation, ``best/`` is the last model
 
 
 class TaskSetup(ABC):
@@ -101,12 +102,12 @@ class TaskSetup(ABC):
         trainer records them under ``"annotations"`` in ``RUN_DIR/data_errors.json``. The base finds none."""
         return {}
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> MultimodalClassifier:
         """A freshly initialised model (also used to gather FSDP shards into one copy for saving)."""
         return build_model(self.cfg, vocab_size=len(self.tokenizer))
 
     @abstractmethod
-    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+    def build_task(self, model: MultimodalClassifier, device: torch.device) -> TrainingTask:
         """The training task around ``model`` (not yet wrapped for distributed training)."""
 
     @property
@@ -173,19 +174,21 @@ class ClassificationSetup(TaskSetup):
         # Per-class counts of the labeled training records: class-balanced loss weights, and saved with every
         # released model folder as the class prior of ``mmcls predict --logit-adjust``.
         self.class_counts = np.bincount(
-            [self.categories.lv2_index(r.category_id) for r in train_records],
+            # Loaded with require_label=True: every record has its category_id.
+            [self.categories.lv2_index(r.category_id) for r in train_records],  # type: ignore[arg-type]
             minlength=self.categories.num_lv2,
         )
         split = cfg.data.train_split
-        train_set = build_dataset(
+        labeled_set = build_dataset(
             cfg, self.data_root, split, train_records, self.tokenizer, self.categories, train=True
         )
+        train_set: TrainingSet = labeled_set
         # data.extra_train (pseudo-labels): appended to the training records, frames from their own split.
         extra = load_extra_train(cfg.data.extra_train, self.categories, {r.id for r in records})
         if len(extra):
             log.info("data.extra_train: %d extra training records", len(extra))
             train_set = ConcatTrainingSets(
-                [train_set]
+                [labeled_set]
                 + [
                     build_dataset(cfg, self.data_root, s, recs, self.tokenizer, self.categories, train=True)
                     for s, recs in extra.by_split()
@@ -194,7 +197,8 @@ class ClassificationSetup(TaskSetup):
         # Row i of the loss's soft/teacher targets is training sample i: remember the records in that order.
         self._train_records = [*train_records, *extra.records]
         self._train_splits = [split] * len(train_records) + extra.source_splits
-        self._soft_rows = [None] * len(train_records) + extra.soft_targets
+        self._soft_rows: list[np.ndarray | None] = [None] * len(train_records)
+        self._soft_rows.extend(extra.soft_targets)
         if cfg.data.switch:
             self._phases = self._switch_phases(len(train_records), extra)
         val_set = (
@@ -224,7 +228,7 @@ class ClassificationSetup(TaskSetup):
     def annotation_problems(self) -> dict[str, int]:
         return {"duplicate_ids": self.duplicate_ids} if self.duplicate_ids else {}
 
-    def build_task(self, model: nn.Module, device: torch.device) -> TrainingTask:
+    def build_task(self, model: MultimodalClassifier, device: torch.device) -> TrainingTask:
         # datasets() runs first and records the training records in dataset order.
         targets = build_training_targets(
             self.cfg,

@@ -70,23 +70,32 @@ class TrainingTargets:
             return logits
         return logits.float().masked_fill(~self.class_mask.to(logits.device), _MASKED_LOGIT)
 
+    @staticmethod
+    def _rows(table: torch.Tensor, index: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        """The rows of ``table`` for the batch's samples (their training dataset indices)."""
+        if index is None:
+            raise ValueError(
+                "soft and teacher targets are looked up by the batch's sample 'index'; it has none"
+            )
+        return table[index].to(device)
+
     def cross_entropy(
-        self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, label_smoothing: float
+        self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None, label_smoothing: float
     ) -> torch.Tensor:
         """Per-sample cross-entropy against the soft targets (or the hard labels), within the class subset."""
         logits = self._restrict(logits)
         if self.soft is None:
             return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction="none")
-        return soft_cross_entropy(logits, self.soft[index].to(logits.device), label_smoothing)
+        return soft_cross_entropy(logits, self._rows(self.soft, index, logits.device), label_smoothing)
 
     def fused_loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, label_smoothing: float
+        self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None, label_smoothing: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The fused head's loss and its logged parts."""
         ce = self.cross_entropy(logits, labels, index, label_smoothing).mean()
         if self.teacher is None:
             return ce, {"loss_fused": ce.detach()}
-        teacher = self.teacher[index].to(logits.device)
+        teacher = self._rows(self.teacher, index, logits.device)
         kd = distillation_kl(self._restrict(logits), teacher, self.temperature).mean()
         loss = (1.0 - self.distill_weight) * ce + self.distill_weight * kd
         return loss, {"loss_fused": ce.detach(), "loss_distill": kd.detach()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -30,7 +30,11 @@ from mmcls.engine.distributed import DistInfo
 from mmcls.engine.inference import autocast
 from mmcls.engine.soft_targets import TrainingTargets
 from mmcls.engine.swa import WeightAverage
+from mmcls.models.fusion import MultimodalClassifier
 from mmcls.names import LOGITS, MODEL_INPUTS, VIDEO_LOGITS
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 
 class TrainingTask(nn.Module):
@@ -43,7 +47,7 @@ class TrainingTask(nn.Module):
 
     device_keys: tuple[str, ...] = (*MODEL_INPUTS, "labels")
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(self, model: MultimodalClassifier, cfg: TrainConfig, device: torch.device) -> None:
         super().__init__()
         self.model = model.to(device)
         self.cfg = cfg
@@ -120,11 +124,13 @@ class TrainingTask(nn.Module):
             with self.train_model.no_sync():
                 yield
         elif self.is_sharded:
-            self.model.set_requires_gradient_sync(False)  # FSDP2's no_sync; recurses into the sharded layers
+            # wrap_distributed's fully_shard made the model an FSDPModule (is_sharded says it ran).
+            sharded = cast("FSDPModule", self.model)
+            sharded.set_requires_gradient_sync(False)  # FSDP2's no_sync; recurses into the sharded layers
             try:
                 yield
             finally:
-                self.model.set_requires_gradient_sync(True)
+                sharded.set_requires_gradient_sync(True)
         else:
             yield
 
@@ -142,21 +148,24 @@ class TrainingTask(nn.Module):
         The backward belongs inside no_sync (FSDP decides in backward whether to reduce-scatter; DDP in
         forward) but outside autocast.
         """
-        adversarial = self.adversary is not None
-        with (
-            self.no_sync() if adversarial or not sync else contextlib.nullcontext(),
-            self.adversary.capture() if adversarial else contextlib.nullcontext() as clean_grads,
-        ):
+        adversary = self.adversary
+        unsynced: contextlib.AbstractContextManager[None] = (
+            self.no_sync() if adversary is not None or not sync else contextlib.nullcontext()
+        )
+        capture: contextlib.AbstractContextManager[list[torch.Tensor | None]] = (
+            adversary.capture() if adversary is not None else contextlib.nullcontext([])
+        )
+        with unsynced, capture as clean_grads:
             with autocast(self.device, self.cfg.precision):
                 loss, parts = self(batch)
             scale(loss).backward()
-        if adversarial:
+        if adversary is not None:
 
             def adversarial_loss() -> torch.Tensor:
                 with autocast(self.device, self.cfg.precision):
                     return self(batch)[0]
 
-            adv_loss = self.adversary.attack(clean_grads, adversarial_loss, scale, self.no_sync, sync, loss)
+            adv_loss = adversary.attack(clean_grads, adversarial_loss, scale, self.no_sync, sync, loss)
             parts["loss_adv"] = adv_loss.detach()
         return loss, parts
 
@@ -167,7 +176,8 @@ class TrainingTask(nn.Module):
 
     def after_epoch(self, epoch: int) -> None:
         """Called at the end of every (1-based) ``epoch``, before evaluation: SWA takes its snapshot."""
-        if self.swa is not None and epoch >= self.cfg.swa_start_epoch:
+        start = self.cfg.swa_start_epoch  # set whenever swa is
+        if self.swa is not None and start is not None and epoch >= start:
             self.swa.update(self.model)
 
     @property
@@ -199,7 +209,7 @@ class ClassificationTask(TrainingTask):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MultimodalClassifier,
         cfg: TrainConfig,
         device: torch.device,
         targets: TrainingTargets | None = None,

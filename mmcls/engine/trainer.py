@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mmcls.config import Config, ConfigError
-from mmcls.data.builders import build_eval_loader, build_loader
+from mmcls.data.builders import TrainingSet, build_eval_loader, build_loader
 from mmcls.data.switch import EpochSubset
 from mmcls.engine import checkpoint as ckpt
 from mmcls.engine.distributed import (
@@ -256,9 +256,10 @@ class Trainer:
         if cfg.model.init_from:
             load_init_weights(model, cfg.model.init_from)  # logs what was loaded and what was not
         if tcfg.grad_checkpointing:
-            if not hasattr(model, "set_grad_checkpointing"):
+            set_grad_checkpointing = getattr(model, "set_grad_checkpointing", None)
+            if set_grad_checkpointing is None:
                 raise ConfigError(f"train.grad_checkpointing: {type(model).__name__} does not support it")
-            model.set_grad_checkpointing(True)
+            set_grad_checkpointing(True)
         self.task = self.setup.build_task(model, self.device)
         self.task.wrap_distributed(self.dist, find_unused_parameters=self.setup.find_unused_parameters)
         if tcfg.compile:
@@ -274,7 +275,7 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.logger = RunLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=tcfg.tensorboard)
 
-    def _epoch_train_set(self, epoch: int) -> Dataset:
+    def _epoch_train_set(self, epoch: int) -> TrainingSet:
         """The training samples of ``epoch`` (0-based): the whole set, or the subset the setup chose."""
         indices = self.setup.train_indices(epoch)
         return self.train_set if indices is None else EpochSubset(self.train_set, indices.tolist())
@@ -419,10 +420,10 @@ class Trainer:
                 # The losses stay on the device between logging steps (reading them is a host sync).
                 # Every rank is here (skipped steps are agreed on by all ranks): average the losses so
                 # the log shows the global batch's loss, as a single process would.
-                losses = all_reduce_mean(_to_floats(losses), self.device)
-                bar.set_postfix(loss=f"{losses['loss']:.4f}")
+                mean_losses = all_reduce_mean(_to_floats(losses), self.device)
+                bar.set_postfix(loss=f"{mean_losses['loss']:.4f}")
                 lr = {f"lr/{g['name']}": g["lr"] for g in self.optimizer.param_groups}
-                self.logger.log(state.global_step, state.epoch, {**losses, **lr}, prefix="train/")
+                self.logger.log(state.global_step, state.epoch, {**mean_losses, **lr}, prefix="train/")
             (stop_now,) = any_rank([stop.requested], self.device)
             if stop_now:
                 bar.close()
@@ -499,7 +500,7 @@ class Trainer:
     def _end_epoch(self) -> dict[str, float]:
         """Evaluate (when due), release ``best/``, checkpoint; returns this epoch's validation scores ({})."""
         state, evaluated = self.state, {}
-        errors = Counter()
+        errors: Counter[str] = Counter()
         for part in all_gather_objects(dict(state.epoch_errors)):
             errors.update(part)
         if errors and self.dist.is_main:

@@ -33,6 +33,7 @@ from mmcls.engine.prefetch import DevicePrefetcher
 from mmcls.errors import MmclsError
 from mmcls.inference.predict import model_data_loader
 from mmcls.models import load_model_dir
+from mmcls.names import FrameDecoder
 
 log = logging.getLogger("mmcls.features")
 
@@ -70,7 +71,7 @@ def extract_features(
     device: str = "auto",
     precision: str = "fp32",
     overwrite: bool = False,
-    frame_decoder: str = "pil",
+    frame_decoder: FrameDecoder = "pil",
 ) -> ExtractionSummary:
     """Write the frame features of every video of ``split`` to ``out`` (see the module docstring)."""
     out = Path(out)

@@ -58,6 +58,7 @@ from mmcls.files import (
     same_file,
 )
 from mmcls.models import LoadedModel, load_model_dir
+from mmcls.names import FrameDecoder
 
 
 class LogitAdjustError(MmclsError, ValueError):
@@ -76,7 +77,7 @@ def predict_split(
     progress: bool = True,
     ids: Collection[str] | None = None,
     logit_adjust: float | Literal["auto"] = "auto",
-    frame_decoder: str = "pil",
+    frame_decoder: FrameDecoder = "pil",
 ) -> tuple[list[str], Predictions, list[str]]:
     """Predict every record of ``split``; returns (ids in annotation order, predictions, category ids).
 
@@ -141,7 +142,7 @@ def model_data_loader(
     *,
     batch_size: int,
     num_workers: int | None,
-    frame_decoder: str,
+    frame_decoder: FrameDecoder,
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,

@@ -27,6 +27,7 @@ attends to nothing across (its text stream's cross-attention output is zero), so
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,7 +88,10 @@ class StreamLayer(nn.Module):
         attended = self.self_attn(x, x, x, key_padding_mask=~mask, need_weights=False)[0]
         x = self.self_norm(x + self.dropout(attended))
         if self.cross_attn is not None and self.cross_norm is not None and other is not None:
-            attended = self.cross_attn(x, other, other, key_padding_mask=~other_mask, need_weights=False)[0]
+            padding = (
+                None if other_mask is None else ~other_mask
+            )  # no mask: every position of ``other`` counts
+            attended = self.cross_attn(x, other, other, key_padding_mask=padding, need_weights=False)[0]
             if other_present is not None:
                 attended = attended * other_present.to(attended.dtype)[:, None, None]
             x = self.cross_norm(x + self.dropout(attended))
@@ -98,7 +102,7 @@ class CoAttentionLayer(nn.Module):
     """One cross layer: the text stream attends to the frames, the frame stream to the text (both from the
     previous layer's outputs)."""
 
-    def __init__(self, **layer_kwargs: object) -> None:
+    def __init__(self, **layer_kwargs: Any) -> None:
         super().__init__()
         self.text = StreamLayer(**layer_kwargs, cross=True)
         self.frames = StreamLayer(**layer_kwargs, cross=True)
@@ -137,7 +141,7 @@ class DualStreamClassifier(MultimodalClassifier):
     ) -> None:
         super().__init__(cfg, image_size, vocab_size, pixel_mean, pixel_std, feature_dim, heads=heads)
         bert = self.text_encoder.config
-        layer_kwargs = {
+        layer_kwargs: dict[str, Any] = {  # StreamLayer's sizes, from BERT's config
             "hidden": bert.hidden_size,
             "heads": bert.num_attention_heads,
             "intermediate": bert.intermediate_size,

@@ -112,6 +112,10 @@ class FrameEncoder(nn.Module):
     pretrained weights gets the same network.
     """
 
+    # Buffers (registered in __init__), declared for the type checker.
+    pixel_scale: torch.Tensor
+    pixel_shift: torch.Tensor
+
     def __init__(
         self,
         backbone: nn.Module | None,
@@ -134,13 +138,13 @@ class FrameEncoder(nn.Module):
         self.kind = kind
         self.frozen = bool(freeze) and backbone is not None
         self.build_kwargs = dict(build_kwargs or {})
-        if self.frozen:
-            self.backbone.requires_grad_(False)
-            self.backbone.eval()
+        if self.frozen and backbone is not None:
+            backbone.requires_grad_(False)
+            backbone.eval()
 
     def train(self, mode: bool = True) -> FrameEncoder:
         super().train(mode)
-        if self.frozen:
+        if self.frozen and self.backbone is not None:
             # A frozen backbone stays in eval mode: no dropout, BatchNorm statistics untouched.
             self.backbone.eval()
         return self
@@ -170,8 +174,9 @@ class FrameEncoder(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute backbone activations in the backward pass (both open_clip and timm support it)."""
-        if self.backbone is not None and hasattr(self.backbone, "set_grad_checkpointing"):
-            self.backbone.set_grad_checkpointing(enable)
+        toggle = getattr(self.backbone, "set_grad_checkpointing", None)  # None without a backbone
+        if toggle is not None:
+            toggle(enable)
 
 
 def build_frame_encoder(
@@ -186,9 +191,8 @@ def build_frame_encoder(
     ``pixel_mean``/``pixel_std`` normalise uint8 frames (see :class:`FrameEncoder`); ``feature_dim``
     (``data.frames.feature_dim``) is the width of the features the identity encoder passes through.
     """
-    norm = {"pixel_mean": pixel_mean, "pixel_std": pixel_std}
     if cfg.type == "identity":
-        return FrameEncoder(None, feature_dim, "identity", **norm)
+        return FrameEncoder(None, feature_dim, "identity", pixel_mean=pixel_mean, pixel_std=pixel_std)
     if cfg.type == "open_clip":
         backbone, kwargs = _open_clip_visual(cfg, image_size)
     elif cfg.type == "timm":
@@ -196,7 +200,15 @@ def build_frame_encoder(
     else:
         raise ValueError(f"model.frame_encoder.type: unknown {cfg.type!r}; use open_clip, timm or identity")
     output_dim = _output_dim(backbone, image_size)
-    return FrameEncoder(backbone, output_dim, cfg.type, freeze=cfg.freeze, build_kwargs=kwargs, **norm)
+    return FrameEncoder(
+        backbone,
+        output_dim,
+        cfg.type,
+        freeze=cfg.freeze,
+        build_kwargs=kwargs,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- open_clip
@@ -251,7 +263,7 @@ def _open_clip_visual(cfg: FrameEncoderConfig, image_size: int) -> tuple[nn.Modu
 
 
 def _open_clip_hint(
-    name: str, tag: str | None, tag_cfg: dict, exc: Exception, offline: str | None = None
+    name: str, tag: str | bool | None, tag_cfg: dict, exc: Exception, offline: str | None = None
 ) -> str:
     repo = (tag_cfg.get("hf_hub") or "").rstrip("/") or "ORG/REPO"
     return (

@@ -33,6 +33,7 @@ import dataclasses
 import logging
 import os
 import re
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -324,7 +325,10 @@ class MultimodalClassifier(nn.Module):
         self.video_classifier = nn.Sequential(nn.Dropout(self.cfg.dropout), nn.Linear(hidden, num_classes))
 
     def _head_layers(self) -> list[nn.Linear]:
-        return [head[1] for head in (self.classifier, self.video_classifier) if head is not None]
+        # Every head _build_heads makes is Sequential(Dropout, Linear, ...): item 1 is its linear layer.
+        return [
+            cast(nn.Linear, head[1]) for head in (self.classifier, self.video_classifier) if head is not None
+        ]
 
     def _init_new_layers(self, std: float) -> None:
         # Same scheme as BERT's own init, so the new tokens start on the scale the encoder expects. The
@@ -333,9 +337,9 @@ class MultimodalClassifier(nn.Module):
             init_linear(module, std)
         nn.init.normal_(self.frame_position.weight, std=std)
         if isinstance(self.frame_aggregator, NeXtVLAD):
-            for module in self.frame_aggregator.modules():
-                if isinstance(module, nn.Linear):
-                    init_linear(module, std)
+            for sub in self.frame_aggregator.modules():
+                if isinstance(sub, nn.Linear):
+                    init_linear(sub, std)
             nn.init.normal_(self.frame_aggregator.centroids, std=std)
 
 
@@ -419,7 +423,7 @@ def keep_bert_layers(model: BertModel, chosen: list[int], source: str) -> None:
     )
 
 
-def load_pretrained_bert(name_or_dir: str, **config_overrides: object) -> BertModel:
+def load_pretrained_bert(name_or_dir: str, **config_overrides: Any) -> BertModel:
     """``BertModel.from_pretrained`` that turns "not found" into a :class:`PretrainedWeightsError` with a fix."""
     local = os.path.isdir(name_or_dir)
     if not local and (name_or_dir.startswith(("/", ".", "~")) or name_or_dir.count("/") > 1):
@@ -427,7 +431,7 @@ def load_pretrained_bert(name_or_dir: str, **config_overrides: object) -> BertMo
             f"model.text_encoder: local BERT directory {name_or_dir!r} does not exist. "
             + _bert_hint(name_or_dir)
         )
-    kwargs = {"add_pooling_layer": False, **config_overrides}
+    kwargs: dict[str, Any] = {"add_pooling_layer": False, **config_overrides}
     try:
         if not local:
             try:

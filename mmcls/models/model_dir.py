@@ -305,7 +305,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def _model_info(model: MultimodalClassifier, config: Config) -> dict[str, Any]:
     encoder = config.model.frame_encoder
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("mmcls", "torch", "transformers", "open_clip_torch", "timm", "safetensors"):
         try:
             versions[dist] = metadata.version(dist)

@@ -93,7 +93,8 @@ def group_finetune(
     if cfg.data.limit_train:
         records = records[: cfg.data.limit_train]
     train_records, val_records = split_labeled(records, cfg.data, cfg.train.seed, categories)
-    counts = Counter(categories.lv1_index(r.category_id) for r in train_records)
+    # Loaded with require_label=True: every record has its category_id.
+    counts = Counter(categories.lv1_index(r.category_id) for r in train_records)  # type: ignore[arg-type]
     needed = min_records or cfg.train.batch_size
     wanted = sorted(counts) if groups is None else list(groups)
     done: dict[int, str] = {}

@@ -68,6 +68,14 @@ class Member(Protocol):
         ...
 
 
+class MemberKind(Protocol):
+    """An entry of :data:`MEMBER_TYPES` once imported: a class that recognises its folders and loads one."""
+
+    def accepts(self, path: Path) -> bool: ...
+
+    def __call__(self, path: Path) -> Member: ...
+
+
 def predict_model(
     model_dir: str | Path,
     data_root: str | Path,
@@ -202,7 +210,7 @@ class GroupFinetuned(FolderMember):
 
 # Tried in order; the first whose ``accepts(path)`` is true loads the member. A "module:Class" string is
 # imported only when reached: the exported-artifact member lives in mmcls.deploy, which the core never imports.
-MEMBER_TYPES: list[type | str] = [
+MEMBER_TYPES: list[MemberKind | str] = [
     KFoldMean,
     GroupFinetuned,
     TorchModel,
@@ -276,8 +284,8 @@ def load_member(path: str | Path) -> Member:
     )
 
 
-def _resolve(entry: type | str) -> type:
-    if isinstance(entry, type):
+def _resolve(entry: MemberKind | str) -> MemberKind:
+    if not isinstance(entry, str):  # a class
         return entry
     module_name, _, class_name = entry.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
