@@ -280,8 +280,10 @@ class TrainConfig:
     rdrop_alpha: float = setting(0.0, min=0)  # R-Drop: weight of the symmetric KL of two dropout passes
     lv1_loss_weight: float = setting(0.0, min=0)  # level-1 NLL of the level-2 softmax summed per group
     soft_f1_weight: float = setting(0.0, min=0)  # weight of (1 - soft macro F1) of the fused probabilities
-    # data.task=multilabel: per-class sigmoid binary cross-entropy, or the asymmetric loss (settings in asl).
-    multilabel_loss: Literal["bce", "asl"] = "bce"
+    # data.task=multilabel: the asymmetric loss (settings in asl), or per-class sigmoid binary cross-entropy.
+    # asl by default: on docs/multilabel.md's 3-seed table (200 classes, ~2 tags a video) summed BCE, almost
+    # all easy negatives, barely leaves its start in the epochs where ASL reaches 5x its GAP@20.
+    multilabel_loss: Literal["bce", "asl"] = "asl"
     asl: AslConfig = field(default_factory=AslConfig)
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     seed: int = setting(42, min=0)

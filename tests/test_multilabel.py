@@ -20,6 +20,8 @@ from mmcls.engine.multilabel import MultiLabelSetup
 from mmcls.metrics import gap_at_k, multilabel_scores
 from mmcls.tagging import best_cut, choose_thresholds, decide_tags, threshold_vector
 
+from commands import run_main
+
 CATS = official_categories()
 A, B, C = CATS.category_ids[:3]
 
@@ -261,6 +263,21 @@ def test_kfold_and_ensemble_members_refuse_tagging_models(tmp_path: Path) -> Non
     save_model_dir(tmp_path / "m", model, cfg, load_tokenizer(cfg.data.text.tokenizer), CATS)
     with pytest.raises(MemberError, match="multilabel"):
         same_categories([load_member(tmp_path / "m")])
+    # Through the CLI: one line, before any member predicts (the data root holds nothing to predict).
+    for command, out in (("ensemble", "blend.csv"), ("pseudo-label", "labels.json")):
+        extra = ("--min-confidence", "0.9") if command == "pseudo-label" else ()
+        args = (
+            command,
+            str(tmp_path / "m"),
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / out),
+            *extra,
+        )
+        _, err = run_main(*args, expect=2)
+        assert err.strip().count("\n") == 0 and "multilabel (tagging) model" in err, err
+        assert not (tmp_path / out).exists()
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
