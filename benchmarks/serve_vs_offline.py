@@ -36,8 +36,24 @@ from mmcls.deploy.ports import free_ports  # noqa: E402
 # Per preset: test videos, `bench infer` batch size/batches/repeats, client rounds over the split, and the
 # untimed warm-up requests (per client, at most `warmup_max` in all: base runs ~0.1-0.5 videos/s on 2 cores).
 PRESETS = {
-    "tiny": {"num_test": 150, "batch_size": 32, "batches": 4, "repeats": 3, "rounds": 2, "warmup": 2},
-    "base": {"num_test": 24, "batch_size": 4, "batches": 2, "repeats": 1, "rounds": 1, "warmup": 1},
+    "tiny": {
+        "num_test": 150,
+        "batch_size": 32,
+        "batches": 4,
+        "repeats": 3,
+        "rounds": 2,
+        "warmup": 2,
+        "timeout": 60,
+    },
+    "base": {
+        "num_test": 24,
+        "batch_size": 4,
+        "batches": 2,
+        "repeats": 1,
+        "rounds": 1,
+        "warmup": 1,
+        "timeout": 1800,
+    },
 }
 WARMUP_MAX = {"tiny": 1000, "base": 4}
 
@@ -92,6 +108,38 @@ def per_request(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return out
 
 
+def process_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) of ``root`` and its descendants, summed by process name (``mmcls serve``'s
+    own process, ``tritonserver``: HTTP/gRPC front end and batcher, ``triton_python_``: the backend stubs)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            text = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if not entry.name.isdigit():
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (name, int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    totals: dict[str, float] = {}
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        if pid in table:
+            name, _, seconds = table[pid]
+            totals[name] = totals.get(name, 0.0) + seconds
+        pending += [child for child, (_, parent, _) in table.items() if parent == pid]
+    return totals
+
+
+def cpu_per_video(before: dict[str, float], after: dict[str, float], videos: int) -> dict[str, float]:
+    return {
+        f"{name}_cpu_ms": round(1000.0 * (after[name] - before.get(name, 0.0)) / videos, 2) for name in after
+    }
+
+
 def serve(python: str, model: Path, serve_args: list[str]) -> tuple[subprocess.Popen, str, int]:
     http, grpc, metrics_port = free_ports(3)
     command = mmcls(
@@ -134,15 +182,18 @@ def bench_preset(args: argparse.Namespace, preset: str) -> dict:
     process, url, metrics_port = serve(python, model, args.serve_args)
     try:
         for concurrency in args.concurrency:
-            before = metrics(metrics_port)
+            before, cpu_before = metrics(metrics_port), process_cpu(process.pid)
             served = run_json(
                 mmcls(
                     python, "client", url, "--data-root", str(data), "--bench", "--concurrency", str(concurrency),
-                    "--warmup", str(min(settings["warmup"] * concurrency, WARMUP_MAX[preset])), "--rounds", str(settings["rounds"]),
+                    "--warmup", str(min(settings["warmup"] * concurrency, WARMUP_MAX[preset])), "--rounds", str(settings["rounds"]), "--timeout", str(settings["timeout"]),
                     "--json",
                 )
             )  # fmt: skip
             served["server"] = per_request(before, metrics(metrics_port))
+            # per video sent (warm-up included: the counters cannot tell it apart)
+            sent = served["videos"] + served["warmup"]
+            served["server"].update(cpu_per_video(cpu_before, process_cpu(process.pid), sent))
             log(f"{preset}: concurrency {concurrency}: {json.dumps(served)}")
             result["served"].append(served)
     finally:

@@ -43,7 +43,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--instances", type=positive_int, default=1, help="model instances (parallel executions)")
     p.add_argument(
-        "--threads", type=positive_int, default=None, help="intra-op threads of the runtime (default: all)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="intra-op threads of the runtime per instance (default: all cores, shared out between instances)",
+    )
+    p.add_argument(
+        "--decode-threads",
+        type=positive_int,
+        default=None,
+        help="threads decoding a batch's JPEGs/videos per instance (default: the cores shared out between instances)",
     )
     p.add_argument(
         "--max-video-bytes",

@@ -58,6 +58,7 @@ class ServeOptions:
     max_queue_delay_us: int = 2000
     instances: int = 1
     threads: int | None = None
+    decode_threads: int | None = None
     start_timeout_s: float = 300.0
     # input ``video`` (an encoded video file): refused above this many bytes or seconds with a 400
     max_video_bytes: int = TritonModelOptions.max_video_bytes

@@ -46,6 +46,7 @@ class TritonModelOptions:
     device: str = "auto"
     precision: str | None = None
     threads: int | None = None
+    decode_threads: int | None = None  # None: the cores of the machine shared out between the instances
     # input ``video``: refused above this many bytes or seconds (mmcls.deploy.request_decoder.VideoLimits)
     max_video_bytes: int = VideoLimits.max_bytes
     max_video_seconds: float = VideoLimits.max_seconds
@@ -154,6 +155,7 @@ def model_config_text(assets, model_path: Path, options: TritonModelOptions) -> 
         "device": options.device,
         "precision": options.precision or "",
         "threads": str(options.threads or ""),
+        "decode_threads": str(options.decode_threads or ""),
         "max_frames": str(frames.max_frames),
         "frame_input": assets.frame_input,
         "max_video_bytes": str(options.max_video_bytes),
