@@ -11,7 +11,9 @@ loopback ports, runs ``mmcls client URL --bench --concurrency N --json`` for eve
 and stops the server. Every command is printed as it runs, with the box's load average (``uptime``): on a
 shared machine the wall-clock figures move with the load. The last line is one JSON object with everything.
 
-``--serve-args`` passes options to ``mmcls serve`` (e.g. ``"--instances 2"``) to compare settings.
+``--serve-args`` passes options to ``mmcls serve`` (e.g. ``"--instances 2"``) to compare settings,
+``--infer-args`` to ``mmcls bench infer`` (e.g. ``"--batch-size 128 --workers 15"`` on a GPU host); ``--device cuda``
+runs both on the GPU (benchmarks/gpu_bench.sh does that).
 """
 
 from __future__ import annotations
@@ -168,18 +170,19 @@ def stop(process: subprocess.Popen) -> None:
 def bench_preset(args: argparse.Namespace, preset: str) -> dict:
     settings = PRESETS[preset]
     work = args.work / preset
-    model, data = build_inputs(argparse.Namespace(work=work, preset=preset, num_test=settings["num_test"]))
+    num_test = args.num_test or settings["num_test"]
+    model, data = build_inputs(argparse.Namespace(work=work, preset=preset, num_test=num_test))
     python = args.python
     offline = run_json(
         mmcls(
             python, "bench", "infer", str(model), "--data-root", str(data), "--workers", "1",
             "--batch-size", str(settings["batch_size"]), "--batches", str(settings["batches"]),
-            "--repeats", str(settings["repeats"]), "--json",
+            "--repeats", str(settings["repeats"]), "--device", args.device, "--json", *args.infer_args,
         )
     )  # fmt: skip
     result: dict = {"preset": preset, "offline": offline, "served": []}
     log(f"{preset}: bench infer end to end {offline.get('e2e_videos_per_s')} videos/s")
-    process, url, metrics_port = serve(python, model, args.serve_args)
+    process, url, metrics_port = serve(python, model, ["--device", args.device, *args.serve_args])
     try:
         for concurrency in args.concurrency:
             before, cpu_before = metrics(metrics_port), process_cpu(process.pid)
@@ -208,7 +211,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="folder for the models and data (reused)")
     parser.add_argument("--presets", nargs="+", default=["tiny", "base"], choices=sorted(PRESETS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="for bench infer and serve")
+    parser.add_argument("--num-test", type=int, default=None, help="test videos (default: per preset)")
     parser.add_argument("--serve-args", type=shlex.split, default=[], help="extra `mmcls serve` options")
+    parser.add_argument(
+        "--infer-args", type=shlex.split, default=[], help="extra `mmcls bench infer` options (last one wins)"
+    )
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -218,10 +218,13 @@ def check_model(model: Path, options: ServeOptions) -> None:
     if is_triton_repository(model):
         return
     from mmcls.deploy.predictor import Predictor
+    from mmcls.deploy.triton_model import tagging_thresholds
 
     predictor = Predictor.from_path(
         model, options.backend, device=options.device, precision=options.precision, threads=1
     )
+    if predictor.assets.config.data.task == "multilabel":
+        tagging_thresholds(predictor.assets)  # the served tags need the model's thresholds.json
     del predictor
 
 

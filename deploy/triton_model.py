@@ -40,6 +40,15 @@ def instance_cores(instances: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
 
 
+def tagging_thresholds(assets: Any) -> np.ndarray:
+    """A tagging model's per-class thresholds (its ``thresholds.json``), read once when the model loads: a
+    tagging model without them is refused then (``mmcls serve`` checks it before Triton starts), not answered
+    with an error per request."""
+    from mmcls.tagging import model_thresholds
+
+    return model_thresholds(assets.folder, list(assets.categories.category_ids))
+
+
 class BatchClassifier:
     """One execution's work without Triton's types: a list of requests, each ``{input name: array with the
     batch dimension}``, to a list of answers, each ``{output name: array}`` or the :class:`RequestError` that
@@ -50,6 +59,7 @@ class BatchClassifier:
         self.decoder = RequestDecoder(predictor.assets, limits)
         self.categories = predictor.assets.categories
         self.tagging = predictor.assets.config.data.task == "multilabel"
+        self.thresholds = tagging_thresholds(predictor.assets) if self.tagging else None
         self.pool = ThreadPoolExecutor(max(1, decode_threads)) if decode_threads > 1 else None
 
     def __call__(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | RequestError]:
@@ -122,12 +132,13 @@ class BatchClassifier:
 
     def _tags(self, probs: np.ndarray) -> dict[str, np.ndarray]:
         """A tagging model's ``tags`` and ``tag_names`` (its saved per-class thresholds); nothing otherwise."""
-        if not self.tagging:
+        if self.thresholds is None:
             return {}
-        from mmcls.tagging import model_tags, tag_lists
+        from mmcls.tagging import decide_tags, tag_lists
 
-        assets, ids = self.predictor.assets, list(self.categories.category_ids)
-        tags = model_tags(assets.folder, assets.config, ids, probs)
+        ids = list(self.categories.category_ids)
+        min_tags = self.predictor.assets.config.train.thresholds.min_tags
+        tags = decide_tags(probs, self.thresholds, None, min_tags)  # as model_tags, thresholds read once
         tag_ids, tag_names = tag_lists(tags, ids, [self.categories.name(c) for c in ids])
         return {names.SERVED_TAGS: tag_ids, names.SERVED_TAG_NAMES: tag_names}
 
