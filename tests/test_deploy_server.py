@@ -31,8 +31,6 @@ from deploy_fixtures import tiny_model_dir
 tritonclient_http = pytest.importorskip("tritonclient.http")
 pytest.importorskip("pytriton")
 
-pytestmark = pytest.mark.slow
-
 
 class Server:
     """`mmcls serve MODEL` in a child process; its own PYTRITON_HOME shows what it leaves behind."""
@@ -151,6 +149,7 @@ def served(two_level, tmp_path_factory):
             server.stop()
 
 
+@pytest.mark.slow
 def test_a_split_over_http_and_grpc_gets_predicts_labels_and_names(served, tmp_path):
     """A whole split with 8 requests in flight, over HTTP and over gRPC: the same labels as `mmcls predict`,
     the class names with --with-names, and requests batched by Triton."""
@@ -175,11 +174,16 @@ def test_a_split_over_http_and_grpc_gets_predicts_labels_and_names(served, tmp_p
     after = served.server.metrics()
     count = after["nv_inference_count"] - before["nv_inference_count"]
     assert count == 64
-    assert (
-        after["nv_inference_exec_count"] - before["nv_inference_exec_count"] < count
-    )  # requests were batched
+    executions = after["nv_inference_exec_count"] - before["nv_inference_exec_count"]
+    assert executions < count  # requests were batched
+    # The load test: one JSON object with the figures (timed after the warm-up; no speed is asserted).
+    args = ["--data-root", str(served.data), "--bench", "--concurrency", "4", "--warmup", "2", "--json"]
+    figures = json.loads(run_main("client", served.server.url, *args)[0])
+    assert figures["videos"] == 32 and figures["concurrency"] == 4 and figures["warmup"] == 2
+    assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"] and figures["videos_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_frames_and_an_encoded_video_are_classified_as_predict_does(served, shared_data):
     """JPEG frames: a distribution over the 12 classes, the level-1 parent of the class; input ``video``: the
     probabilities `predict --video` gives for the same bytes (torch and ONNX agree), `client --video` too."""
@@ -211,6 +215,7 @@ def test_frames_and_an_encoded_video_are_classified_as_predict_does(served, shar
     assert shown.split("\t")[:2] == [str(city), top] and tax.name(top) in shown
 
 
+@pytest.mark.slow
 def test_bad_requests_get_their_own_400_and_the_server_keeps_serving(served):
     client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{served.ports[0]}", concurrency=3)
     try:
@@ -244,6 +249,7 @@ def test_bad_requests_get_their_own_400_and_the_server_keeps_serving(served):
         client.close()
 
 
+@pytest.mark.slow
 def test_stop_is_clean_and_an_exported_tagging_repository_serves_on_the_same_ports(
     served, two_level, tmp_path
 ):
@@ -290,3 +296,29 @@ def test_stop_is_clean_and_an_exported_tagging_repository_serves_on_the_same_por
     assert tags.any()  # there is something to compare
     assert result.as_numpy("tags").tolist() == expected_ids.tolist()
     assert result.as_numpy("tag_names").tolist() == expected_names.tolist()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["http://10.0.0.1:8000", "--data-root", "{tmp}", "--bench"],
+            "runs against 127.0.0.1 or localhost only",
+        ),
+        (["grpc://example.com:8001", "--data-root", "{tmp}", "--bench"], "not 'example.com'"),
+        (
+            ["http://127.0.0.1:9", "--data-root", "{tmp}", "--bench", "--out", "{tmp}/x.csv"],
+            "writes no predictions",
+        ),
+        (["http://127.0.0.1:9", "--bench"], "--bench needs --data-root"),
+        (
+            ["http://127.0.0.1:9", "--data-root", "{tmp}", "--out", "{tmp}/x.csv", "--json"],
+            "--json: only with --bench",
+        ),
+    ],
+)
+def test_client_bench_settings_are_checked_before_any_request(tmp_path, args, message):
+    """A load test never leaves the machine, and its options are refused elsewhere: one line, before work."""
+    _, err = run_main("client", *[a.format(tmp=tmp_path) for a in args], expect=2)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
