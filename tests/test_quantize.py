@@ -211,6 +211,7 @@ def test_the_served_model_answers_an_int8_artifact_with_predicts_labels(trained,
     in-process on the requests `mmcls client` sends for the split: `mmcls predict`'s labels, and a refused
     request in the same batch gets its own error while the others are answered. (The Triton transport itself
     is tested once, in test_deploy_server.py.)"""
+    from mmcls.cli import main as cli_main
     from mmcls.data.annotations import annotation_path, load_records
     from mmcls.deploy.client import frame_reader, read_frame_bytes
     from mmcls.deploy.request_decoder import RequestError
@@ -218,8 +219,7 @@ def test_the_served_model_answers_an_int8_artifact_with_predicts_labels(trained,
 
     artifact, data = int8_artifacts["static"], trained["data"]
     predicted = tmp_path / "predict.csv"
-    result = run_mmcls("predict", str(artifact), "--data-root", str(data), "--out", str(predicted))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert cli_main(["predict", str(artifact), "--data-root", str(data), "--out", str(predicted)]) == 0
     expected = dict(line.split(",") for line in predicted.read_text().split())
 
     classifier = BatchClassifier(Predictor.from_path(artifact, threads=1), decode_threads=2)
