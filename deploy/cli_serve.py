@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--threads",
         type=positive_int,
         default=None,
-        help="intra-op threads of the runtime per instance (default: all cores, shared out between instances)",
+        help="intra-op threads of the runtime per instance (default: its own, OMP_NUM_THREADS or all cores, shared out between instances)",
     )
     p.add_argument(
         "--decode-threads",

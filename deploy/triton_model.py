@@ -11,10 +11,11 @@ with a one-line reason, the other requests of the same batch are still classifie
 server.
 
 The work of an execution is in :class:`BatchClassifier` (request arrays in, output arrays out, no Triton
-types), which tests run in-process. Where the time goes (BENCHMARKS.md, "Triton server"): JPEG decoding is about
-half of a tiny model's CPU time per video, so the videos of a batch are decoded by a thread pool (Pillow and
-the tokenizer release the GIL), one thread per core this instance has, while the runtime keeps its own
-intra-op threads; the cores are shared out between instances (``instance_group`` count) when not set.
+types), which tests run in-process. Where the time goes (BENCHMARKS.md, "Triton server against the offline
+path"): request decoding is about half of a tiny model's CPU time per video, and one instance runs decoding and
+the model one after the other, so the videos of a batch are decoded by a thread pool (Pillow's JPEG decoder and
+resizer release the GIL), one thread per core this instance has, while the runtime keeps its own intra-op
+threads; both are shared out between instances (``instance_group`` count) when not set.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class BatchClassifier:
         self.categories = predictor.assets.categories
         self.tagging = predictor.assets.config.data.task == "multilabel"
         self.thresholds = tagging_thresholds(predictor.assets) if self.tagging else None
-        self.pool = ThreadPoolExecutor(max(1, decode_threads)) if decode_threads > 1 else None
+        self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
 
     def __call__(self, requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | RequestError]:
         decoded = self._map(self._decode_request, list(enumerate(requests)))
