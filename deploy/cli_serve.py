@@ -39,7 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--max-batch", type=positive_int, default=64, help="Triton's max_batch_size (videos per execution)"
     )
     p.add_argument(
-        "--max-queue-delay-us", type=non_negative_int, default=2000, help="dynamic batcher's wait for a batch"
+        "--max-queue-delay-us",
+        type=non_negative_int,
+        default=0,
+        help="dynamic batcher's wait for a fuller batch (default 0: a busy instance's queue is its next batch)",
     )
     p.add_argument("--instances", type=positive_int, default=1, help="model instances (parallel executions)")
     p.add_argument(

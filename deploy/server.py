@@ -55,7 +55,7 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch: int = 64
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = TritonModelOptions.max_queue_delay_us
     instances: int = 1
     threads: int | None = None
     decode_threads: int | None = None
