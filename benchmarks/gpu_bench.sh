@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU rows of BENCHMARKS.md in one go (about 10-12 minutes on one H100; each result is written as it comes,
+# The GPU rows of BENCHMARKS.md in one go (about 10-12 minutes on one H100, plus the served-vs-offline sweep; each result is written as it comes,
 # so a run cut short by a time limit still returns the steps it finished). Not yet run: no GPU was lent to the
 # session that wrote it. Usage, from the repository root of a machine with a CUDA GPU:
 #
@@ -81,4 +81,16 @@ start=$(date +%s.%N)
 log "extract-features, 2048 test videos"
 mmcls extract-features "$WORK/base_model" --data-root "$WORK/data" --split test --precision fp16 --batch-size 64 \
   --num-workers 15 --out "$WORK/feats_test.zip" --overwrite >"$OUT_DIR/extract_features.json"
+log "served vs offline (issue #24): mmcls serve --device cuda + client --bench at 1/8/32, beside bench infer"
+if "$PY" -c "import pytriton, tritonclient.http, tritonclient.grpc" 2>/dev/null; then
+  # mmcls.deploy lives in deploy/ (a package-dir mapping), so serve needs mmcls installed, not just on PYTHONPATH;
+  # the Triton Python-backend stub imports it from the same environment (PYTHONPATH is passed on to it).
+  "$PY" -m pip install -q --no-deps --no-build-isolation --target /tmp/mmcls_pkg .
+  PYTHONPATH=/tmp/mmcls_pkg:$PYTHONPATH "$PY" benchmarks/serve_vs_offline.py --work "$WORK/serve" --presets base \
+    --device cuda --num-test 512 --python "$PY" --serve-args "--precision fp16 --max-batch 128" \
+    --infer-args "--precision fp16 --batch-size 128 --workers 15 --batches 4" 2>&1 | tee "$OUT_DIR/serve_vs_offline.log"
+  tail -n 1 "$OUT_DIR/serve_vs_offline.log" >"$OUT_DIR/serve_vs_offline.json"
+else
+  log "skipped: nvidia-pytriton and tritonclient are not installed (carry their wheels in .whl/)"
+fi
 log "done"; cat "$OUT_DIR"/*.json

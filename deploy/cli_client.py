@@ -1,12 +1,13 @@
 """``mmcls client URL --data-root ROOT --split test --out result.csv``: predict a split through a running server;
-``mmcls client URL --video PATH [PATH...]``: send video files, decoded on the server (input ``video``)."""
+``mmcls client URL --video PATH [PATH...]``: send video files, decoded on the server (input ``video``);
+``mmcls client URL --data-root ROOT --bench --concurrency N --json``: a load test of a local server."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from mmcls.cli.options import positive_float, positive_int
+from mmcls.cli.options import non_negative_int, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,6 +28,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
     p.add_argument("--protocol", choices=["http", "grpc"], default=None, help="default: from the URL")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds to wait for one answer")
+    bench = p.add_argument_group("load test (instead of --out; 127.0.0.1/localhost only)")
+    bench.add_argument(
+        "--bench",
+        action="store_true",
+        help="time the split's videos through the server: videos/s and p50/p90/p99 latency (writes nothing)",
+    )
+    bench.add_argument(
+        "--warmup", type=non_negative_int, default=None, help="untimed requests first (default: 2 per client)"
+    )
+    bench.add_argument("--rounds", type=positive_int, default=1, help="timed passes over the split")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     videos = p.add_argument_group("video files (instead of --data-root/--split/--out)")
     videos.add_argument(
         "--video", type=Path, nargs="+", metavar="PATH", help="encoded video files (mp4, ...) to classify"
@@ -43,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from mmcls.config import ConfigError
 
     if args.video:
+        if args.bench:
+            raise ConfigError("--video and --bench: --bench times a split (--data-root/--split)")
         given = [
             name
             for name, value in (
@@ -61,10 +75,54 @@ def run(args: argparse.Namespace) -> int:
     ]
     if given:
         raise ConfigError(f"{'/'.join(given)}: only with --video")
+    bench_only = [
+        name
+        for name, value in (
+            ("--warmup", args.warmup is not None),
+            ("--rounds", args.rounds != 1),
+            ("--json", args.json),
+        )
+        if value
+    ]
+    if args.bench:
+        return _run_bench(args)
+    if bench_only:
+        raise ConfigError(f"{'/'.join(bench_only)}: only with --bench")
     missing = [name for name, value in (("--data-root", args.data_root), ("--out", args.out)) if not value]
     if missing:
         raise ConfigError(f"{' and '.join(missing)} required (or --video PATH to send files)")
     return _run_split(args)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from mmcls.config import ConfigError
+    from mmcls.deploy.client import bench_split_remote
+
+    if args.out or args.with_names:
+        raise ConfigError("--out/--with-names and --bench: a load test writes no predictions")
+    if not args.data_root:
+        raise ConfigError("--bench needs --data-root (the split whose videos are sent)")
+    result = bench_split_remote(
+        args.url,
+        args.data_root,
+        args.split or "test",
+        concurrency=args.concurrency,
+        protocol=args.protocol,
+        timeout=args.timeout,
+        warmup=args.warmup,
+        rounds=args.rounds,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['videos']} videos, {result['concurrency']} clients ({result['protocol']}): "
+            f"{result['videos_per_s']} videos/s, latency p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, "
+            f"p99 {result['p99_ms']} ms"
+        )
+    return 0
 
 
 def _run_split(args: argparse.Namespace) -> int:

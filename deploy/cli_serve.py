@@ -39,11 +39,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--max-batch", type=positive_int, default=64, help="Triton's max_batch_size (videos per execution)"
     )
     p.add_argument(
-        "--max-queue-delay-us", type=non_negative_int, default=2000, help="dynamic batcher's wait for a batch"
+        "--max-queue-delay-us",
+        type=non_negative_int,
+        default=0,
+        help="dynamic batcher's wait for a fuller batch (default 0: a busy instance's queue is its next batch)",
     )
     p.add_argument("--instances", type=positive_int, default=1, help="model instances (parallel executions)")
     p.add_argument(
-        "--threads", type=positive_int, default=None, help="intra-op threads of the runtime (default: all)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="intra-op threads of the runtime per instance (default: its own, OMP_NUM_THREADS or all cores, shared out between instances)",
+    )
+    p.add_argument(
+        "--decode-threads",
+        type=positive_int,
+        default=None,
+        help="threads decoding a batch's JPEGs/videos per instance (default: the cores shared out between instances)",
     )
     p.add_argument(
         "--max-video-bytes",

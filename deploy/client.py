@@ -261,3 +261,154 @@ def _first(values: np.ndarray) -> str:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------- load generator
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+
+
+def check_loopback(url: str) -> str:
+    """The host of ``url`` if it is this machine's loopback; a load test never goes anywhere else."""
+    host = urlparse(url if "://" in url else f"http://{url}").hostname or ""
+    if host not in LOOPBACK_HOSTS:
+        raise ClientError(f"{url}: --bench runs against {' or '.join(LOOPBACK_HOSTS)} only, not {host!r}")
+    return host
+
+
+@dataclass
+class _Request:
+    name: str
+    title: str
+    asr: str
+    ocr: str
+    frames: list[bytes]
+
+
+def bench_split_remote(
+    url: str,
+    data_root: str | Path,
+    split: str = "test",
+    *,
+    concurrency: int = 8,
+    protocol: str | None = None,
+    timeout: float = 60.0,
+    warmup: int | None = None,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """``mmcls client --bench``: videos/s and latency percentiles of the server under ``concurrency`` clients.
+
+    The split's frames are read from the zips once, before timing (``read_ms_per_video`` reports that cost),
+    so the figures are the server's and the request encoding's, not the disk's. ``warmup`` requests (default:
+    two per client) run untimed first: connections opened, the model's first executions done. Then every
+    video is sent ``rounds`` times by ``concurrency`` threads, each with its own connection, one request in
+    flight per thread; latency is per request, from encoding to decoded answer.
+    """
+    import os
+    import time
+
+    check_loopback(url)
+    records = load_records(annotation_path(data_root, split))
+    if not records:
+        raise ClientError(f"{data_root}: split {split!r} has no records")
+    probe = Connection(url, protocol, timeout)
+    protocol = probe.protocol
+    if probe.frame_input != "pixels":
+        raise ClientError(f"{url}: the served model takes frame features; this client sends JPEG frames")
+    reader = frame_reader(Path(data_root) / "zip_frames" / split, probe.max_frames)
+    probe.close()
+    start = time.perf_counter()
+    requests = [
+        _Request(
+            r.id,
+            r.title,
+            r.asr,
+            json.dumps([{"time": t, "text": s} for t, s in r.ocr], ensure_ascii=False),
+            read_frame_bytes(reader, r.id)[0],
+        )
+        for r in records
+    ]
+    read_s = time.perf_counter() - start
+    warmup = 2 * concurrency if warmup is None else warmup
+    timed = requests * rounds
+    with _LoadPool(url, protocol, timeout, concurrency) as pool:
+        pool.send_all([requests[i % len(requests)] for i in range(warmup)])
+        load_before = os.getloadavg()[0]
+        start, cpu_start = time.perf_counter(), time.process_time()
+        latencies = pool.send_all(timed)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    p50, p90, p99 = np.percentile(np.asarray(latencies) * 1000.0, [50, 90, 99])
+    return {
+        "videos_per_s": round(len(timed) / wall, 2),
+        "p50_ms": round(float(p50), 2),
+        "p90_ms": round(float(p90), 2),
+        "p99_ms": round(float(p99), 2),
+        "concurrency": concurrency,
+        "videos": len(timed),
+        "requests": len(timed),
+        "protocol": protocol,
+        "warmup": warmup,
+        "seconds": round(wall, 3),
+        "read_ms_per_video": round(1000.0 * read_s / len(requests), 3),
+        "client_cpu_ms_per_video": round(1000.0 * cpu / len(timed), 3),
+        "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+class _LoadPool:
+    """``concurrency`` threads, each with its own connection for its whole life (a ``tritonclient`` HTTP
+    client belongs to the thread that made it), all connected before anything is timed."""
+
+    def __init__(self, url: str, protocol: str, timeout: float, concurrency: int):
+        self.concurrency = concurrency
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+        def connect() -> None:
+            self.local.connection = Connection(url, protocol, timeout)
+
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, initializer=connect)
+        self._on_every_thread(lambda: None)  # all threads started (and connected) before anything is timed
+
+    def _on_every_thread(self, action) -> None:
+        """``action()`` once on each thread: every thread holds a barrier until all have run it."""
+        barrier = threading.Barrier(self.concurrency)
+
+        def run() -> None:
+            action()
+            barrier.wait(120)
+
+        for future in [self.pool.submit(run) for _ in range(self.concurrency)]:
+            future.result()
+
+    def __enter__(self) -> _LoadPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._on_every_thread(lambda: self.local.connection.close())
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def send_all(self, requests: list[_Request]) -> list[float]:
+        """Every request once, one in flight per thread; the latencies (seconds)."""
+        import time
+
+        queue = iter(requests)
+        latencies: list[float] = []
+
+        def drain() -> None:
+            connection = self.local.connection
+            while True:
+                with self.lock:
+                    request = next(queue, None)
+                if request is None:
+                    return
+                start = time.perf_counter()
+                connection.infer(request.title, request.asr, request.ocr, request.frames, name=request.name)
+                elapsed = time.perf_counter() - start
+                with self.lock:
+                    latencies.append(elapsed)
+
+        for future in [self.pool.submit(drain) for _ in range(self.concurrency)]:
+            future.result()  # a refused request raises its ClientError here
+        return latencies

@@ -14,6 +14,7 @@ alone), and the response's ``errors`` output names the frame or the video.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,16 @@ class VideoLimits:
 
 
 class RequestDecoder:
-    """Turns the per-request input arrays into the sample dicts that ``collate_batch`` stacks."""
+    """Turns the per-request input arrays into the sample dicts that ``collate_batch`` stacks.
+
+    :meth:`decode` may run in several threads at once (the server decodes a batch's videos in a pool): the
+    tokenizer, which changes its own truncation state on every call, is used by one thread at a time.
+    """
 
     def __init__(self, assets: Assets, video_limits: VideoLimits | None = None):
         frames = assets.config.data.frames
         self.text_encoder = TextEncoder(assets.tokenizer, assets.config.data.text)
+        self._tokenizer_lock = threading.Lock()
         self.pad_token_id = self.text_encoder.pad_token_id
         self.frame_input = assets.frame_input
         self.max_frames = frames.max_frames
@@ -101,10 +107,12 @@ class RequestDecoder:
         if count == 0 and not (texts["title"].strip() or texts["asr"].strip() or ocr):
             raise RequestError("empty request: no title, asr, ocr text and no frames")
         record = Record(id=f"request-{index}", title=texts["title"], asr=texts["asr"], ocr=ocr)
+        with self._tokenizer_lock:
+            input_ids = self.text_encoder.encode(record)
         return {
             "index": index,
             "id": record.id,
-            names.INPUT_IDS: torch.tensor(self.text_encoder.encode(record), dtype=torch.long),
+            names.INPUT_IDS: torch.tensor(input_ids, dtype=torch.long),
             names.FRAMES: frames,
             names.FRAME_MASK: mask,
             "label": -1,

@@ -55,9 +55,10 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch: int = 64
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = TritonModelOptions.max_queue_delay_us
     instances: int = 1
     threads: int | None = None
+    decode_threads: int | None = None
     start_timeout_s: float = 300.0
     # input ``video`` (an encoded video file): refused above this many bytes or seconds with a 400
     max_video_bytes: int = TritonModelOptions.max_video_bytes
@@ -217,10 +218,13 @@ def check_model(model: Path, options: ServeOptions) -> None:
     if is_triton_repository(model):
         return
     from mmcls.deploy.predictor import Predictor
+    from mmcls.deploy.triton_model import tagging_thresholds
 
     predictor = Predictor.from_path(
         model, options.backend, device=options.device, precision=options.precision, threads=1
     )
+    if predictor.assets.config.data.task == "multilabel":
+        tagging_thresholds(predictor.assets)  # the served tags need the model's thresholds.json
     del predictor
 
 

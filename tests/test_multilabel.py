@@ -382,8 +382,8 @@ def check_export_and_serve(tmp_path: Path, root: Path, torch_probs: np.ndarray) 
         "title": np.array([b"\xe4\xbd\xa0\xe5\xa5\xbd"], dtype=object),
         "asr": np.array([b""], dtype=object),
     }
-    samples = [model.decoder.decode(text, i) for i in range(2)]
-    served = model._classify(samples)
+    samples = [model.classifier.decoder.decode(text, i) for i in range(2)]
+    served = model.classifier._classify(samples)
     thresholds = load_thresholds(artifact, list(CATS.category_ids)).per_class
     probs = served["probs"]
     expected = [[CATS.category_ids[c] for c in np.flatnonzero(row >= thresholds)] for row in probs]

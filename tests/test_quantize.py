@@ -206,26 +206,38 @@ def test_bench_infer_compare_prints_one_table(trained, onnx_fp32, int8_artifacts
     assert "model videos/s" in header and "agreement" in header and len(lines) == 3
 
 
-@pytest.mark.slow
-def test_serving_an_int8_artifact_end_to_end(trained, int8_artifacts, tmp_path):
-    """`mmcls serve` of the static int8 artifact answers `mmcls client` with `mmcls predict`'s labels."""
-    pytest.importorskip("tritonclient.http")
-    pytest.importorskip("pytriton")
-    from test_deploy_server import Server, read_csv
-
-    from commands import free_ports
+def test_the_served_model_answers_an_int8_artifact_with_predicts_labels(trained, int8_artifacts, tmp_path):
+    """The server's execution (request decoding, batching, the Predictor over the static int8 artifact), run
+    in-process on the requests `mmcls client` sends for the split: `mmcls predict`'s labels, and a refused
+    request in the same batch gets its own error while the others are answered. (The Triton transport itself
+    is tested once, in test_deploy_server.py.)"""
+    from mmcls.cli import main as cli_main
+    from mmcls.data.annotations import annotation_path, load_records
+    from mmcls.deploy.client import frame_reader, read_frame_bytes
+    from mmcls.deploy.request_decoder import RequestError
+    from mmcls.deploy.triton_model import BatchClassifier
 
     artifact, data = int8_artifacts["static"], trained["data"]
     predicted = tmp_path / "predict.csv"
-    result = run_mmcls("predict", str(artifact), "--data-root", str(data), "--out", str(predicted))
-    assert result.returncode == 0, result.stderr[-2000:]
-    server = Server(artifact, free_ports(3), tmp_path / "home")
-    try:
-        server.wait_ready()
-        out = tmp_path / "client.csv"
-        args = ["client", server.url, "--data-root", str(data), "--out", str(out), "--concurrency", "4"]
-        result = run_mmcls(*args, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert read_csv(out) == read_csv(predicted)
-    finally:
-        assert server.stop() == 0, server.output()
+    assert cli_main(["predict", str(artifact), "--data-root", str(data), "--out", str(predicted)]) == 0
+    expected = dict(line.split(",") for line in predicted.read_text().split())
+
+    classifier = BatchClassifier(Predictor.from_path(artifact, threads=1), decode_threads=2)
+    reader = frame_reader(data / "zip_frames" / "test", classifier.decoder.max_frames)
+    records = load_records(annotation_path(data, "test"))
+    requests = []
+    for record in records:
+        frames = read_frame_bytes(reader, record.id)[0]
+        frames += [b""] * (classifier.decoder.max_frames - len(frames))  # padded as the client pads
+        ocr = json.dumps([{"time": t, "text": s} for t, s in record.ocr], ensure_ascii=False)
+        texts = {"title": record.title, "asr": record.asr, "ocr": ocr}
+        request = {name: np.array([[text.encode()]], dtype=object) for name, text in texts.items()}
+        requests.append({**request, "frames": np.array([frames], dtype=object)})
+    bad = {**requests[0], "title": np.array([[b"\xff"]], dtype=object)}
+    answers = []
+    for start in range(0, len(requests), 16):
+        answers += classifier(requests[start : start + 16] + [bad])
+        assert isinstance(answers.pop(), RequestError)
+    classifier.close()
+    served = {r.id: answer["category_id"][0, 0].decode() for r, answer in zip(records, answers)}
+    assert served == expected
