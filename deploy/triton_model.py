@@ -216,4 +216,4 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.classifier.close()
-        self.classifier = None
+        del self.classifier  # the model's memory goes with the instance, not with the stub process
