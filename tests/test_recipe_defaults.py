@@ -190,6 +190,47 @@ def test_predict_auto_applies_the_saved_tau_and_old_folders_predict_as_tau_0(
     assert predict("old") == plain
 
 
+def test_predict_the_exported_artifact_and_the_serving_predictor_apply_the_same_saved_tau(
+    validated_run, data_root, tmp_path
+):
+    """A model folder whose saved TAU is 1.5: ``mmcls predict`` on the folder, ``mmcls predict`` and the Predictor on
+    its ONNX export (TAU baked into the classifier bias), and the torch Predictor that the Triton model runs for a
+    model folder give the same labels, which differ from the plain argmax's; an explicit other TAU on the artifact
+    is refused instead of silently ignored."""
+    from mmcls.deploy.export import export_model
+    from mmcls.deploy.predictor import Predictor
+
+    run_dir, _ = validated_run
+    folder = tmp_path / "model"
+    shutil.copytree(run_dir / BEST_DIR, folder)
+    record = json.loads((folder / LOGIT_ADJUST_FILE).read_text())
+    (folder / LOGIT_ADJUST_FILE).write_text(json.dumps({**record, "tau": 1.5}))
+
+    def predicted(model: Path, name: str, *extra: str) -> dict[str, str]:
+        out = tmp_path / f"{name}.csv"
+        run_main("predict", str(model), "--data-root", str(data_root), "--out", str(out), *extra)
+        return dict(line.split(",") for line in out.read_text().splitlines())
+
+    by_predict = predicted(folder, "folder", "--num-workers", "0")
+    assert by_predict != predicted(folder, "plain", "--num-workers", "0", "--logit-adjust", "0")
+    artifact = export_model(folder, tmp_path / "onnx", "onnx")
+    assert json.loads((artifact / "export.json").read_text())["logit_adjust"]["tau"] == 1.5
+    assert predicted(artifact, "artifact", "--num-workers", "0") == by_predict
+    _, reference, _ = predict_split(folder, data_root, num_workers=0, progress=False)
+    for path, backend in ((artifact, "onnx"), (folder, "torch")):
+        predictor = Predictor.from_path(path, device="cpu")
+        assert predictor.backend_name == backend
+        ids, preds, labels = predictor.predict_split(data_root, num_workers=0, progress=False)
+        assert dict(zip(ids, labels)) == by_predict
+        order = np.argsort(preds.indices)
+        assert np.abs(preds.probs[order] - reference.probs[np.argsort(reference.indices)]).max() <= 1e-4
+    for tau in ("0", "1"):  # not what the artifact holds: an error, not the baked TAU's labels
+        _, err = run_main("predict", str(artifact), "--data-root", str(data_root), "--out",
+                          str(tmp_path / f"x{tau}.csv"), "--logit-adjust", tau, expect=2)  # fmt: skip
+        assert "--logit-adjust" in err.strip().splitlines()[-1] and not (tmp_path / f"x{tau}.csv").exists()
+    assert predicted(artifact, "same", "--num-workers", "0", "--logit-adjust", "1.5") == by_predict
+
+
 def test_a_broken_saved_tau_is_a_one_line_error(validated_run, data_root, tmp_path):
     run_dir, _ = validated_run
     folder = tmp_path / "model"
