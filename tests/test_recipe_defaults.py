@@ -19,6 +19,7 @@ from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.categories import load_categories, official_categories
 from mmcls.data.folds import split_labeled
+from mmcls.data.prob_files import load_probs, save_probs
 from mmcls.engine import adversarial
 from mmcls.engine.task import ClassificationTask
 from mmcls.engine.tau import TAU_GRID, choose_tau
@@ -27,7 +28,8 @@ from mmcls.inference.predict import predict_split
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model
 from mmcls.names import BEST_DIR, LOGIT_ADJUST_FILE
-from mmcls.workflows.bias_tuning import nested_gain
+from mmcls.workflows.bias_tuning import BIAS_GRID, SHRINK, log_of, nested_gain, tune_biases
+from mmcls.workflows.ensemble import fast_mean_f1
 
 from commands import NO_DROPOUT, QUIET, random_batch, run_main, tiny_config
 
@@ -276,3 +278,94 @@ def test_tune_bias_never_scores_rows_it_tuned_on():
     again = nested_gain(log_probs, relabelled, categories, folds=3, seed=0)
     assert np.array_equal(again.folds[0][2], result.folds[0][2])
     assert any(not np.array_equal(a[2], b[2]) for a, b in zip(again.folds[1:], result.folds[1:]))
+
+
+def brute_force_biases(log_probs: np.ndarray, labels: np.ndarray, categories, rounds: int = 2) -> np.ndarray:
+    """The coordinate search written the slow way: a full argmax for every candidate bias."""
+    lv1_of = categories.lv2_to_lv1_matrix().argmax(axis=1)
+    bias = np.zeros(log_probs.shape[1])
+    for _ in range(rounds):
+        for c in range(log_probs.shape[1]):
+            best_value, best_objective = bias[c], -np.inf
+            for value in BIAS_GRID:
+                bias[c] = value
+                pred = (log_probs + bias).argmax(axis=1)
+                objective = fast_mean_f1(labels, pred, lv1_of) - SHRINK * np.abs(bias).sum()
+                if objective > best_objective + 1e-12:
+                    best_value, best_objective = value, objective
+            bias[c] = best_value
+    return bias
+
+
+def test_the_bias_search_equals_the_brute_force_one_ties_included():
+    categories = official_categories()
+    log_probs, labels = head_biased_oof(n=150, seed=1)
+    for table in (log_probs, np.round(log_probs, 1)):  # rounded: many ties between classes
+        fast = tune_biases(table, labels, categories)
+        assert np.count_nonzero(fast) > 5 and np.array_equal(
+            fast, brute_force_biases(table, labels, categories)
+        )
+
+
+def oof_file(path: Path, log_probs: np.ndarray, labels: np.ndarray) -> tuple[Path, np.ndarray]:
+    """An out-of-fold probabilities file as kfold writes one (its .json has the true labels); its log table."""
+    categories = official_categories()
+    ids = [f"{10**19 + i}" for i in range(len(labels))]
+    label_ids = [categories.category_id(int(c)) for c in labels]
+    save_probs(path, np.exp(log_probs).astype(np.float32), ids, categories, labels=label_ids)
+    return path, log_of(load_probs(path)[1])
+
+
+def test_ensemble_tune_bias_applies_biases_only_when_the_nested_oof_estimate_gains(
+    validated_run, data_root, tmp_path
+):
+    """``ensemble --tune-bias``: the reported OOF scores are the nested ones (every row scored with biases tuned
+    without it); biases tuned on all OOF rows shift the test blend when that estimate gains, and nothing is
+    applied when it does not."""
+    from mmcls.workflows.members import PredictOptions, predict_model
+
+    categories = official_categories()
+    model = validated_run[0] / BEST_DIR
+    ids, plain = predict_model(model, data_root, "test", PredictOptions(num_workers=0, device="cpu"))
+
+    def ensemble(name: str, oof: Path) -> tuple[dict, list[str], np.ndarray]:
+        out, probs = tmp_path / f"{name}.csv", tmp_path / f"{name}_probs.npy"
+        args = ["ensemble", str(model), "--data-root", str(data_root), "--out", str(out), "--oof", str(oof)]
+        run_main(*args, "--tune-bias", "--save-probs", str(probs), "--num-workers", "0", "--device", "cpu")
+        rows = [line.split(",") for line in out.read_text().splitlines()]
+        assert [r[0] for r in rows] == ids
+        report = json.loads(out.with_suffix(".ensemble.json").read_text())["tune_bias"]
+        return report, [r[1] for r in rows], load_probs(probs)[1]
+
+    head_biased, labels = head_biased_oof(n=400)
+    path, table = oof_file(tmp_path / "biased.npy", head_biased, labels)
+    report, predicted, saved = ensemble("biased", path)
+    nested = nested_gain(table, labels, categories)
+    assert report["oof_mean_f1_plain"] == pytest.approx(nested.plain_mean_f1)
+    assert report["oof_mean_f1_tuned_nested"] == pytest.approx(nested.tuned_mean_f1)
+    assert (
+        report["applied"] and report["oof_gain_nested"] == pytest.approx(nested.gain) and nested.gain > 0.01
+    )
+    bias = tune_biases(table, labels, categories)
+    assert report["biases"] == {categories.category_id(c): b for c, b in enumerate(bias) if b}
+    assert predicted == [categories.category_id(int(c)) for c in (log_of(plain) + bias).argmax(axis=1)]
+    shifted = np.exp(log_of(plain) + bias)
+    np.testing.assert_allclose(saved, shifted / shifted.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-7)
+    assert np.abs(saved - plain).max() > 1e-3  # the biases moved the test blend
+
+    perfect = np.full((60, 200), -20.0)
+    perfect[np.arange(60), labels[:60]] = 0.0  # every OOF row right already: biases cannot gain
+    report, predicted, saved = ensemble(
+        "perfect", oof_file(tmp_path / "perfect.npy", perfect, labels[:60])[0]
+    )
+    assert not report["applied"] and report["biases"] == {} and report["oof_gain_nested"] <= 0
+    assert predicted == [categories.category_id(int(c)) for c in plain.argmax(axis=1)]
+    np.testing.assert_allclose(saved, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_tune_bias_needs_out_of_fold_predictions(validated_run, data_root, tmp_path):
+    model = validated_run[0] / BEST_DIR
+    args = ["ensemble", str(model), "--data-root", str(data_root), "--out", str(tmp_path / "x.csv")]
+    _, err = run_main(*args, "--tune-bias", expect=2)
+    assert "--tune-bias needs out-of-fold predictions" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "x.csv").exists()
