@@ -61,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="per-class biases on the blend's log-probabilities, tuned on the out-of-fold predictions (coordinate "
         "search, shrunk toward 0) and applied only if nested folds, scoring every OOF row with biases tuned "
-        "without it, show a gain; OUT.ensemble.json reports that gain (default: off)",
+        "without it, show a gain on every fold; OUT.ensemble.json reports that gain (default: off)",
     )
     p.add_argument(
         "--save-probs", type=Path, default=None, metavar="P.npy", help="also save the blend (+ P.json)"

@@ -8,7 +8,7 @@ single member on OOF, and it is deterministic (ties go to the earlier member and
 make a blended score negative; :func:`blend` clips at 0 and renormalises, which keeps each row's argmax.
 
 ``tune_bias`` (``--tune-bias``, off by default) adds per-class biases to the blend's log-probabilities, tuned
-on the OOF blend and applied only when a nested estimate says they gain (:mod:`mmcls.workflows.bias_tuning`).
+on the OOF blend and applied only when a nested estimate gains on every fold (:mod:`mmcls.workflows.bias_tuning`).
 """
 
 from __future__ import annotations
