@@ -8,9 +8,9 @@ Every row is ``mmcls train tiny`` with the same data, seed and budget plus the r
 every ``--set`` given here; the exact command is printed and stored), then ``mmcls predict`` of its best model
 on the test split and the challenge score against ``annotations/test_labels.json``. The baseline is predicted
 with the plain argmax (``--logit-adjust 0``); the ``logit_adjust_*`` rows predict the baseline's model again
-(``auto``: the TAU the run chose on validation). The rows run one after another in this one process
-(``mmcls.cli.main`` with the command's arguments): on a shared 2-core machine the ~1 min of imports per
-process would otherwise cost more than some of the runs. Results are appended to ``OUT/results.jsonl`` as
+(``auto``: the TAU the run chose on validation), and a ``ROW+auto`` row predicts ROW's models so. The rows
+run one after another in this one process (``mmcls.cli.main`` with the command's arguments): on a shared
+2-core machine the ~1 min of imports per process would otherwise cost more than some of the runs. Results are appended to ``OUT/results.jsonl`` as
 each row finishes (a second start skips what is there); ``--table`` prints the Markdown table of what is there:
 mean and sample standard deviation over the seeds, and the change against the baseline of the same seed.
 
@@ -50,6 +50,10 @@ ROWS: dict[str, tuple[list[str], float | str]] = {
     "lv1_loss_0.5": (["train.lv1_loss_weight=0.5"], 0.0),
     "soft_f1_0.5": (["train.soft_f1_weight=0.5"], 0.0),
 }
+# "ROW+auto": ROW's models predicted again with the TAU they chose on validation (does ROW add to it?).
+ROWS.update(
+    {f"{name}+auto": (ROWS[name][0], "auto") for name in ("class_weight_0.5", "lv1_loss_0.5", "fgm", "pgd")}
+)
 COMMON = ["train.progress_bar=false", "train.tensorboard=false"]
 
 
@@ -79,11 +83,11 @@ def run_row(name: str, data_root: Path, out: Path, epochs: int, seed: int, extra
     from mmcls.cli import main
 
     settings, tau = ROWS[name]
-    base_name = "baseline" if name.startswith("logit_adjust") else name
+    base_name = "baseline" if name.startswith("logit_adjust") else name.split("+")[0]
     run_dir = out / f"{base_name}-seed{seed}"
     argv = train_argv(data_root, run_dir, epochs, seed, settings, extra)
     start = time.time()
-    if not (run_dir / BEST_DIR / WEIGHTS_FILE).is_file():  # the logit-adjust rows reuse the baseline
+    if not (run_dir / BEST_DIR / WEIGHTS_FILE).is_file():  # logit_adjust_* and ROW+auto rows reuse a run
         code = main(argv)
         if code != 0:
             raise SystemExit(f"{name}: mmcls {shlex.join(argv)} exited {code}")
