@@ -19,6 +19,7 @@ from mmcls.config import Config
 from mmcls.data.annotations import annotation_path, load_records
 from mmcls.data.categories import load_categories, official_categories
 from mmcls.data.folds import split_labeled
+from mmcls.data.prob_files import load_probs, save_probs
 from mmcls.engine import adversarial
 from mmcls.engine.task import ClassificationTask
 from mmcls.engine.tau import TAU_GRID, choose_tau
@@ -27,7 +28,8 @@ from mmcls.inference.predict import predict_split
 from mmcls.metrics import compute_scores_from_indices
 from mmcls.models import build_model
 from mmcls.names import BEST_DIR, LOGIT_ADJUST_FILE
-from mmcls.workflows.bias_tuning import nested_gain
+from mmcls.workflows.bias_tuning import BIAS_GRID, SHRINK, log_of, nested_gain, tune_biases
+from mmcls.workflows.ensemble import fast_mean_f1
 
 from commands import NO_DROPOUT, QUIET, random_batch, run_main, tiny_config
 
@@ -190,6 +192,47 @@ def test_predict_auto_applies_the_saved_tau_and_old_folders_predict_as_tau_0(
     assert predict("old") == plain
 
 
+def test_predict_the_exported_artifact_and_the_serving_predictor_apply_the_same_saved_tau(
+    validated_run, data_root, tmp_path
+):
+    """A model folder whose saved TAU is 1.5: ``mmcls predict`` on the folder, ``mmcls predict`` and the Predictor on
+    its ONNX export (TAU baked into the classifier bias), and the torch Predictor that the Triton model runs for a
+    model folder give the same labels, which differ from the plain argmax's; an explicit other TAU on the artifact
+    is refused instead of silently ignored."""
+    from mmcls.deploy.export import export_model
+    from mmcls.deploy.predictor import Predictor
+
+    run_dir, _ = validated_run
+    folder = tmp_path / "model"
+    shutil.copytree(run_dir / BEST_DIR, folder)
+    record = json.loads((folder / LOGIT_ADJUST_FILE).read_text())
+    (folder / LOGIT_ADJUST_FILE).write_text(json.dumps({**record, "tau": 1.5}))
+
+    def predicted(model: Path, name: str, *extra: str) -> dict[str, str]:
+        out = tmp_path / f"{name}.csv"
+        run_main("predict", str(model), "--data-root", str(data_root), "--out", str(out), *extra)
+        return dict(line.split(",") for line in out.read_text().splitlines())
+
+    by_predict = predicted(folder, "folder", "--num-workers", "0")
+    assert by_predict != predicted(folder, "plain", "--num-workers", "0", "--logit-adjust", "0")
+    artifact = export_model(folder, tmp_path / "onnx", "onnx")
+    assert json.loads((artifact / "export.json").read_text())["logit_adjust"]["tau"] == 1.5
+    assert predicted(artifact, "artifact", "--num-workers", "0") == by_predict
+    _, reference, _ = predict_split(folder, data_root, num_workers=0, progress=False)
+    for path, backend in ((artifact, "onnx"), (folder, "torch")):
+        predictor = Predictor.from_path(path, device="cpu")
+        assert predictor.backend_name == backend
+        ids, preds, labels = predictor.predict_split(data_root, num_workers=0, progress=False)
+        assert dict(zip(ids, labels)) == by_predict
+        order = np.argsort(preds.indices)
+        assert np.abs(preds.probs[order] - reference.probs[np.argsort(reference.indices)]).max() <= 1e-4
+    for tau in ("0", "1"):  # not what the artifact holds: an error, not the baked TAU's labels
+        _, err = run_main("predict", str(artifact), "--data-root", str(data_root), "--out",
+                          str(tmp_path / f"x{tau}.csv"), "--logit-adjust", tau, expect=2)  # fmt: skip
+        assert "--logit-adjust" in err.strip().splitlines()[-1] and not (tmp_path / f"x{tau}.csv").exists()
+    assert predicted(artifact, "same", "--num-workers", "0", "--logit-adjust", "1.5") == by_predict
+
+
 def test_a_broken_saved_tau_is_a_one_line_error(validated_run, data_root, tmp_path):
     run_dir, _ = validated_run
     folder = tmp_path / "model"
@@ -235,3 +278,96 @@ def test_tune_bias_never_scores_rows_it_tuned_on():
     again = nested_gain(log_probs, relabelled, categories, folds=3, seed=0)
     assert np.array_equal(again.folds[0][2], result.folds[0][2])
     assert any(not np.array_equal(a[2], b[2]) for a, b in zip(again.folds[1:], result.folds[1:]))
+
+
+def brute_force_biases(log_probs: np.ndarray, labels: np.ndarray, categories, rounds: int = 2) -> np.ndarray:
+    """The coordinate search written the slow way: a full argmax for every candidate bias."""
+    lv1_of = categories.lv2_to_lv1_matrix().argmax(axis=1)
+    bias = np.zeros(log_probs.shape[1])
+    for _ in range(rounds):
+        for c in range(log_probs.shape[1]):
+            best_value, best_objective = bias[c], -np.inf
+            for value in BIAS_GRID:
+                bias[c] = value
+                pred = (log_probs + bias).argmax(axis=1)
+                objective = fast_mean_f1(labels, pred, lv1_of) - SHRINK * np.abs(bias).sum()
+                if objective > best_objective + 1e-12:
+                    best_value, best_objective = value, objective
+            bias[c] = best_value
+    return bias
+
+
+def test_the_bias_search_equals_the_brute_force_one_ties_included():
+    categories = official_categories()
+    log_probs, labels = head_biased_oof(n=150, seed=1)
+    for table in (log_probs, np.round(log_probs, 1)):  # rounded: many ties between classes
+        fast = tune_biases(table, labels, categories)
+        assert np.count_nonzero(fast) > 5 and np.array_equal(
+            fast, brute_force_biases(table, labels, categories)
+        )
+
+
+def oof_file(path: Path, log_probs: np.ndarray, labels: np.ndarray) -> tuple[Path, np.ndarray]:
+    """An out-of-fold probabilities file as kfold writes one (its .json has the true labels); its log table."""
+    categories = official_categories()
+    ids = [f"{10**19 + i}" for i in range(len(labels))]
+    label_ids = [categories.category_id(int(c)) for c in labels]
+    save_probs(path, np.exp(log_probs).astype(np.float32), ids, categories, labels=label_ids)
+    return path, log_of(load_probs(path)[1])
+
+
+def test_ensemble_tune_bias_applies_biases_only_when_the_nested_oof_estimate_gains(
+    validated_run, data_root, tmp_path
+):
+    """``ensemble --tune-bias``: the reported OOF scores are the nested ones (every row scored with biases tuned
+    without it); biases tuned on all OOF rows shift the test blend when that estimate gains, and nothing is
+    applied when it does not."""
+    from mmcls.workflows.members import PredictOptions, predict_model
+
+    categories = official_categories()
+    model = validated_run[0] / BEST_DIR
+    ids, plain = predict_model(model, data_root, "test", PredictOptions(num_workers=0, device="cpu"))
+
+    def ensemble(name: str, oof: Path) -> tuple[dict, list[str], np.ndarray]:
+        out, probs = tmp_path / f"{name}.csv", tmp_path / f"{name}_probs.npy"
+        args = ["ensemble", str(model), "--data-root", str(data_root), "--out", str(out), "--oof", str(oof)]
+        run_main(*args, "--tune-bias", "--save-probs", str(probs), "--num-workers", "0", "--device", "cpu")
+        rows = [line.split(",") for line in out.read_text().splitlines()]
+        assert [r[0] for r in rows] == ids
+        report = json.loads(out.with_suffix(".ensemble.json").read_text())["tune_bias"]
+        return report, [r[1] for r in rows], load_probs(probs)[1]
+
+    head_biased, labels = head_biased_oof(n=400)
+    path, table = oof_file(tmp_path / "biased.npy", head_biased, labels)
+    report, predicted, saved = ensemble("biased", path)
+    nested = nested_gain(table, labels, categories)
+    assert report["oof_mean_f1_plain"] == pytest.approx(nested.plain_mean_f1)
+    assert report["oof_mean_f1_tuned_nested"] == pytest.approx(nested.tuned_mean_f1)
+    assert report["oof_gain_nested"] == pytest.approx(nested.gain) and nested.gain > 0.01
+    assert (
+        report["oof_gain_nested_per_fold"] == pytest.approx(nested.fold_gains) and min(nested.fold_gains) > 0
+    )
+    assert report["applied"]
+    bias = tune_biases(table, labels, categories)
+    assert report["biases"] == {categories.category_id(c): b for c, b in enumerate(bias) if b}
+    assert predicted == [categories.category_id(int(c)) for c in (log_of(plain) + bias).argmax(axis=1)]
+    shifted = np.exp(log_of(plain) + bias)
+    np.testing.assert_allclose(saved, shifted / shifted.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-7)
+    assert np.abs(saved - plain).max() > 1e-3  # the biases moved the test blend
+
+    perfect = np.full((60, 200), -20.0)
+    perfect[np.arange(60), labels[:60]] = 0.0  # every OOF row right already: biases cannot gain
+    report, predicted, saved = ensemble(
+        "perfect", oof_file(tmp_path / "perfect.npy", perfect, labels[:60])[0]
+    )
+    assert not report["applied"] and report["biases"] == {} and report["oof_gain_nested"] <= 0
+    assert predicted == [categories.category_id(int(c)) for c in plain.argmax(axis=1)]
+    np.testing.assert_allclose(saved, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_tune_bias_needs_out_of_fold_predictions(validated_run, data_root, tmp_path):
+    model = validated_run[0] / BEST_DIR
+    args = ["ensemble", str(model), "--data-root", str(data_root), "--out", str(tmp_path / "x.csv")]
+    _, err = run_main(*args, "--tune-bias", expect=2)
+    assert "--tune-bias needs out-of-fold predictions" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "x.csv").exists()

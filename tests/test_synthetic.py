@@ -254,3 +254,55 @@ def test_videos_are_readable_with_decord(tmp_path):
         with zipfile.ZipFile(_frame_zip(tmp_path, "labeled", record["id"])) as archive:
             assert len(reader) == len(archive.namelist())
         assert reader[0].asnumpy().shape == (32, 32, 3)
+
+
+def test_label_noise_and_long_tail_of_a_single_label_set(tmp_path, small):
+    """``label_noise`` changes only labeled.json's category_id (to another class, about that often), never the
+    text/frames or the test labels; ``long_tail`` imposes a Zipf tail; both off is the dataset made before."""
+    clean_root, _ = small
+    noisy = make_synthetic_dataset(tmp_path / "noisy", 40, 15, 25, seed=3, label_noise=0.5, **SMALL)
+    root = Path(noisy["root"])
+    clean, changed = _records(clean_root, "labeled"), _records(root, "labeled")
+    differ = [a["category_id"] != b["category_id"] for a, b in zip(clean, changed)]
+    assert noisy["noisy_labels"] == sum(differ) and 10 <= sum(differ) <= 30  # 40 draws at 0.5
+    strip = [{k: v for k, v in r.items() if k != "category_id"} for r in clean]
+    assert strip == [{k: v for k, v in r.items() if k != "category_id"} for r in changed]
+    for split in ("unlabeled", "test"):
+        assert _records(root, split) == _records(clean_root, split)
+    assert (root / "annotations/test_labels.json").read_bytes() == (
+        clean_root / "annotations/test_labels.json"
+    ).read_bytes()
+    off = make_synthetic_dataset(tmp_path / "off", 40, 15, 25, seed=3, label_noise=0.0, **SMALL)
+    assert _all_files(Path(off["root"])) == _all_files(clean_root) and off["noisy_labels"] == 0
+
+    make_synthetic_dataset(tmp_path / "tail", 2000, 0, 0, seed=1, num_frames=1, image_size=16, feature_dim=2,
+                           long_tail=1.0)  # fmt: skip
+    counts = Counter(r["category_id"] for r in _records(tmp_path / "tail", "labeled"))
+    ids = official_categories().category_ids
+    zipf = 1 / np.arange(1, 201)
+    assert counts[ids[0]] / 2000 == pytest.approx(zipf[0] / zipf.sum(), abs=0.03)  # ~17% in the first class
+    assert counts[ids[0]] > 5 * counts[ids[9]]  # against the real list's 1,544 vs 3,296 videos
+
+
+def test_make_data_cli_noise_options(tmp_path, capsys):
+    from commands import run_main
+
+    args = [
+        "make-data",
+        str(tmp_path / "d"),
+        "--num-labeled",
+        "30",
+        "--num-unlabeled",
+        "0",
+        "--num-test",
+        "5",
+    ]
+    args += ["--num-frames", "1", "--image-size", "16"]
+    out, _ = run_main(*args, "--label-noise", "1", "--modality-noise", "0", "--long-tail", "0")
+    summary = json.loads(out)
+    assert summary["noisy_labels"] == 30 and summary["long_tail"] == 0.0
+    from mmcls.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--long-tail", "-1"])
+    assert refused.value.code == 2 and "--long-tail: must be at least 0" in capsys.readouterr().err

@@ -57,6 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "default: the members' own when all are kfold directories",
     )
     p.add_argument(
+        "--tune-bias",
+        action="store_true",
+        help="per-class biases on the blend's log-probabilities, tuned on the out-of-fold predictions (coordinate "
+        "search, shrunk toward 0) and applied only if nested folds, scoring every OOF row with biases tuned "
+        "without it, show a gain on every fold; OUT.ensemble.json reports that gain (default: off)",
+    )
+    p.add_argument(
         "--save-probs", type=Path, default=None, metavar="P.npy", help="also save the blend (+ P.json)"
     )
     add_predict_options(p)
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         save_probs_to=args.save_probs,
         options=predict_options(args),
         overwrite=args.overwrite,
+        tune_bias=args.tune_bias,
     )
     if world_info_from_env().is_main:
         print(json.dumps(summary, indent=2))

@@ -6,14 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import non_negative_int, positive_int, probability
+from mmcls.cli.options import float_range, non_negative_int, positive_int, probability
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "make-data",
         help="write a synthetic dataset in the official WBDC2022 layout",
-        epilog="example: mmcls make-data data/ --num-labeled 3000 --num-unlabeled 200 --num-test 600",
+        epilog="example: mmcls make-data data/ --num-labeled 3000 --num-unlabeled 200 --num-test 600; "
+        "a long-tailed set with wrong labels: mmcls make-data data_lt/ --long-tail 1.0 --label-noise 0.15",
     )
     p.add_argument("out", type=Path, help="data root to create")
     p.add_argument(
@@ -44,8 +45,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--label-noise",
         type=probability,
-        default=0.05,
-        help="multilabel: chance that a labeled video's tag is dropped, and that a wrong tag is added",
+        default=None,
+        help="wrong annotations in labeled.json (test labels stay clean). multiclass: chance that a video's "
+        "category_id is a random other class (default 0); multilabel: chance that a tag is dropped, and "
+        "again that a wrong tag is added (default 0.05)",
+    )
+    p.add_argument(
+        "--modality-noise",
+        type=probability,
+        default=0.1,
+        help="chance that a video's text, and independently its frames, carry the code of a random class "
+        "instead of its own (the annotation stays right; default 0.1)",
+    )
+    p.add_argument(
+        "--long-tail",
+        type=float_range(0.0, 10.0),
+        default=None,
+        metavar="EXPONENT",
+        help="class frequencies 1/(i+1)^EXPONENT for the i-th class in taxonomy file order, instead of the "
+        "taxonomy's labeled_count column (1.0: a steep Zipf tail; 0: balanced)",
     )
     p.add_argument(
         "--overwrite",
@@ -74,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         categories=categories,
         task=args.task,
         label_noise=args.label_noise,
+        long_tail=args.long_tail,
+        text_noise=args.modality_noise,
+        visual_noise=args.modality_noise,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

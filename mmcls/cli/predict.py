@@ -76,7 +76,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="TAU",
         help="predict argmax(logit - TAU * log prior), the prior being the training split's class counts "
         "saved in the model folder; favours rare classes (macro F1). Default auto: the TAU the training run "
-        "chose on validation (saved in the model folder; 0 for folders without it); 0: the plain argmax",
+        "chose on validation (saved in the model folder; 0 for folders without it); 0: the plain argmax. An "
+        "exported artifact has its TAU baked in (auto, or that number)",
     )
     p.add_argument(
         "--top-k",
@@ -226,13 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if tagging:
         return _run_tagging(args)
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
-        if args.logit_adjust not in ("auto", 0):
-            from mmcls.config import ConfigError
-
-            raise ConfigError(
-                "--logit-adjust: only for model folders predicted with the torch backend (the class prior is "
-                f"read from the folder's {names.CATEGORIES_FILE}); leave out --backend or the exported artifact"
-            )
+        _check_deployed_logit_adjust(args)
         return _run_deployed(args)
     ids, preds, category_ids = predict_split(
         args.model_dir,
@@ -249,6 +244,28 @@ def run(args: argparse.Namespace) -> int:
         _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))
     shutdown_distributed()
     return 0
+
+
+def _check_deployed_logit_adjust(args: argparse.Namespace) -> None:
+    """An artifact's TAU was baked into its classifier at export (``export.json``: ``logit_adjust``): ``auto``
+    or that same number predicts with it; any other TAU needs another export, and is refused rather than
+    silently replaced by the baked one (a number on a model folder with a non-torch backend: the same rule,
+    with TAU 0, as such a folder fails to load anyway)."""
+    from mmcls.config import ConfigError
+
+    if args.logit_adjust == "auto":
+        return
+    baked = 0.0
+    if (args.model_dir / names.EXPORT_FILE).is_file():
+        from mmcls.deploy.artifact import read_export_info
+
+        baked = float((read_export_info(args.model_dir).get("logit_adjust") or {}).get("tau", 0.0))
+    if float(args.logit_adjust) != baked:
+        raise ConfigError(
+            f"--logit-adjust {args.logit_adjust:g}: {args.model_dir} is an exported artifact with TAU {baked:g} "
+            f"baked into its classifier ({names.EXPORT_FILE}); export the model folder again with "
+            f"--logit-adjust {args.logit_adjust:g}, or predict the model folder itself"
+        )
 
 
 def _check_mode(args: argparse.Namespace) -> None:
@@ -294,10 +311,7 @@ def _run_videos(args: argparse.Namespace) -> int:
     if args.backend not in (None, "torch") or (args.model_dir / names.EXPORT_FILE).is_file():
         from mmcls.deploy.predictor import Predictor
 
-        if args.logit_adjust not in ("auto", 0):
-            from mmcls.config import ConfigError
-
-            raise ConfigError("--logit-adjust: only for model folders predicted with the torch backend")
+        _check_deployed_logit_adjust(args)
         predictor = Predictor.from_path(
             args.model_dir, args.backend, device=args.device, precision=args.precision
         )

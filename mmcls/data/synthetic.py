@@ -14,7 +14,9 @@ The classes and their level-1 groups are a taxonomy's (``categories``: the packa
 or any taxonomy file, see :mod:`mmcls.data.categories`). Labels are drawn with the file's ``labeled_count``
 column: for the WBDC2022 list the real class frequencies of the 100k labeled set, so a scaled-down set keeps
 the long tail (13 of the 200 classes hold half the videos; the rarest ones may not appear at all). A file
-without counts gets a Zipf-like imbalance (class ``i`` of ``n`` in file order weighs ``1 / (i + 1) ** 0.7``).
+without counts gets a Zipf-like imbalance (class ``i`` of ``n`` in file order weighs ``1 / (i + 1) ** 0.7``);
+``long_tail=A`` imposes that rule with exponent ``A`` on any taxonomy (1.0: a Zipf tail steeper than the real
+one for the WBDC2022 list; 0: balanced classes).
 
 Every level-2 class ``c`` gets a *text code* and a *visual code* (:class:`SyntheticTask`):
 
@@ -40,6 +42,12 @@ Label noise per modality: with probability ``text_noise`` a video's text code is
 independently with ``visual_noise`` its visual code. Text alone thus reaches ~90% level-1 accuracy but only the
 best of 2-3 candidates at level 2, frames alone only the best of ~17; fusion reaches ~(1-noise)^2 ~ 81% plus
 lucky guesses.
+
+Annotation noise (``label_noise``, single-label): with that probability a labeled-split video's
+``category_id`` is replaced by a uniformly drawn other class, while its text and frames keep the true class's
+codes (the model is trained on some wrong labels; ``test_labels.json`` stays clean). The draws come from a
+random stream of their own, so the videos are exactly those of the same seed without noise (and with
+``label_noise=0``, the single-label default, the dataset made before the option existed).
 
 The class-to-code assignment, keywords and prototypes are fixed (they do not depend on ``seed``): datasets
 made with different seeds are independent samples of the same task, e.g. a training set and a fresh test set.
@@ -186,7 +194,8 @@ def make_synthetic_dataset(
     overwrite: bool = False,
     categories: CategoryMap | None = None,
     task: str = "multiclass",
-    label_noise: float = 0.05,
+    label_noise: float | None = None,
+    long_tail: float | None = None,
 ) -> dict[str, Any]:
     """Write a synthetic dataset in the official layout under ``out`` and return a summary.
 
@@ -199,22 +208,32 @@ def make_synthetic_dataset(
     then replaced; nothing else under ``out`` is touched. ``text_noise``/``visual_noise``: the
     per-modality label noise (see the module docstring).
 
+    ``label_noise``: single-label, the chance that a labeled-split video's ``category_id`` is a random other
+    class (default 0; see the module docstring). ``long_tail``: the exponent of a Zipf-like class imbalance in
+    the taxonomy's file order, instead of its ``labeled_count`` column (default: the column, or exponent 0.7
+    for a taxonomy without one).
+
     ``task="multilabel"`` writes a tagging set instead (see :class:`_TagSampler`): records carry ``labels``
-    (lists of class ids) and ``test_labels.json`` holds ``{"id", "labels"}``; ``label_noise`` is the chance
-    that a tag of a labeled-split video is dropped from its annotation, and again that a random wrong tag is
-    added (the test labels stay clean).
+    (lists of class ids) and ``test_labels.json`` holds ``{"id", "labels"}``; ``label_noise`` (default 0.05)
+    is the chance that a tag of a labeled-split video is dropped from its annotation, and again that a random
+    wrong tag is added (the test labels stay clean).
 
     Returns ``{"root", "seed", "counts": {split: videos}, "frames": {split: frames written},
     "videos": {split: .mp4 files written}, "num_classes": lv2 classes present in labeled, "num_text_codes",
-    "num_visual_codes", "categories" (the taxonomy's file), "paths": {"annotations", "test_labels",
+    "num_visual_codes", "categories" (the taxonomy's file), "label_noise", "long_tail", "noisy_labels" (single-label:
+    labeled annotations that name a wrong class), "paths": {"annotations", "test_labels",
     "zip_frames", "zip_feats"[, "videos"]}, "seconds"}``.
     """
     counts = {"labeled": num_labeled, "unlabeled": num_unlabeled, "test": num_test}
     _check_args(counts, num_frames, image_size, feature_dim, videos, text_noise, visual_noise)
     if task not in ("multiclass", "multilabel"):
         raise SyntheticDataError(f"task must be multiclass or multilabel, got {task!r}")
+    if label_noise is None:
+        label_noise = 0.05 if task == "multilabel" else 0.0
     if not 0.0 <= label_noise <= 1.0:
         raise SyntheticDataError(f"label_noise must be in [0, 1], got {label_noise}")
+    if long_tail is not None and not 0.0 <= long_tail <= 10.0:
+        raise SyntheticDataError(f"long_tail must be in [0, 10], got {long_tail}")
     encoder = _video_encoder() if videos > 0 else None
     start = time.perf_counter()
     out = Path(out)
@@ -223,8 +242,8 @@ def make_synthetic_dataset(
     (out / "zip_feats").mkdir(parents=True, exist_ok=True)
     categories = categories or official_categories()
     world = synthetic_task(categories)
-    args = (world, categories, num_frames, image_size, feature_dim, text_noise, visual_noise)
-    sampler = _TagSampler(*args, label_noise=label_noise) if task == "multilabel" else _Sampler(*args)
+    args = (world, categories, num_frames, image_size, feature_dim, text_noise, visual_noise, label_noise)
+    sampler = (_TagSampler if task == "multilabel" else _Sampler)(*args, long_tail=long_tail)
     label_key = "labels" if task == "multilabel" else "category_id"
     taken_ids: set[str] = set()
     summary: dict[str, Any] = {"root": str(out), "seed": seed, "counts": counts, "frames": {}, "videos": {}}
@@ -245,6 +264,8 @@ def make_synthetic_dataset(
                     float(np.mean([len(r["labels"]) for r in records] or [0])), 3
                 )
             else:
+                noise_rng = np.random.default_rng([seed, split_index, 1])
+                summary["noisy_labels"] = sampler.mislabel(records, noise_rng) if label_noise else 0
                 summary["num_classes"] = len({r["category_id"] for r in records})
         if split == "test":
             labels = [{"id": r["id"], label_key: r.pop(label_key)} for r in records]
@@ -254,6 +275,8 @@ def make_synthetic_dataset(
                 record.pop(label_key, None)
         _write_json(out / "annotations" / f"{split}.json", records)
     summary["task"] = task
+    summary["label_noise"] = label_noise
+    summary["long_tail"] = long_tail
     summary["num_text_codes"] = world.num_text_codes
     summary["num_visual_codes"] = world.num_visual_codes
     summary["categories"] = categories.source
@@ -268,11 +291,13 @@ def make_synthetic_dataset(
     return summary
 
 
-def class_frequencies(categories: CategoryMap) -> np.ndarray:
-    """The label distribution: the taxonomy's ``labeled_count`` column, else a Zipf-like long tail."""
+def class_frequencies(categories: CategoryMap, long_tail: float | None = None) -> np.ndarray:
+    """The label distribution: the taxonomy's ``labeled_count`` column, else a Zipf-like long tail (class ``i``
+    in file order weighs ``1 / (i + 1) ** exponent``; ``long_tail`` sets the exponent and overrides the column)."""
     counts = np.asarray(categories.labeled_counts, dtype=np.float64)
-    if counts.sum() <= 0:
-        counts = 1.0 / np.arange(1, categories.num_lv2 + 1) ** ZIPF_EXPONENT
+    if long_tail is not None or counts.sum() <= 0:
+        exponent = ZIPF_EXPONENT if long_tail is None else long_tail
+        counts = 1.0 / np.arange(1, categories.num_lv2 + 1) ** exponent
     return counts / counts.sum()
 
 
@@ -326,10 +351,14 @@ class _Sampler:
         feature_dim: int,
         text_noise: float,
         visual_noise: float,
+        label_noise: float,
+        *,
+        long_tail: float | None = None,
     ) -> None:
         self.task = task
         self.category_ids = categories.category_ids
-        self.class_probs = class_frequencies(categories)
+        self.class_probs = class_frequencies(categories, long_tail)
+        self.label_noise = label_noise
         self.min_frames = -(-num_frames // 2)
         self.max_frames = min(_MAX_FEATURE_FRAMES, num_frames + num_frames // 2)
         self.image_size = image_size
@@ -359,6 +388,22 @@ class _Sampler:
             "ocr": ocr,
         }
         return _Video(record, self._frames(rng, shown), self._feats(rng, shown))
+
+    def mislabel(self, records: list[dict[str, Any]], rng: np.random.Generator) -> int:
+        """Give each record, with probability ``label_noise``, a uniformly drawn other class; the number changed.
+
+        ``rng`` is a stream of its own, so the videos are those of the noise-free set, only some annotations
+        differ."""
+        changed = 0
+        for record, flip in zip(records, rng.random(len(records)) < self.label_noise):
+            if flip:
+                true = self.category_ids.index(record["category_id"])
+                wrong = int(rng.integers(len(self.category_ids) - 1))
+                record["category_id"] = self.category_ids[
+                    wrong + (wrong >= true)
+                ]  # any class but the true one
+                changed += 1
+        return changed
 
     # -- text
     def _chars(self, rng: np.random.Generator, low: int, high: int) -> list[str]:
@@ -424,8 +469,8 @@ class _TagSampler(_Sampler):
     PARTNER_PROB = 0.5
     NUM_TAGS_PROBS = (0.05, 0.35, 0.3, 0.2, 0.1)  # P(0 tags), P(1 tag), ... P(4 tags) before partners
 
-    def __init__(self, *args: Any, label_noise: float) -> None:
-        super().__init__(*args)
+    def __init__(self, *args: Any, long_tail: float | None = None) -> None:
+        super().__init__(*args, long_tail=long_tail)
         num_classes = len(self.class_probs)
         rng = np.random.default_rng([WORLD_SEED, 17])  # fixed, like the rest of the task
         self.partner = rng.permutation(num_classes)
@@ -434,7 +479,6 @@ class _TagSampler(_Sampler):
             raise SyntheticDataError(f"too many classes ({num_classes}) for the synthetic tagging text")
         self.class_keywords = self.filler[-num_classes:]  # taken out of the filler: disjoint from it
         self.filler = self.filler[:-num_classes]
-        self.label_noise = label_noise
 
     def video(self, rng: np.random.Generator, video_id: str) -> _Video:
         num_classes = len(self.class_probs)

@@ -6,6 +6,9 @@ did): start from the best single member on the OOF predictions, then repeatedly 
 most, until no step raises it by more than ``tol``. The result can therefore never score below the best
 single member on OOF, and it is deterministic (ties go to the earlier member and step). Negative weights can
 make a blended score negative; :func:`blend` clips at 0 and renormalises, which keeps each row's argmax.
+
+``tune_bias`` (``--tune-bias``, off by default) adds per-class biases to the blend's log-probabilities, tuned
+on the OOF blend and applied only when a nested estimate gains on every fold (:mod:`mmcls.workflows.bias_tuning`).
 """
 
 from __future__ import annotations
@@ -149,9 +152,11 @@ def run_ensemble(
     save_probs_to: str | Path | None = None,
     options: PredictOptions | None = None,
     overwrite: bool = False,
+    tune_bias: bool = False,
 ) -> dict[str, Any]:
     """Blend the members' probabilities on ``split``, write the submission CSV (and the probabilities), and
-    return the summary that is also saved as ``<out>.ensemble.json`` (members, weights, OOF scores)."""
+    return the summary that is also saved as ``<out>.ensemble.json`` (members, weights, OOF scores, and with
+    ``tune_bias`` the biases' nested OOF gain and whether they were applied)."""
     from mmcls.engine.distributed import world_info_from_env
     from mmcls.inference.predict import write_submission
 
@@ -194,6 +199,16 @@ def run_ensemble(
     else:
         raise EnsembleError(f"--weights must be mean or hill-climb, got {method!r}")
     summary["weights"] = weights
+    bias = None
+    if tune_bias:
+        from mmcls.workflows.bias_tuning import tune_on_oof
+
+        if not sources:
+            raise EnsembleError("--tune-bias needs out-of-fold predictions: --oof KFOLD_DIR per member")
+        tables, labels = oof_tables(sources, categories)
+        tuning = tune_on_oof(blend(tables, weights), labels, categories)
+        summary["tune_bias"] = tuning.summary(categories)
+        bias = tuning.bias
 
     ids, member_probs = None, []
     for member in members:
@@ -204,6 +219,10 @@ def run_ensemble(
         member_probs.append(probs)
     assert ids is not None
     probs = blend(member_probs, weights)
+    if bias is not None:
+        from mmcls.workflows.bias_tuning import apply_bias
+
+        probs = apply_bias(probs, bias)
     if world_info_from_env().is_main:
         write_submission(out_csv, ids, [categories.category_id(int(i)) for i in probs.argmax(axis=1)])
         if save_probs_to:
@@ -215,6 +234,7 @@ def run_ensemble(
                 split=split,
                 members=summary["members"],
                 weights=weights,
+                **({"biases": summary["tune_bias"]["biases"]} if bias is not None else {}),
             )
         write_json(summary_path, summary)
     return summary
