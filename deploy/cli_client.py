@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="annotation split (default: test)")
     p.add_argument("--out", type=Path, help="submission CSV to write (required with --data-root)")
     p.add_argument(
+        "--overwrite", action="store_true", help="let --out replace an existing file that is not a CSV"
+    )
+    p.add_argument(
         "--with-names", action="store_true", help="a third CSV column: the name of each predicted class"
     )
     p.add_argument("--concurrency", type=positive_int, default=8, help="requests in flight at once")
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 ("--data-root", args.data_root),
                 ("--split", args.split),
                 ("--out", args.out),
+                ("--overwrite", args.overwrite),
                 ("--with-names", args.with_names),
             )
             if value
@@ -100,8 +104,8 @@ def _run_bench(args: argparse.Namespace) -> int:
     from mmcls.config import ConfigError
     from mmcls.deploy.client import bench_split_remote
 
-    if args.out or args.with_names:
-        raise ConfigError("--out/--with-names and --bench: a load test writes no predictions")
+    if args.out or args.with_names or args.overwrite:
+        raise ConfigError("--out/--with-names/--overwrite and --bench: a load test writes no predictions")
     if not args.data_root:
         raise ConfigError("--bench needs --data-root (the split whose videos are sent)")
     result = bench_split_remote(
@@ -138,8 +142,8 @@ def _run_split(args: argparse.Namespace) -> int:
     inputs = data_inputs(args.data_root, [args.split or "test"])
     report = error_report_path(args.out)
     check_outputs([("--out", args.out), ("--out", report)], inputs)
-    check_submission_path(args.out, inputs)
-    check_submission_path(report, inputs)
+    check_submission_path(args.out, inputs, overwrite=args.overwrite)
+    check_submission_path(report, inputs, overwrite=args.overwrite)
     results = iter_classify_split_remote(
         args.url,
         args.data_root,

@@ -98,6 +98,8 @@ def test_predict_replaces_a_file_of_another_kind_only_with_overwrite(work, tmp_p
     assert notes.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
     assert main([*argv, "--overwrite"]) == 0
     assert notes.read_text().count(",") >= 1  # now the predictions, as asked
+    client = ["client", "http://127.0.0.1:9", "--data-root", str(work / "data"), "--out", str(notes)]
+    refused(capsys, client, str(notes), "not a prediction file", "--overwrite")  # before any connection
 
 
 @pytest.mark.parametrize(
