@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from mmcls.data.text import load_tokenizer
 from mmcls.metrics import EvaluationError, compute_scores, evaluate_files
 from mmcls.models import build_model, load_model_dir, save_model_dir
 
-from commands import ONE_EPOCH, run_main
+from commands import ONE_EPOCH, child_env, mmcls_command
 from conftest import CHILDREN, PARENTS
 
 SHARED_CATEGORIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wbdc2022_categories.csv"
@@ -286,9 +287,15 @@ def test_make_data_train_predict_evaluate_report_over_a_users_taxonomy(kind, req
 def test_cli_refuses_a_bad_taxonomy_in_one_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("id,name,parent\na,A,\na,B,\n", encoding="utf-8")
-    # Through the CLI's entry point in this process: the one line it prints (test_cli.py runs real processes).
-    _, stderr = run_main("make-data", str(tmp_path / "data"), "--categories", str(bad), expect=2)
-    assert stderr.strip().splitlines() == [
+    proc = subprocess.run(
+        mmcls_command("make-data", str(tmp_path / "data"), "--categories", str(bad)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
         f"mmcls make-data: error: {bad}: line 3: duplicate id 'a' (first on line 2)"
     ]
     assert not (tmp_path / "data").exists()
