@@ -11,13 +11,23 @@ from mmcls.data.categories import load_categories
 from mmcls.data.text import load_tokenizer
 from mmcls.models import build_model, save_model_dir
 
+from commands import SMALL_VOCAB_SETTING
+
 
 def tiny_model_dir(
-    path: Path, *, features: bool = False, seed: int = 0, categories: Path | None = None
+    path: Path,
+    *,
+    features: bool = False,
+    seed: int = 0,
+    categories: Path | None = None,
+    small_vocab: bool = False,
 ) -> Path:
     """A model folder of a freshly built (untrained) ``tiny`` model; ``features``: identity encoder on zip_feats;
-    ``categories``: a taxonomy file (default: the packaged WBDC list)."""
+    ``categories``: a taxonomy file (default: the packaged WBDC list); ``small_vocab``: on the small test
+    vocabulary (``commands.SMALL_VOCAB``; token ids below 2,200)."""
     overrides = [f"data.categories={categories}"] if categories is not None else []
+    if small_vocab:
+        overrides.append(SMALL_VOCAB_SETTING)
     if features:
         overrides += [
             "data.frames.source=zip_feats",
@@ -41,11 +51,12 @@ def make_data(root: Path, num_test: int = 60) -> Path:
 
 
 def random_inputs(
-    batch: int, text: int, num_frames: int, *, features: bool = False, seed: int = 1
+    batch: int, text: int, num_frames: int, *, features: bool = False, seed: int = 1, max_id: int = 8000
 ) -> dict[str, torch.Tensor]:
-    """A batch with padded text and some padded frames (one sample with no frames at all)."""
+    """A batch with padded text (token ids from 1000 to ``max_id``) and some padded frames (one sample with no
+    frames at all)."""
     g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(1000, 8000, (batch, text), generator=g)
+    input_ids = torch.randint(1000, max_id, (batch, text), generator=g)
     lengths = torch.randint(2, text + 1, (batch,), generator=g)
     lengths[0] = text
     attention_mask = (torch.arange(text)[None, :] < lengths[:, None]).long()

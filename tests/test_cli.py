@@ -36,7 +36,7 @@ def data_root(tmp_path_factory) -> Path:
         "make-data",
         str(root),
         "--num-labeled",
-        "240",
+        "96",
         "--num-unlabeled",
         "8",
         "--num-test",

@@ -20,7 +20,7 @@ from mmcls.engine.multilabel import MultiLabelSetup
 from mmcls.metrics import gap_at_k, multilabel_scores
 from mmcls.tagging import best_cut, choose_thresholds, decide_tags, threshold_vector
 
-from commands import run_main
+from commands import SMALL_VOCAB_SETTING, run_main
 
 CATS = official_categories()
 A, B, C = CATS.category_ids[:3]
@@ -310,6 +310,7 @@ def test_train_predict_evaluate(tmp_path: Path) -> None:
     cfg = Config.from_yaml(
         "tiny",
         [
+            SMALL_VOCAB_SETTING,
             "data.task=multilabel",
             "train.epochs=1",
             "data.num_workers=0",
@@ -350,22 +351,16 @@ def test_train_predict_evaluate(tmp_path: Path) -> None:
 
 def check_export_and_serve(tmp_path: Path, root: Path, torch_probs: np.ndarray) -> None:
     """The ONNX artifact of the trained tagger gives the torch sigmoids; the served model answers with tags."""
-    import subprocess
-
     from mmcls.deploy.export import export_model
     from mmcls.deploy.triton_model import TritonPythonModel
     from mmcls.names import SERVED_TAG_NAMES, SERVED_TAGS
     from mmcls.tagging import load_thresholds
 
-    from commands import child_env, mmcls_command
-
     artifact = export_model(tmp_path / "run", tmp_path / "onnx", "onnx")
     assert (artifact / "thresholds.json").is_file()
     out = tmp_path / "onnx_pred.csv"
     args = ["predict", str(artifact), "--data-root", str(root), "--out", str(out), "--device", "cpu"]
-    subprocess.run(
-        mmcls_command(*args, "--num-workers", "0"), check=True, env=child_env(), capture_output=True
-    )
+    run_main(*args, "--num-workers", "0")
     from mmcls.data.prob_files import load_probs
     from mmcls.metrics import tag_probs_path
 
@@ -460,11 +455,7 @@ def test_tag_lists_are_padded_bytes() -> None:
 
 
 def test_evaluate_detects_tag_files_and_writes_the_report(tmp_path: Path) -> None:
-    import subprocess
-
     from mmcls.inference.predict import write_tags
-
-    from commands import child_env, mmcls_command
 
     ids = ["1", "2", "3"]
     ann = tmp_path / "truth.jsonl"
@@ -476,22 +467,10 @@ def test_evaluate_detects_tag_files_and_writes_the_report(tmp_path: Path) -> Non
     probs[2, 2] = 0.8
     tags = decide_tags(probs, np.full(CATS.num_lv2, 0.5))
     write_tags(tmp_path / "pred.csv", ids, probs, tags, CATS, np.full(CATS.num_lv2, 0.5))
-    run = subprocess.run(
-        mmcls_command(
-            "evaluate",
-            "--pred",
-            str(tmp_path / "pred.csv"),
-            "--ann",
-            str(ann),
-            "--report",
-            str(tmp_path / "rep"),
-        ),
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        check=True,
+    stdout, _ = run_main(
+        "evaluate", "--pred", str(tmp_path / "pred.csv"), "--ann", str(ann), "--report", str(tmp_path / "rep")
     )
-    scores = json.loads(run.stdout)
+    scores = json.loads(stdout)
     assert scores["gap_at_20"] == pytest.approx(1.0) and scores["map"] == pytest.approx(1.0)
     assert scores["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
     rows = list(csv.DictReader((tmp_path / "rep/per_class.csv").open()))

@@ -1,7 +1,7 @@
-"""``mmcls pretrain`` end to end: a real process for the reference run, a crash and resume, fine-tuning from
-the result, feature zips, and two processes under torchrun (ITC gathered across ranks). The crash, the
-fine-tuning and the feature-zip runs go through the CLI's entry point in this process (no interpreter
-start); the real kill -9 of a process is in test_resume.py."""
+"""``mmcls pretrain`` end to end: a real process for the reference run (trained in the background while the
+crash test runs), a crash and resume, fine-tuning from the result, feature zips, and two processes under
+torchrun (ITC gathered across ranks). The crash, the fine-tuning and the feature-zip runs go through the CLI's
+entry point in this process (no interpreter start); the real kill -9 of a process is in test_resume.py."""
 
 from __future__ import annotations
 
@@ -55,12 +55,6 @@ def pretrain_args(data_root: Path, run_dir: Path, settings: list[str], resume: b
     return [*args, *(["--resume"] if resume else [])]
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=child_env())
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
 def logged(run_dir: Path) -> dict[tuple[int, str], float]:
     """``(step, tag) -> value``; a step logged twice (before a kill and after the resume) must agree."""
     values: dict[tuple[int, str], float] = {}
@@ -71,11 +65,62 @@ def logged(run_dir: Path) -> dict[tuple[int, str], float]:
     return values
 
 
+class Reference:
+    """The uninterrupted reference run, a real ``mmcls pretrain`` process started in the background when first
+    requested: it trains on the second core while the crash test runs in this process. ``path()`` waits."""
+
+    def __init__(self, data_root: Path, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log = run_dir.parent / "reference.log"
+        with self.log.open("w") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                mmcls_command(*pretrain_args(data_root, run_dir, SETTINGS)),
+                stdout=log,
+                stderr=log,
+                env=child_env(),
+            )
+
+    def path(self) -> Path:
+        code = self.proc.wait(timeout=TIMEOUT_S)
+        assert code == 0, f"exit {code}\n{self.log.read_text()[-4000:]}"
+        return self.run_dir
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
-def reference(data_root, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    run(mmcls_command(*pretrain_args(data_root, run_dir, SETTINGS)))
-    return run_dir
+def reference_run(data_root, tmp_path_factory):
+    ref = Reference(data_root, tmp_path_factory.mktemp("reference") / "run")
+    yield ref
+    ref.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> Path:
+    return reference_run.path()
+
+
+def test_crash_then_resume_gives_the_same_weights(
+    data_root, reference_run, tmp_path, crash_after_step, one_thread
+):
+    """First in this file: the reference trains meanwhile in its own process."""
+    run_dir = tmp_path / "run"
+    crash_after_step(13)  # into the second epoch, after the checkpoint of step 12 (every 3 steps)
+    with pytest.raises(Crash):
+        run_main(*pretrain_args(data_root, run_dir, SETTINGS))
+    assert int(latest_checkpoint(run_dir).stem.split("-")[1]) == 12
+    assert not (run_dir / "last").exists()
+    run_main(*pretrain_args(data_root, run_dir, SETTINGS, resume=True))
+    reference = reference_run.path()
+    for name in ("last", "best"):
+        got, want = (load_file(d / name / "model.safetensors") for d in (run_dir, reference))
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    assert logged(run_dir) == logged(reference)
 
 
 def test_pretraining_logs_each_objective_and_writes_model_folders(reference):
@@ -86,23 +131,6 @@ def test_pretraining_logs_each_objective_and_writes_model_folders(reference):
     for name in ("best", "last"):
         assert (reference / name / "model.safetensors").is_file()
         assert (reference / name / "pretrain_info.json").is_file()
-
-
-def test_crash_then_resume_gives_the_same_weights(
-    data_root, reference, tmp_path, crash_after_step, one_thread
-):
-    run_dir = tmp_path / "run"
-    crash_after_step(13)  # into the second epoch, after the checkpoint of step 12 (every 3 steps)
-    with pytest.raises(Crash):
-        run_main(*pretrain_args(data_root, run_dir, SETTINGS))
-    assert int(latest_checkpoint(run_dir).stem.split("-")[1]) == 12
-    assert not (run_dir / "last").exists()
-    run_main(*pretrain_args(data_root, run_dir, SETTINGS, resume=True))
-    for name in ("last", "best"):
-        got, want = (load_file(d / name / "model.safetensors") for d in (run_dir, reference))
-        assert got.keys() == want.keys()
-        assert all(torch.equal(got[k], want[k]) for k in want), name
-    assert logged(run_dir) == logged(reference)
 
 
 def test_finetuning_from_the_pretraining_run_says_what_it_loaded(data_root, reference, tmp_path, caplog):

@@ -200,7 +200,7 @@ RESUME_RUN = [
     "train.log_every_steps=2",
     "data.frames.max_frames=4",
     "data.num_workers=0",
-    "data.limit_train=100",  # 90 training records: 11 steps per epoch
+    "data.limit_train=60",  # 54 training records: 6 steps per epoch
     *ALL_RECIPE,
 ]
 TIMEOUT = 600
@@ -224,11 +224,11 @@ def test_crash_with_every_new_state_resumes_exactly(data_root, tmp_path, crash_a
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
     reference = _start(data_root, reference_dir)
     try:
-        crash_after_step(15)  # into epoch 2, after the checkpoint of step 14 (every 2 steps)
+        crash_after_step(9)  # into epoch 2, after the checkpoint of step 8 (every 2 steps)
         with pytest.raises(Crash):
             run_main(*train_args(data_root, run_dir, RESUME_RUN))
         killed_at = _step(latest_checkpoint(run_dir))
-        assert 11 < killed_at < 22 and not (run_dir / "last").exists()
+        assert 6 < killed_at < 12 and not (run_dir / "last").exists()
         assert load_checkpoint(latest_checkpoint(run_dir))["task"]["swa"]["n_averaged"].item() == 1
         run_main(*train_args(data_root, run_dir, RESUME_RUN), "--resume")
         assert reference.wait(timeout=TIMEOUT) == 0, (tmp_path / "reference.log").read_text()
@@ -269,6 +269,7 @@ def test_torchrun_adversarial_training_learns_what_one_process_learns(data_root,
         "train.checkpoint_every_steps=1000",
         *QUIET,
         "data.num_workers=0",
+        "data.limit_train=64",  # half of the 120 records: half the steps, the same checks
         "data.frames.max_frames=4",
         "train.adversarial.method=pgd",
         "train.adversarial.steps=2",

@@ -41,9 +41,10 @@ from commands import (
     train_args,
 )
 
-# 200 labeled records, 10% held out for validation -> 180 training samples -> 22 steps of 8 per epoch.
-STEPS_PER_EPOCH = 22
+# 100 of the 200 labeled records, 10% held out for validation -> 90 training samples -> 11 steps of 8 per epoch.
+STEPS_PER_EPOCH = 11
 RUN_SETTINGS = [
+    "data.limit_train=100",
     "train.epochs=2",
     "train.batch_size=8",
     "train.checkpoint_every_steps=3",
@@ -52,7 +53,7 @@ RUN_SETTINGS = [
     "train.log_every_steps=4",
     "data.frames.max_frames=4",
 ]
-PROCESS_TIMEOUT = 120  # seconds; one full run takes ~25 s on 2 cores
+PROCESS_TIMEOUT = 120  # seconds; one full run takes ~15 s on 2 cores
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -251,7 +252,7 @@ def test_crash_in_second_epoch_with_workers_then_resume_matches(
     """In this process (the real kill -9 is the test above): a run with 2 DataLoader workers dies in epoch 2
     and resumes, against a reference without workers: loading must not matter."""
     run_dir = tmp_path / "run"
-    crash_after_step(STEPS_PER_EPOCH + 4)  # after the checkpoint of step 24 (every 3 steps)
+    crash_after_step(STEPS_PER_EPOCH + 4)  # step 15, before its checkpoint: the newest is step 12's
     with pytest.raises(Crash):
         run_main(*_train_args(data_root, run_dir, workers=2, resume=False))
     step = checkpoint_step(latest_checkpoint(run_dir))

@@ -1,7 +1,7 @@
 """``mmcls tune``: search space checks, trials as run directories, the epoch-end hook, a shared study.
 
 The fast tests run a two-trial study in-process; the slow one starts two real ``mmcls tune`` processes on one
-SQLite study, then kills a third mid-trial and lets a fourth continue the study.
+SQLite study (one trial each), then kills a third mid-trial and lets a fourth continue the study.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from mmcls.engine.checkpoint import latest_checkpoint  # noqa: E402
 from mmcls.engine.trainer import train  # noqa: E402
 from mmcls.workflows.tune import GRACE_PERIOD, run_tune  # noqa: E402
 
-from commands import child_env, mmcls_command  # noqa: E402
+from commands import SMALL_VOCAB_SETTING, child_env, mmcls_command  # noqa: E402
 
 FAST = [
+    SMALL_VOCAB_SETTING,
     "train.epochs=2",
     "train.batch_size=8",
     "train.progress_bar=false",
@@ -150,7 +151,7 @@ def test_two_processes_share_one_study_and_a_killed_tune_continues_it(data_root,
     logs = [(tmp_path / f"p{i}.err").open("w") for i in range(4)]
     both = [
         subprocess.Popen(
-            _tune_command(data_root, out, space, 4), stdout=subprocess.DEVNULL, stderr=log, env=child_env()
+            _tune_command(data_root, out, space, 2), stdout=subprocess.DEVNULL, stderr=log, env=child_env()
         )
         for log in logs[:2]
     ]
@@ -160,31 +161,31 @@ def test_two_processes_share_one_study_and_a_killed_tune_continues_it(data_root,
         ).read_text()
     study = optuna.load_study(study_name="mmcls", storage=f"sqlite:///{out / 'study.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 4  # four trials in all, not four per process
+    assert len(complete) == 2  # two trials in all, not two per process
     run_dirs = [t.user_attrs["run_dir"] for t in complete]
-    assert len(set(run_dirs)) == 4 and len({t.number for t in complete}) == 4  # no trial ran twice
+    assert len(set(run_dirs)) == 2 and len({t.number for t in complete}) == 2  # no trial ran twice
     assert sorted(p.name for p in out.glob("trial_*")) == sorted(Path(d).name for d in run_dirs)
 
-    # A third process is killed (SIGKILL) inside a trial of the study's 5th and 6th; a fourth continues.
+    # A third process is killed (SIGKILL) inside the study's 3rd trial; a fourth continues the study.
     killed = subprocess.Popen(
-        _tune_command(data_root, out, space, 6), stdout=subprocess.DEVNULL, stderr=logs[2], env=child_env()
+        _tune_command(data_root, out, space, 3), stdout=subprocess.DEVNULL, stderr=logs[2], env=child_env()
     )
     deadline = time.monotonic() + 300
-    while latest_checkpoint(out / "trial_004") is None:
+    while latest_checkpoint(out / "trial_002") is None:
         assert killed.poll() is None and time.monotonic() < deadline, (tmp_path / "p2.err").read_text()
         time.sleep(0.1)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     started = time.monotonic()
     proc = subprocess.run(
-        _tune_command(data_root, out, space, 6), capture_output=True, text=True, timeout=600, env=child_env()
+        _tune_command(data_root, out, space, 3), capture_output=True, text=True, timeout=600, env=child_env()
     )
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started >= GRACE_PERIOD - 1  # it waited for the killed trial to go stale
     study = optuna.load_study(study_name="mmcls", storage=f"sqlite:///{out / 'study.db'}")
     states = [t.state for t in study.trials]
     assert (
-        states.count(optuna.trial.TrialState.COMPLETE) == 6
+        states.count(optuna.trial.TrialState.COMPLETE) == 3
         and states.count(optuna.trial.TrialState.FAIL) == 1
     )
     failed = next(t for t in study.trials if t.state == optuna.trial.TrialState.FAIL)
@@ -194,5 +195,5 @@ def test_two_processes_share_one_study_and_a_killed_tune_continues_it(data_root,
         if t.number > failed.number and t.user_attrs.get("run_dir") == failed.user_attrs["run_dir"]
     )
     assert retry.params == failed.params and retry.state == optuna.trial.TrialState.COMPLETE
-    assert "(resumed) in" in proc.stderr  # the retry continued trial_004 from its checkpoint
-    assert json.loads(proc.stdout)["trials"] == {"complete": 6, "fail": 1}
+    assert "(resumed) in" in proc.stderr  # the retry continued trial_002 from its checkpoint
+    assert json.loads(proc.stdout)["trials"] == {"complete": 3, "fail": 1}
