@@ -171,6 +171,11 @@ def frame_error_kinds(local: list[str], sent: int, server_errors: list[str]) -> 
     return [*local, *["bad_image"] * failed]
 
 
+def ocr_json(record: Record) -> str:
+    """A record's OCR lines as the served input ``ocr`` takes them: the annotation's JSON list."""
+    return json.dumps([{"time": t, "text": s} for t, s in record.ocr], ensure_ascii=False)
+
+
 def predict_split_remote(
     url: str,
     data_root: str | Path,
@@ -230,8 +235,7 @@ def iter_classify_split_remote(
         if not hasattr(local, "connection"):
             local.connection = Connection(url, protocol, timeout)
         frames, local_errors = read_frame_bytes(reader, record.id)
-        ocr = json.dumps([{"time": t, "text": s} for t, s in record.ocr], ensure_ascii=False)
-        result = local.connection.infer(record.title, record.asr, ocr, frames, name=record.id)
+        result = local.connection.infer(record.title, record.asr, ocr_json(record), frames, name=record.id)
         result.frame_errors = frame_error_kinds(local_errors, len(frames), result.errors)
         return result
 
@@ -322,7 +326,7 @@ def bench_split_remote(
             r.id,
             r.title,
             r.asr,
-            json.dumps([{"time": t, "text": s} for t, s in r.ocr], ensure_ascii=False),
+            ocr_json(r),
             read_frame_bytes(reader, r.id)[0],
         )
         for r in records
