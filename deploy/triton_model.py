@@ -172,16 +172,13 @@ class TritonPythonModel:
             precision=params.get("precision") or None,
             threads=threads,
         )
-        limits = {
-            key: cast(params[name])
-            for key, name, cast in (
-                ("max_bytes", "max_video_bytes", int),
-                ("max_seconds", "max_video_seconds", float),
-            )
-            if params.get(name)
-        }  # a repository written before these parameters existed gets the defaults
+        default = VideoLimits()  # a repository written before these parameters existed gets the defaults
+        limits = VideoLimits(
+            max_bytes=int(params.get("max_video_bytes") or default.max_bytes),
+            max_seconds=float(params.get("max_video_seconds") or default.max_seconds),
+        )
         decode_threads = int(params.get("decode_threads") or 0) or instance_cores(instances)
-        self.classifier = BatchClassifier(predictor, VideoLimits(**limits), decode_threads)
+        self.classifier = BatchClassifier(predictor, limits, decode_threads)
         self.input_names = self.classifier.decoder.input_names
 
     def execute(self, requests: list[Any]) -> list[Any]:

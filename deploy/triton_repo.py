@@ -92,6 +92,7 @@ def write_graph_model(repo: Path, artifact: Path, backend: str, options: TritonM
     """``mmcls_graph``: the exported graph as a model of Triton's native backend (see the module docstring)."""
     assets = load_assets(artifact)
     info = assets.export_info
+    assert info is not None, f"{artifact}: not an exported artifact"  # callers pass `mmcls export` folders
     platform, filename = BACKENDS[backend].triton_platform, BACKENDS[backend].model_file
     version_dir = repo / names.TRITON_GRAPH_MODEL / "1"
     version_dir.mkdir(parents=True)
