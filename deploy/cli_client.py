@@ -136,14 +136,15 @@ def _run_split(args: argparse.Namespace) -> int:
     from mmcls.cli.predict import error_report_path
     from mmcls.deploy.client import iter_classify_split_remote
     from mmcls.files import atomic_writer
-    from mmcls.inference.predict import check_submission_path, write_error_report
+    from mmcls.inference.predict import check_replaceable, check_submission_path, write_error_report
     from mmcls.output_guard import check_outputs, data_inputs
 
     inputs = data_inputs(args.data_root, [args.split or "test"])
     report = error_report_path(args.out)
     check_outputs([("--out", args.out), ("--out", report)], inputs)
-    check_submission_path(args.out, inputs, overwrite=args.overwrite)
-    check_submission_path(report, inputs, overwrite=args.overwrite)
+    check_replaceable(args.out, overwrite=args.overwrite)
+    check_submission_path(args.out, inputs)
+    check_submission_path(report, inputs)
     results = iter_classify_split_remote(
         args.url,
         args.data_root,

@@ -211,7 +211,7 @@ def error_report_path(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from mmcls.engine.distributed import shutdown_distributed, world_info_from_env
-    from mmcls.inference.predict import check_submission_path, predict_split
+    from mmcls.inference.predict import check_replaceable, check_submission_path, predict_split
     from mmcls.output_guard import check_outputs, data_inputs, model_inputs
 
     _check_mode(args)
@@ -220,8 +220,9 @@ def run(args: argparse.Namespace) -> int:
     args.split = args.split or "test"
     inputs = [_split_annotation_path(args), *model_inputs(args.model_dir), *data_inputs(args.data_root, [])]
     check_outputs([("--out", args.out), ("--out", error_report_path(args.out))], inputs)
-    check_submission_path(args.out, inputs, overwrite=args.overwrite)
-    check_submission_path(error_report_path(args.out), inputs, overwrite=args.overwrite)
+    check_replaceable(args.out, overwrite=args.overwrite)
+    check_submission_path(args.out, inputs)
+    check_submission_path(error_report_path(args.out), inputs)
     tagging = _is_tagging_model(args)
     _check_tagging_options(args, tagging)
     if tagging:

@@ -227,29 +227,32 @@ def adjusted_predictions(preds: Predictions, train_counts: np.ndarray, tau: floa
     return dataclasses.replace(preds, probs=probs)
 
 
-SUBMISSION_SUFFIXES = (".csv", ".json")  # the submission CSV and its ``.data_errors.json`` report
-
-
-def check_submission_path(path: str | Path, inputs: list[Path], *, overwrite: bool = False) -> None:
-    """Refuse, before predicting, an output path that is a folder or one of the command's own input files.
-
-    Re-running a prediction replaces its own earlier CSV (the usual workflow), but an existing file of another
-    kind (``--out model.safetensors``, ``--out notes.txt``) is only replaced with ``overwrite``: a typo in
-    ``--out`` must not destroy a user's file.
-    """
+def check_submission_path(path: str | Path, inputs: list[Path]) -> None:
+    """Refuse, before predicting, an output path that is a folder or one of the command's own input files."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; --out takes the path of the CSV file to write")
-    if path.exists() and path.suffix.lower() not in SUBMISSION_SUFFIXES and not overwrite:
-        raise OutputError(
-            f"{path}: exists and is not a prediction file ({'/'.join(SUBMISSION_SUFFIXES)}); choose another "
-            "--out or pass --overwrite to replace it"
-        )
     for item in inputs:
         if same_file(path, item) or path.resolve() == item.resolve():
             raise OutputError(
                 f"{path}: is an input of this command ({item}); write the predictions elsewhere"
             )
+
+
+def check_replaceable(out: str | Path, *, overwrite: bool = False) -> None:
+    """``--out`` of ``predict``/``client``: an existing file is replaced only if it is a CSV (an earlier result).
+
+    Re-running a prediction replaces its own earlier CSV (the usual workflow), but an existing file of another
+    kind (``--out model.safetensors``, ``--out notes.txt``) only with ``overwrite``: a typo in ``--out`` must not
+    destroy a user's file. The files named after ``--out`` (``OUT.data_errors.json``, ``OUT.probs.npy``) carry
+    mmcls's own suffixes and are replaced as earlier outputs.
+    """
+    out = Path(out)
+    if out.exists() and out.suffix.lower() != ".csv" and not overwrite:
+        raise OutputError(
+            f"{out}: exists and is not a prediction file (.csv); choose another --out or pass --overwrite to "
+            "replace it"
+        )
 
 
 def write_submission(path: str | Path, ids: list[str], category_ids: list[str]) -> None:
