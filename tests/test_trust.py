@@ -165,6 +165,8 @@ PARSE_CASES = [
     (["serve", "m", "--grpc-port", "0"], "--grpc-port"),
     (["serve", "m", "--max-video-seconds", "inf"], "--max-video-seconds"),
     (["client", "http://h:1", "--concurrency", "0"], "--concurrency"),
+    (["tune", "tiny", "--data-root", "d", "--out", "o", "--space", "s", "--trials", "1", "--stale-after", "1"],
+     "--stale-after"),
     (["client", "http://h:1", "--timeout", "-1"], "--timeout"),
     (["bench", "data", "tiny", "--data-root", "d", "--warmup", "-1"], "--warmup"),
     (["bench", "data", "tiny", "--data-root", "d", "--workers", "-2"], "--workers"),

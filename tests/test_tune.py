@@ -22,7 +22,7 @@ from mmcls.config import Config  # noqa: E402
 from mmcls.data.synthetic import make_synthetic_dataset  # noqa: E402
 from mmcls.engine.checkpoint import latest_checkpoint  # noqa: E402
 from mmcls.engine.trainer import train  # noqa: E402
-from mmcls.workflows.tune import GRACE_PERIOD, run_tune  # noqa: E402
+from mmcls.workflows.tune import GRACE_PERIOD, heartbeat_interval, run_tune  # noqa: E402
 
 from commands import SMALL_VOCAB_SETTING, child_env, mmcls_command  # noqa: E402
 
@@ -137,11 +137,14 @@ def test_a_tune_runs_trials_as_run_dirs_reports_epochs_and_writes_the_best_confi
         run_tune(cfg, data_root, out, other, 3)
 
 
+STALE_AFTER = 6  # seconds: the killed trial's retry need not wait the default 20
+
+
 def _tune_command(data_root: Path, out: Path, space: Path, trials: int) -> list[str]:
     settings = [arg for item in FAST for arg in ("--set", item)]
     return mmcls_command(
         "tune", "tiny", "--data-root", str(data_root), "--out", str(out), "--space", str(space),
-        "--trials", str(trials), "--pruner", "none", *settings,
+        "--trials", str(trials), "--pruner", "none", "--stale-after", str(STALE_AFTER), *settings,
     )  # fmt: skip
 
 
@@ -181,7 +184,7 @@ def test_two_processes_share_one_study_and_a_killed_tune_continues_it(data_root,
         _tune_command(data_root, out, space, 3), capture_output=True, text=True, timeout=600, env=child_env()
     )
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - started >= GRACE_PERIOD - 1  # it waited for the killed trial to go stale
+    assert time.monotonic() - started >= STALE_AFTER - 1  # it waited for the killed trial to go stale
     study = optuna.load_study(study_name="mmcls", storage=f"sqlite:///{out / 'study.db'}")
     states = [t.state for t in study.trials]
     assert (
@@ -197,3 +200,10 @@ def test_two_processes_share_one_study_and_a_killed_tune_continues_it(data_root,
     assert retry.params == failed.params and retry.state == optuna.trial.TrialState.COMPLETE
     assert "(resumed) in" in proc.stderr  # the retry continued trial_002 from its checkpoint
     assert json.loads(proc.stdout)["trials"] == {"complete": 3, "fail": 1}
+
+
+def test_heartbeats_fit_several_times_in_the_stale_window():
+    """A live trial is never failed for a late heartbeat: at least 2 heartbeats per ``--stale-after``."""
+    assert heartbeat_interval(GRACE_PERIOD) == 5
+    for stale_after in (2, 3, 6, 8, 20, 600):
+        assert 1 <= heartbeat_interval(stale_after) <= max(1, stale_after // 2)

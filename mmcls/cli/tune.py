@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmcls.cli.options import add_set_option, positive_float, positive_int
+from mmcls.cli.options import add_set_option, int_range, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,13 +35,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--timeout", type=positive_float, default=None, help="start no new trial after this many seconds"
     )
     p.add_argument("--pruner", default="median", choices=["median", "none"], help="stop weak trials early")
+    p.add_argument(
+        "--stale-after",
+        type=int_range(2, None),
+        default=None,
+        metavar="SECONDS",
+        help="a trial without a heartbeat this long (its process killed) is failed and retried (default: 20)",
+    )
     add_set_option(p)  # for every trial, e.g. --set train.epochs=3
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from mmcls.config import Config
-    from mmcls.workflows.tune import run_tune
+    from mmcls.workflows.tune import GRACE_PERIOD, run_tune
 
     cfg = Config.from_yaml(args.config, args.overrides)
     summary = run_tune(
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         study_name=args.study,
         timeout=args.timeout,
         pruner=args.pruner,
+        stale_after=args.stale_after or GRACE_PERIOD,
     )
     print(json.dumps(summary, indent=2))
     return 0

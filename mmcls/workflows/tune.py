@@ -17,7 +17,8 @@ database URL Optuna accepts, so several processes or machines can run trials of 
 is the number of finished (complete or pruned) trials the *study* should have: each process starts trials
 until the study has N, counting the ones others are running. A killed process's trial stops sending
 heartbeats; after :data:`GRACE_PERIOD` seconds the next process that looks fails it and Optuna enqueues a
-retry with the same values, which resumes the killed trial's run directory from its last checkpoint.
+retry with the same values, which resumes the killed trial's run directory from its last checkpoint
+(``--stale-after`` sets the seconds: longer on storage that can stall, shorter to retry sooner).
 
 Optuna is an optional dependency (``pip install mmcls[tune]``), imported only here.
 """
@@ -47,8 +48,16 @@ PRUNERS = ("median", "none")
 TUNE_FILE = "tune.json"
 STUDY_DB = "study.db"
 BEST_FILE = "best.yaml"
-HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 20  # a trial without a heartbeat for this long is failed (and retried) by the next process
+HEARTBEAT_INTERVAL = 5  # seconds between a running trial's heartbeats (at most; see heartbeat_interval)
+GRACE_PERIOD = 20  # default --stale-after: a trial without a heartbeat this long is failed (and retried)
+
+
+def heartbeat_interval(stale_after: int) -> int:
+    """Seconds between heartbeats for a study whose trials go stale after ``stale_after`` seconds: several
+    heartbeats fit in the grace period, so a slow write or a busy machine never fails a live trial."""
+    return max(1, min(HEARTBEAT_INTERVAL, stale_after // 4))
+
+
 OBJECTIVE = "mean_f1"
 
 
@@ -176,6 +185,7 @@ def run_tune(
     study_name: str | None = None,
     timeout: float | None = None,
     pruner: str = "median",
+    stale_after: int = GRACE_PERIOD,
 ) -> dict[str, Any]:
     """Run trials of the study until it has ``trials`` finished ones (or ``timeout`` seconds have passed),
     then write ``best.yaml`` and Optuna's plots; returns a summary of the study."""
@@ -183,21 +193,35 @@ def run_tune(
     with warnings.catch_warnings():  # heartbeats and the matplotlib plots are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _tune(
-            optuna, cfg, data_root, out_dir, space_path, trials, storage, study_name, timeout, pruner
+            optuna,
+            cfg,
+            data_root,
+            out_dir,
+            space_path,
+            trials,
+            storage,
+            study_name,
+            timeout,
+            pruner,
+            stale_after,
         )
 
 
-def _tune(optuna, cfg, data_root, out_dir, space_path, trials, storage, study_name, timeout, pruner) -> dict:
+def _tune(
+    optuna, cfg, data_root, out_dir, space_path, trials, storage, study_name, timeout, pruner, stale_after
+) -> dict:
     data_root, out_dir = Path(data_root), Path(out_dir)
     if trials < 1:
         raise TuneError(f"--trials must be at least 1, got {trials}")
     if pruner not in PRUNERS:
         raise TuneError(f"--pruner must be one of {', '.join(PRUNERS)}, got {pruner!r}")
+    if stale_after < 2:
+        raise TuneError(f"--stale-after must be at least 2 seconds, got {stale_after}")
     if cfg.data.val_fraction == 0 and cfg.data.num_folds is None:
         raise TuneError("tuning needs validation scores: data.val_fraction is 0 (and no data.num_folds)")
     space = load_space(space_path, cfg)
     _check_tune_dir(out_dir, cfg, space)
-    study = _open_study(optuna, out_dir, storage, study_name or "mmcls", pruner)
+    study = _open_study(optuna, out_dir, storage, study_name or "mmcls", pruner, stale_after)
     objective = _Objective(optuna, cfg, data_root, out_dir, space)
 
     start = time.monotonic()
@@ -283,7 +307,9 @@ class _Objective:
         return float(result.best_score)
 
 
-def _open_study(optuna: Any, out_dir: Path, storage: str | None, name: str, pruner: str) -> Any:
+def _open_study(
+    optuna: Any, out_dir: Path, storage: str | None, name: str, pruner: str, stale_after: int = GRACE_PERIOD
+) -> Any:
     import sqlalchemy.exc
 
     url = storage or f"sqlite:///{(out_dir / STUDY_DB).resolve()}"
@@ -297,7 +323,10 @@ def _open_study(optuna: Any, out_dir: Path, storage: str | None, name: str, prun
     for attempt in range(5):
         try:
             rdb = optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, **retry
+                url,
+                heartbeat_interval=heartbeat_interval(stale_after),
+                grace_period=stale_after,
+                **retry,
             )
             break
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as exc:
