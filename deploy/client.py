@@ -26,6 +26,7 @@ from mmcls.config import FrameConfig
 from mmcls.data.annotations import Record, annotation_path, load_records
 from mmcls.data.frames import EncodedZipFramesSource, FrameError
 from mmcls.errors import MmclsError
+from mmcls.output_guard import FRAMES_DIR
 
 MODEL_NAME = names.TRITON_MODEL
 
@@ -223,13 +224,8 @@ def iter_classify_split_remote(
     once, so a million-video split costs the memory of a few dozen videos, whatever its size. The records are
     read and the server is asked for its model now (errors are raised here); the videos when iterated."""
     records = load_records(annotation_path(data_root, split))
-    frames_root = Path(data_root) / "zip_frames" / split
+    reader, _ = _served_frame_reader(url, protocol, timeout, data_root, split)
     local = threading.local()
-    probe = Connection(url, protocol, timeout)
-    if probe.frame_input != "pixels":
-        raise ClientError(f"{url}: the served model takes frame features; this client sends JPEG frames")
-    reader = frame_reader(frames_root, probe.max_frames)
-    probe.close()
 
     def classify(record: Record) -> VideoResult:
         if not hasattr(local, "connection"):
@@ -240,6 +236,20 @@ def iter_classify_split_remote(
         return result
 
     return _in_order(classify, records, concurrency)
+
+
+def _served_frame_reader(
+    url: str, protocol: str | None, timeout: float, data_root: str | Path, split: str
+) -> tuple[EncodedZipFramesSource, str]:
+    """The split's frame reader, sized to the served model's frame count, and the protocol in use (asked of the
+    server once); a model that takes frame features is refused, since this client sends JPEG frames."""
+    probe = Connection(url, protocol, timeout)
+    try:
+        if probe.frame_input != "pixels":
+            raise ClientError(f"{url}: the served model takes frame features; this client sends JPEG frames")
+        return frame_reader(Path(data_root) / FRAMES_DIR / split, probe.max_frames), probe.protocol
+    finally:
+        probe.close()
 
 
 def _in_order(classify, records: list[Record], concurrency: int) -> Iterator[tuple[Record, VideoResult]]:
@@ -314,22 +324,10 @@ def bench_split_remote(
     records = load_records(annotation_path(data_root, split))
     if not records:
         raise ClientError(f"{data_root}: split {split!r} has no records")
-    probe = Connection(url, protocol, timeout)
-    protocol = probe.protocol
-    if probe.frame_input != "pixels":
-        raise ClientError(f"{url}: the served model takes frame features; this client sends JPEG frames")
-    reader = frame_reader(Path(data_root) / "zip_frames" / split, probe.max_frames)
-    probe.close()
+    reader, protocol = _served_frame_reader(url, protocol, timeout, data_root, split)
     start = time.perf_counter()
     requests = [
-        _Request(
-            r.id,
-            r.title,
-            r.asr,
-            ocr_json(r),
-            read_frame_bytes(reader, r.id)[0],
-        )
-        for r in records
+        _Request(r.id, r.title, r.asr, ocr_json(r), read_frame_bytes(reader, r.id)[0]) for r in records
     ]
     read_s = time.perf_counter() - start
     warmup = 2 * concurrency if warmup is None else warmup
