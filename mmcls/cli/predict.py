@@ -182,20 +182,10 @@ def _deployed_tags(args: argparse.Namespace):  # noqa: ANN202 - (ids, probs, tag
     artifact (export copies the model folder's ``thresholds.json``)."""
     import numpy as np
 
-    from mmcls.deploy.predictor import Predictor
     from mmcls.tagging import model_tags
 
-    predictor = Predictor.from_path(
-        args.model_dir, args.backend, device=args.device, precision=args.precision
-    )
+    predictor, (ids, preds, _) = _predict_with_artifact(args)
     assets = predictor.assets
-    ids, preds, _ = predictor.predict_split(
-        args.data_root,
-        args.split,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        frame_decoder=args.frame_decoder,
-    )
     probs = preds.probs[np.argsort(preds.indices)]
     category_ids = list(assets.categories.category_ids)
     threshold = args.threshold or "per-class"
@@ -376,20 +366,27 @@ def _write_outputs(out: Path, ids: list[str], category_ids: list[str], errors: d
         print(f"data problems (predicted from the text alone where frames were unreadable): {totals}")
 
 
-def _run_deployed(args: argparse.Namespace) -> int:
-    """An exported artifact (ONNX, AOTI, TensorRT) through ``mmcls.deploy``'s Predictor; one process."""
+def _predict_with_artifact(args: argparse.Namespace):  # noqa: ANN202 - (Predictor, predict_split's tuple)
+    """The split predicted by ``mmcls.deploy``'s Predictor over the model the options name (an exported
+    artifact, or a model folder with ``--backend``), as the command's options say."""
     from mmcls.deploy.predictor import Predictor
 
     predictor = Predictor.from_path(
         args.model_dir, args.backend, device=args.device, precision=args.precision
     )
-    ids, preds, category_ids = predictor.predict_split(
+    split = predictor.predict_split(
         args.data_root,
         args.split,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         frame_decoder=args.frame_decoder,
     )
+    return predictor, split
+
+
+def _run_deployed(args: argparse.Namespace) -> int:
+    """An exported artifact (ONNX, AOTI, TensorRT) through ``mmcls.deploy``'s Predictor; one process."""
+    predictor, (ids, preds, category_ids) = _predict_with_artifact(args)
     print(f"backend {predictor.backend_name}, precision {predictor.precision}")
     _write_outputs(args.out, ids, category_ids, dict(preds.frame_errors))
     return 0
