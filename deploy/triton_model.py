@@ -157,13 +157,11 @@ class TritonPythonModel:
             model_path = Path(args["model_repository"]) / args["model_version"] / model_path
         instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
         threads = int(params.get("threads") or 0) or None
-        if threads is None and instances > 1:  # the runtime's default (all cores) split between instances
+        if threads or instances > 1:
             import torch
 
-            threads = max(1, torch.get_num_threads() // instances)
-        if threads:
-            import torch
-
+            # Unset: the runtime's default (all cores) split between the instances.
+            threads = threads or max(1, torch.get_num_threads() // instances)
             torch.set_num_threads(threads)
         predictor = Predictor.from_path(
             model_path,
