@@ -178,34 +178,30 @@ def run_ensemble(
         sources = [str(m.oof_path()) for m in members]
     if sources and len(sources) != len(members):
         raise EnsembleError(f"--oof names {len(sources)} sources for {len(members)} members (one per member)")
+    if method not in ("mean", "hill-climb"):
+        raise EnsembleError(f"--weights must be mean or hill-climb, got {method!r}")
+    for option, needed in (("--weights hill-climb", method == "hill-climb"), ("--tune-bias", tune_bias)):
+        if needed and not sources:
+            raise EnsembleError(f"{option} needs out-of-fold predictions: --oof KFOLD_DIR per member")
+    # Read once, for the weights, their OOF score and the biases (none of them runs without sources).
+    tables, labels = oof_tables(sources, categories) if sources else ([], np.empty(0, dtype=np.int64))
+    lv1 = np.asarray(categories.lv1_of_lv2)
     if method == "hill-climb":
-        if not sources:
-            raise EnsembleError(
-                "--weights hill-climb needs out-of-fold predictions: --oof KFOLD_DIR per member"
-            )
-        tables, labels = oof_tables(sources, categories)
-        fit = hill_climb(tables, labels, np.asarray(categories.lv1_of_lv2))
+        fit = hill_climb(tables, labels, lv1)
         weights = fit.weights
         summary["oof"] = {"member_mean_f1": fit.member_scores, "mean_f1": fit.score, "steps": len(fit.steps)}
-    elif method == "mean":
+    else:
         weights = [1.0 / len(members)] * len(members)
         if sources:  # for comparison: the OOF score of the plain mean
-            tables, labels = oof_tables(sources, categories)
-            lv1 = np.asarray(categories.lv1_of_lv2)
             summary["oof"] = {
                 "member_mean_f1": [fast_mean_f1(labels, t.argmax(axis=1), lv1) for t in tables],
                 "mean_f1": fast_mean_f1(labels, blend(tables, weights).argmax(axis=1), lv1),
             }
-    else:
-        raise EnsembleError(f"--weights must be mean or hill-climb, got {method!r}")
     summary["weights"] = weights
     bias = None
     if tune_bias:
         from mmcls.workflows.bias_tuning import tune_on_oof
 
-        if not sources:
-            raise EnsembleError("--tune-bias needs out-of-fold predictions: --oof KFOLD_DIR per member")
-        tables, labels = oof_tables(sources, categories)
         tuning = tune_on_oof(blend(tables, weights), labels, categories)
         summary["tune_bias"] = tuning.summary(categories)
         bias = tuning.bias
