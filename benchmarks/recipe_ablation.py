@@ -41,6 +41,12 @@ ROWS: dict[str, tuple[list[str], float | str]] = {
     # The adversarial defaults: since issue 22 epsilon (1.0) and alpha (0.3) are relative to the rows' norm.
     "fgm": (["train.adversarial.method=fgm"], 0.0),
     "pgd": (["train.adversarial.method=pgd"], 0.0),
+    # A smaller relative radius (issue 22's second round): PGD's 3 steps of alpha still reach the ball's edge.
+    "fgm_eps0.3": (["train.adversarial.method=fgm", "train.adversarial.epsilon=0.3"], 0.0),
+    "pgd_eps0.3": (
+        ["train.adversarial.method=pgd", "train.adversarial.epsilon=0.3", "train.adversarial.alpha=0.1"],
+        0.0,
+    ),
     "class_weight_0.5": (["train.class_weight_alpha=0.5"], 0.0),
     "multi_dropout_4": (["train.multi_dropout=4"], 0.0),
     "rdrop_1.0": (["train.rdrop_alpha=1.0"], 0.0),
