@@ -278,7 +278,10 @@ class TrainConfig:
     class_weight_alpha: float = setting(0.0, min=0)
     multi_dropout: int = setting(1, min=1)  # K dropout samples averaged at the classifier heads in training
     rdrop_alpha: float = setting(0.0, min=0)  # R-Drop: weight of the symmetric KL of two dropout passes
-    lv1_loss_weight: float = setting(0.0, min=0)  # level-1 NLL of the level-2 softmax summed per group
+    # Weight of the level-1 NLL of the level-2 softmax summed per group. null = the task's default: 0.5 on a
+    # taxonomy whose level-1 groups hold several classes (it gained in 6 of 6 runs of docs/recipe.md's 3-seed
+    # ablation), 0 on a flat one; multilabel tagging has no level-1 term (null there, a number is refused).
+    lv1_loss_weight: float | None = setting(None, min=0)
     soft_f1_weight: float = setting(0.0, min=0)  # weight of (1 - soft macro F1) of the fused probabilities
     # data.task=multilabel: the asymmetric loss (settings in asl), or per-class sigmoid binary cross-entropy.
     # asl by default: on docs/multilabel.md's 3-seed table (200 classes, ~2 tags a video) summed BCE, almost

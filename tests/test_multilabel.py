@@ -239,6 +239,7 @@ def test_decide_tags_top_k_min_tags_and_threshold_specs() -> None:
         "train.label_smoothing=0.1",
         "train.rdrop_alpha=1",
         "train.class_weight_alpha=1",
+        "train.lv1_loss_weight=0.5",
         "train.distill_from=teacher",
         "data.extra_train=[pseudo.json]",
         "data.lv1_groups=[1]",
@@ -248,6 +249,13 @@ def test_single_label_settings_are_refused(setting: str) -> None:
     cfg = Config.from_yaml("tiny", ["data.task=multilabel", setting])
     with pytest.raises(ConfigError, match=setting.split("=")[0]):
         MultiLabelSetup(cfg, "unused").check_config()
+
+
+def test_the_presets_default_level1_loss_is_no_refusal() -> None:
+    """``lv1_loss_weight`` null (the default: 0.5 for single-label) is what tagging runs get too, unrefused."""
+    cfg = Config.from_yaml("tiny", ["data.task=multilabel"])
+    assert cfg.train.lv1_loss_weight is None
+    MultiLabelSetup(cfg, "unused").check_config()
 
 
 def test_kfold_and_ensemble_members_refuse_tagging_models(tmp_path: Path) -> None:

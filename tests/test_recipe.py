@@ -23,7 +23,7 @@ from mmcls.engine.adversarial import Adversary, step_towards
 from mmcls.engine.inference import Predictions
 from mmcls.engine.optim import build_optimizer, build_scheduler, lr_factor
 from mmcls.engine.swa import WeightAverage
-from mmcls.engine.task import ClassificationTask
+from mmcls.engine.task import DEFAULT_LV1_LOSS_WEIGHT, ClassificationTask, resolve_lv1_loss_weight
 from mmcls.inference.predict import adjusted_predictions
 from mmcls.models import build_model, lv1_probs
 
@@ -425,3 +425,17 @@ def test_lv1_and_soft_f1_terms():
     assert {"loss_lv1", "loss_soft_f1"} <= parts.keys()
     expected_total = parts["loss_fused"] + 0.5 * parts["loss_video"] + 0.5 * parts["loss_lv1"]
     torch.testing.assert_close(loss.detach(), expected_total + 0.5 * parts["loss_soft_f1"])
+
+
+def test_lv1_loss_weight_null_is_the_taxonomys_default():
+    """Null gives 0.5 where level-1 groups hold several classes, 0 on a flat taxonomy; a number is kept."""
+    grouped = official_categories().lv2_to_lv1_matrix()
+    flat = np.eye(6, dtype=np.float32)
+    assert resolve_lv1_loss_weight(None, grouped) == DEFAULT_LV1_LOSS_WEIGHT == 0.5
+    assert resolve_lv1_loss_weight(None, flat) == 0.0
+    assert resolve_lv1_loss_weight(None, None) == 0.0
+    assert resolve_lv1_loss_weight(0.0, grouped) == 0.0
+    assert resolve_lv1_loss_weight(0.3, flat) == 0.3
+    default, off = make_task(), make_task("train.lv1_loss_weight=0")
+    assert default.lv1_loss_weight == 0.5 and off.lv1_loss_weight == 0.0
+    assert "loss_lv1" in default(random_batch())[1] and "loss_lv1" not in off(random_batch())[1]

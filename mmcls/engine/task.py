@@ -199,6 +199,22 @@ class TrainingTask(nn.Module):
             self.swa.load_state_dict(state["swa"])
 
 
+#: ``train.lv1_loss_weight: null`` on a taxonomy whose level-1 groups hold several classes (docs/recipe.md).
+DEFAULT_LV1_LOSS_WEIGHT = 0.5
+
+
+def resolve_lv1_loss_weight(weight: float | None, lv2_to_lv1: np.ndarray | None) -> float:
+    """The level-1 loss weight a run uses: the setting, or for null the taxonomy's default.
+
+    Null means 0.5 where some level-1 group holds several classes, and 0 where it cannot add anything: a flat
+    taxonomy (or one class per group), where the level-1 NLL is the level-2 cross-entropy again.
+    """
+    if weight is not None:
+        return weight
+    grouped = lv2_to_lv1 is not None and lv2_to_lv1.shape[1] < lv2_to_lv1.shape[0]
+    return DEFAULT_LV1_LOSS_WEIGHT if grouped else 0.0
+
+
 class ClassificationTask(TrainingTask):
     """Fused-classification training: cross-entropy on the fused logits + weighted video-only auxiliary loss.
 
@@ -235,7 +251,8 @@ class ClassificationTask(TrainingTask):
             weights = losses.class_weights(class_counts, cfg.class_weight_alpha)
             self.class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
         self.lv2_to_lv1: torch.Tensor | None = None
-        if cfg.lv1_loss_weight > 0:
+        self.lv1_loss_weight = resolve_lv1_loss_weight(cfg.lv1_loss_weight, lv2_to_lv1)
+        if self.lv1_loss_weight > 0:
             if lv2_to_lv1 is None:
                 raise ValueError("train.lv1_loss_weight > 0 needs the category map's lv2 -> lv1 matrix")
             self.lv2_to_lv1 = torch.as_tensor(lv2_to_lv1, dtype=torch.float32, device=device)
@@ -297,7 +314,7 @@ class ClassificationTask(TrainingTask):
         if self.lv2_to_lv1 is not None:
             lv1_nll = losses.lv1_nll(logits, hard, self.lv2_to_lv1)
             lv1 = losses.weighted_mean(lv1_nll, hard, weights, mask=labeled)
-            loss = loss + cfg.lv1_loss_weight * lv1
+            loss = loss + self.lv1_loss_weight * lv1
             parts["loss_lv1"] = lv1.detach()
         if cfg.soft_f1_weight > 0:
             soft_f1 = losses.soft_f1_loss(logits[labeled], labels[labeled])
