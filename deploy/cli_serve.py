@@ -39,9 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--validate-http",
         action="store_true",
-        help="answer malformed HTTP infer bodies (not JSON, not an object, binary sizes that do not add up) "
-        "with a 400 instead of Triton's 500, through a checking pass-through on --http-port (costs ~0.5 ms "
-        "of CPU per request); gRPC is not affected",
+        help="answer malformed HTTP infer bodies (not JSON, not an object with an inputs list, a header length "
+        "that does not end the JSON) with a 400 instead of Triton's 500, through a checking pass-through on "
+        "--http-port (~0.4 ms of CPU per request); gRPC is not affected",
     )
     p.add_argument(
         "--max-batch", type=positive_int, default=64, help="Triton's max_batch_size (videos per execution)"

@@ -1,13 +1,13 @@
 """``mmcls serve --validate-http``: a validating pass-through in front of Triton's own HTTP front end.
 
-Triton's HTTP front end answers three malformed infer requests with a 500: a body that is not valid JSON, a
-JSON value that is not an object, and a binary-tensor request whose ``Inference-Header-Content-Length`` or an
-input's ``binary_data_size`` does not match the body (no Triton setting changes that, BENCHMARKS.md). This
-front end listens on the public HTTP port, answers those with a 400 in Triton's own error shape
-(``{"error": "..."}``) and forwards everything else unchanged to Triton's HTTP port on loopback, over a pool of
-kept-alive connections. It reads each body whole and parses the JSON header once more, which is why it is
-opt-in: ~0.5 ms of CPU and ~10 ms of latency per request on a 2-core box (BENCHMARKS.md). gRPC does not go
-through it.
+Triton's HTTP front end (2.51) answers malformed infer bodies with a 500: one that is not valid JSON, a JSON
+value that is not an object, an object without an ``inputs`` list (or with a ``binary_data_size`` that is not an
+integer), and binary tensors whose ``Inference-Header-Content-Length`` does not end at the end of the JSON
+header; no Triton setting changes that (BENCHMARKS.md). This front end listens on the public HTTP port,
+answers those with a 400 in Triton's own error shape (``{"error": "..."}``) and forwards everything else
+unchanged to Triton's HTTP port on loopback, over a pool of kept-alive connections. It reads each body whole
+and parses the JSON header once more, which is why it is opt-in: 0.35-0.44 ms of CPU per request on the 2-core
+box (BENCHMARKS.md). gRPC does not go through it.
 
 It runs an asyncio loop in a thread of the ``mmcls serve`` process (:class:`HttpGuard`); the validation itself
 is :func:`check_infer_request`, a pure function.
