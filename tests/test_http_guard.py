@@ -94,3 +94,41 @@ def test_only_infer_posts_are_checked():
         "/v2/repository/index",
     ):
         assert not INFER_PATH.fullmatch(path)
+
+
+def test_the_guard_names_a_port_taken_since_the_check_answers_without_triton_and_frees_its_port():
+    """In-process, no Triton behind it: a public port taken between `serve`'s port check and the guard's bind is
+    the same one line; a malformed body is refused before any forwarding, a request it cannot forward gets a
+    502 in Triton's error shape; after stop the port is free again."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from mmcls.deploy.ports import free_ports
+    from mmcls.deploy.server import ServeError, ServeOptions, _start_guard
+
+    port, nothing_there = free_ports(2)
+    upstream = ("127.0.0.1", nothing_there)
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
+        with pytest.raises(ServeError, match=f"--http-port {taken}: 127.0.0.1:{taken} is not free"):
+            _start_guard(ServeOptions(http_port=taken), upstream)
+
+    def status(path: str, body: bytes | None = None) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body)):
+                return 200, ""
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())["error"]
+
+    guard = _start_guard(ServeOptions(http_port=port), upstream)
+    try:
+        assert status("/v2/models/mmcls/infer", b"[1, 2]") == (
+            400,
+            "request body: an array, not a JSON object",
+        )
+        code, message = status("/v2/health/ready")
+        assert code == 502 and "Triton's HTTP front end did not answer" in message
+    finally:
+        guard.stop()
+    socket.create_server(("127.0.0.1", port)).close()  # bound as Triton and the guard bind: free again
