@@ -35,6 +35,9 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 #: headers passed back; bodies pass as they are both ways (compressed ones stay compressed).
 REQUEST_HEADERS = ("Content-Type", HEADER_LENGTH, "Content-Encoding", "Accept-Encoding")
 RESPONSE_HEADERS = ("Content-Type", HEADER_LENGTH, "Content-Encoding")
+#: The most a compressed infer body may inflate to before it is refused: far above any real request (frames
+#: are JPEG bytes, a video is refused by the model past ``--max-video-bytes``, 32 MiB by default).
+MAX_INFLATED_BYTES = 256 * 2**20
 #: The app's pool of kept-alive connections to Triton.
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
@@ -53,12 +56,7 @@ def check_infer_request(body: bytes, header_length: str | None, encoding: str | 
     Everything Triton refuses itself (unknown inputs, dtypes, shapes, ...) is left to Triton.
     """
     if encoding in ("gzip", "deflate"):
-        try:
-            body = zlib.decompress(
-                body, wbits=zlib.MAX_WBITS | 32
-            )  # a gzip or a zlib header, as Triton's zlib
-        except zlib.error as exc:
-            raise BadRequest(f"request body: not valid {encoding} data ({exc})") from None
+        body = _inflate(body, encoding)
     json_length = len(body)
     if header_length is not None:
         text = header_length.strip()
@@ -85,6 +83,18 @@ def check_infer_request(body: bytes, header_length: str | None, encoding: str | 
             f"the inputs' binary_data_size add up to {binary_total} bytes, but {len(body) - json_length} "
             f"bytes follow the {json_length}-byte JSON header"
         )
+
+
+def _inflate(body: bytes, encoding: str) -> bytes:
+    """The inflated copy of a compressed body, refused past :data:`MAX_INFLATED_BYTES` (a gzip bomb stops there)."""
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # a gzip or a zlib header, as Triton's zlib
+    try:
+        inflated = inflater.decompress(body, MAX_INFLATED_BYTES)
+    except zlib.error as exc:
+        raise BadRequest(f"request body: not valid {encoding} data ({exc})") from None
+    if inflater.unconsumed_tail:
+        raise BadRequest(f"request body: inflates to more than {MAX_INFLATED_BYTES} bytes ({encoding})")
+    return inflated
 
 
 def _binary_size(index: int, tensor: Any) -> int:

@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
+from mmcls.deploy import http_guard
 from mmcls.deploy.http_guard import INFER_PATH, BadRequest, check_infer_request
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
@@ -35,6 +36,14 @@ def test_the_bodies_tritonclient_sends_pass():
     check_infer_request(gzip.compress(body), length, "gzip")  # checked as Triton reads it: inflated
     check_infer_request(zlib.compress(body), length, "deflate")
     check_infer_request(b'{"inputs": []}', None)  # Triton's own 400 (no inputs), not a malformed body
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it_whole(monkeypatch):
+    monkeypatch.setattr(http_guard, "MAX_INFLATED_BYTES", 1000)
+    body = b'{"inputs": []}' + b" " * 2000  # valid JSON, but it inflates past the bound
+    check_infer_request(gzip.compress(body[:900]), None, "gzip")
+    with pytest.raises(BadRequest, match="inflates to more than 1000 bytes"):
+        check_infer_request(gzip.compress(body), None, "gzip")
 
 
 def lying_size(body: bytes, length: str) -> bytes:
