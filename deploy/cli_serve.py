@@ -15,6 +15,7 @@ from mmcls.cli.options import (
     positive_float,
     positive_int,
 )
+from mmcls.deploy.ports import LOOPBACK
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,10 +32,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_precision_option(p, default=None, help="torch backend only")
     add_device_option(p, default="auto", help="where the served model runs")
-    p.add_argument("--host", default="127.0.0.1", help="address the HTTP and gRPC endpoints listen on")
+    p.add_argument("--host", default=LOOPBACK, help="address the HTTP and gRPC endpoints listen on")
     p.add_argument("--http-port", type=port, default=8000)
     p.add_argument("--grpc-port", type=port, default=8001)
     p.add_argument("--metrics-port", type=port, default=8002)
+    p.add_argument(
+        "--validate-http",
+        action="store_true",
+        help="answer malformed HTTP infer bodies (not JSON, not an object with an inputs list, a header length "
+        "that does not end the JSON) with a 400 instead of Triton's 500, through a checking pass-through on "
+        "--http-port (~0.4 ms of CPU per request); gRPC is not affected",
+    )
     p.add_argument(
         "--max-batch", type=positive_int, default=64, help="Triton's max_batch_size (videos per execution)"
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import socket
 
+#: The loopback address: where ``mmcls serve`` listens by default and where its internal port listens.
+LOOPBACK = "127.0.0.1"
 
-def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
+
+def free_ports(count: int = 1, host: str = LOOPBACK) -> list[int]:
     """``count`` distinct TCP ports free on ``host`` right now (all bound at once, so none repeats).
 
     Free when asked, not reserved: another process may take one before it is used, which is why a server

@@ -14,6 +14,9 @@ Traps handled here (measured, see DESIGN.md):
   else the system temp folder, and is removed on exit.
 * SIGTERM and SIGINT both stop the server cleanly: Triton is asked to stop (it unloads the model and frees
   the ports), then the workspace is removed; a second start on the same ports works.
+* ``--validate-http``: :mod:`mmcls.deploy.http_guard` takes the public HTTP port (bound first, before Triton
+  starts, so the readiness probe goes through it) and Triton's own HTTP front end a free loopback port; the
+  guard stops first on the way out.
 """
 
 from __future__ import annotations
@@ -33,9 +36,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mmcls.deploy.ports import LOOPBACK, free_ports
 from mmcls.deploy.triton_repo import MODEL_NAME, TritonModelOptions, write_model_config
 from mmcls.errors import MmclsError
+
+if TYPE_CHECKING:
+    from mmcls.deploy.http_guard import HttpGuard
 
 logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 30.0
@@ -50,7 +58,7 @@ class ServeOptions:
     backend: str | None = None
     precision: str | None = None
     device: str = "auto"
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
@@ -63,6 +71,8 @@ class ServeOptions:
     # input ``video`` (an encoded video file): refused above this many bytes or seconds with a 400
     max_video_bytes: int = TritonModelOptions.max_video_bytes
     max_video_seconds: float = TritonModelOptions.max_video_seconds
+    # the public HTTP port served by the validating pass-through of mmcls.deploy.http_guard
+    validate_http: bool = False
 
     def __post_init__(self) -> None:
         """Settings checked before the server starts (Triton would only fail later, inside the model)."""
@@ -156,8 +166,12 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def server_command(workspace: Path, repository: Path, options: ServeOptions) -> list[str]:
+def server_command(
+    workspace: Path, repository: Path, options: ServeOptions, http: tuple[str, int] | None = None
+) -> list[str]:
+    """The ``tritonserver`` command line; ``http``: where its HTTP front end listens (default: the options')."""
     dist = triton_distribution()
+    http_host, http_port = http or (options.host, options.http_port)
     return [
         str(dist / "bin" / "tritonserver"),
         f"--model-repository={repository}",
@@ -167,8 +181,8 @@ def server_command(workspace: Path, repository: Path, options: ServeOptions) -> 
         f"--load-model={MODEL_NAME}",
         "--exit-on-error=true",
         "--strict-readiness=true",
-        f"--http-address={options.host}",
-        f"--http-port={options.http_port}",
+        f"--http-address={http_host}",
+        f"--http-port={http_port}",
         f"--grpc-address={options.host}",
         f"--grpc-port={options.grpc_port}",
         "--allow-metrics=true",
@@ -202,10 +216,7 @@ def check_ports_free(options: ServeOptions) -> None:
             try:
                 sock.bind((options.host, port))
             except OSError as exc:
-                raise ServeError(
-                    f"{name} {port}: {options.host}:{port} is not free ({exc.strerror}); stop what listens "
-                    "there or choose another port"
-                ) from None
+                raise _port_taken(name, options.host, port, exc) from None
 
 
 def check_model(model: Path, options: ServeOptions) -> None:
@@ -232,8 +243,9 @@ def serve(model: str | Path, options: ServeOptions) -> int:
     """Run Triton until SIGTERM/SIGINT; returns the exit status (0 after a clean stop)."""
     check_ports_free(options)
     check_model(Path(model), options)
+    triton_http = _internal_http_port(options) if options.validate_http else None
     workspace, repository = prepare_workspace(Path(model), options)
-    process = None
+    process, guard = None, None
     stop_requested = []
 
     def request_stop(signum: int, _frame) -> None:
@@ -241,8 +253,10 @@ def serve(model: str | Path, options: ServeOptions) -> int:
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        if triton_http is not None:
+            guard = _start_guard(options, upstream=triton_http)
         process = subprocess.Popen(
-            server_command(workspace, repository, options),
+            server_command(workspace, repository, options, triton_http),
             env=server_env(),
             start_new_session=True,  # Ctrl-C reaches mmcls only; mmcls then stops Triton in order
             preexec_fn=_die_with_parent,
@@ -250,9 +264,11 @@ def serve(model: str | Path, options: ServeOptions) -> int:
         _wait_ready(process, options, stop_requested)
         if not stop_requested:
             url = f"http://{options.host}:{options.http_port}"
+            if triton_http is not None:
+                url += " (bodies checked, then passed to Triton's HTTP at {}:{})".format(*triton_http)
             print(
-                f"serving {MODEL_NAME} at {url} (gRPC {options.host}:{options.grpc_port}, metrics "
-                f"http://{options.host}:{options.metrics_port}/metrics); stop with Ctrl-C or SIGTERM",
+                f"serving {MODEL_NAME} at {url}, gRPC {options.host}:{options.grpc_port}, metrics "
+                f"http://{options.host}:{options.metrics_port}/metrics; stop with Ctrl-C or SIGTERM",
                 flush=True,
             )
         while not stop_requested and process.poll() is None:
@@ -261,6 +277,8 @@ def serve(model: str | Path, options: ServeOptions) -> int:
             raise ServeError(f"tritonserver exited unexpectedly with status {process.returncode}")
         return 0
     finally:
+        if guard is not None:
+            guard.stop()  # no new requests reach a stopping Triton
         if process is not None:
             _stop(process)
         for sig, handler in previous.items():
@@ -268,6 +286,35 @@ def serve(model: str | Path, options: ServeOptions) -> int:
         shutil.rmtree(workspace, ignore_errors=True)
         _remove_shared_memory()
         print("mmcls serve: stopped", flush=True)
+
+
+def _internal_http_port(options: ServeOptions) -> tuple[str, int]:
+    """A free loopback port for Triton's own HTTP front end behind ``--validate-http``'s pass-through.
+
+    Four distinct free ports hold at least one that is none of the three public ones (checked free, not bound).
+    """
+    public = {options.http_port, options.grpc_port, options.metrics_port}
+    return LOOPBACK, next(port for port in free_ports(4) if port not in public)
+
+
+def _start_guard(options: ServeOptions, upstream: tuple[str, int]) -> HttpGuard:
+    """The pass-through on the public HTTP port, forwarding to ``upstream`` (a port taken since
+    :func:`check_ports_free` is the same one line)."""
+    from mmcls.deploy.http_guard import HttpGuard
+
+    guard = HttpGuard(options.host, options.http_port, "http://{}:{}".format(*upstream))
+    try:
+        guard.start()
+    except OSError as exc:
+        raise _port_taken("--http-port", options.host, options.http_port, exc) from None
+    return guard
+
+
+def _port_taken(name: str, host: str, port: int, exc: OSError) -> ServeError:
+    return ServeError(
+        f"{name} {port}: {host}:{port} is not free ({exc.strerror}); stop what listens there or choose "
+        "another port"
+    )
 
 
 def _die_with_parent() -> None:

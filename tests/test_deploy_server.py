@@ -4,7 +4,9 @@ One server over an ONNX artifact (a tiny model over the 12-class taxonomy with C
 HTTP and gRPC with `mmcls predict`'s labels and names, batches, classifies an encoded video as `predict --video`
 does, refuses bad input with a 400 and keeps serving, and stops cleanly on SIGTERM. The second server, on the
 same ports, serves the repository `mmcls export --format triton` writes for a tagging model (outputs `tags`,
-`tag_names`). The int8 artifact is checked in-process through the served model's code (test_quantize.py).
+`tag_names`), with `--validate-http`: malformed bodies that Triton's own HTTP front end answers with a 500 get a
+400 from the checking pass-through (the check itself is unit-tested in test_http_guard.py). The int8 artifact
+is checked in-process through the served model's code (test_quantize.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
@@ -35,12 +39,20 @@ pytest.importorskip("pytriton")
 class Server:
     """`mmcls serve MODEL` in a child process; its own PYTRITON_HOME shows what it leaves behind."""
 
-    def __init__(self, model, ports, home):
+    def __init__(self, model, ports, home, *options):
         self.ports = ports
         self.home = home
         http, grpc, metrics = ports
         args = ["serve", str(model), "--http-port", str(http), "--grpc-port", str(grpc)]
-        args += ["--metrics-port", str(metrics), "--max-batch", "16", "--max-queue-delay-us", "20000"]
+        args += [
+            "--metrics-port",
+            str(metrics),
+            "--max-batch",
+            "16",
+            "--max-queue-delay-us",
+            "20000",
+            *options,
+        ]
         env = {**child_env(), "PYTRITON_HOME": str(home)}
         self.log_path = home.parent / f"{home.name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
@@ -249,12 +261,47 @@ def test_bad_requests_get_their_own_400_and_the_server_keeps_serving(served):
         client.close()
 
 
+def post_infer(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    """Status and JSON answer of a raw POST to the model's infer endpoint (the bodies tritonclient cannot send)."""
+    sent = urllib.request.Request(f"{url}/v2/models/mmcls/infer", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(sent, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def malformed_bodies() -> dict[str, tuple[bytes, dict[str, str], str]]:
+    """The three bodies Triton's own HTTP front end answers with a 500: (body, headers, what the 400 names)."""
+    tensors = request(drop="frames")  # title, asr, ocr as binary tensors
+    body, json_size = tritonclient_http.InferenceServerClient.generate_request_body(tensors)
+    return {
+        "not JSON": (b'{"inputs": [', {}, "request body: not valid JSON"),
+        "a JSON array": (b"[1, 2]", {}, "request body: an array, not a JSON object"),
+        "a lying binary size": (
+            body[:-1],  # one byte of the binary tensors missing
+            {"Inference-Header-Content-Length": str(json_size)},
+            "binary_data_size add up to",
+        ),
+    }
+
+
+def port_is_free(port: int) -> bool:
+    try:
+        socket.create_server(("127.0.0.1", port)).close()  # SO_REUSEADDR, as the server binds
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.slow
-def test_stop_is_clean_and_an_exported_tagging_repository_serves_on_the_same_ports(
+def test_stop_is_clean_and_an_exported_tagging_repository_serves_on_the_same_ports_with_validate_http(
     served, two_level, tmp_path
 ):
     """SIGTERM: exit 0, the workspace and shared memory gone, the ports free: the repository `mmcls export
-    --format triton` writes for a tagging model then loads there as it is, and answers `tags`/`tag_names`."""
+    --format triton` writes for a tagging model then loads there as it is, and answers `tags`/`tag_names`.
+    That second server runs with `--validate-http`: the three malformed bodies get a 400 naming the fault, a
+    gzip body and answer pass through, valid requests are answered after them, and its stop frees both ports."""
     from mmcls.config import Config
     from mmcls.data.categories import load_categories
     from mmcls.data.text import load_tokenizer
@@ -279,15 +326,29 @@ def test_stop_is_clean_and_an_exported_tagging_repository_serves_on_the_same_por
     choose_thresholds(probs, probs > 0.3, list(read_taxonomy(two_level).category_ids)).save(tagging)
     repo = tmp_path / "repo"
     run_main("export", str(tagging), "--format", "triton", "--out", str(repo))
-    again = Server(repo, served.ports, tmp_path / "home")  # the ports the first server had
+    again = Server(repo, served.ports, tmp_path / "home", "--validate-http")  # the ports the first server had
     try:
         again.wait_ready()
+        for case, (body, headers, message) in malformed_bodies().items():
+            status, answer = post_infer(again.url, body, headers)
+            assert status == 400 and message in answer["error"], (case, status, answer)
         client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{served.ports[0]}")
         wanted = [tritonclient_http.InferRequestedOutput(name) for name in ("probs", "tags", "tag_names")]
         result = client.infer("mmcls", request(title="城市街景".encode(), frames=[jpeg()]), outputs=wanted)
+        compressed = client.infer(
+            "mmcls",
+            request(title="城市街景".encode(), frames=[jpeg()]),
+            outputs=wanted,
+            request_compression_algorithm="gzip",
+            response_compression_algorithm="gzip",
+        )
         client.close()
     finally:
         assert again.stop() == 0, again.output()
+    triton_http = re.search(r"Triton's HTTP at 127\.0\.0\.1:(\d+)", again.output())
+    assert triton_http, again.output()
+    assert port_is_free(served.ports[0]) and port_is_free(int(triton_http[1]))
+    np.testing.assert_allclose(compressed.as_numpy("probs"), result.as_numpy("probs"), atol=1e-6)
     assets = load_assets(repo / "mmcls" / "1" / "model")
     ids = list(assets.categories.category_ids)
     probs = result.as_numpy("probs")
