@@ -42,6 +42,8 @@ ROWS: dict[str, tuple[list[str], float | str]] = {
     "fgm": (["train.adversarial.method=fgm"], 0.0),
     "pgd": (["train.adversarial.method=pgd"], 0.0),
     # A smaller relative radius (issue 22's second round): PGD's 3 steps of alpha still reach the ball's edge.
+    # Almost no perturbation: what FGM's extra forward/backward alone does (a control, not a recommendation).
+    "fgm_eps0.01": (["train.adversarial.method=fgm", "train.adversarial.epsilon=0.01"], 0.0),
     "fgm_eps0.3": (["train.adversarial.method=fgm", "train.adversarial.epsilon=0.3"], 0.0),
     "pgd_eps0.3": (
         ["train.adversarial.method=pgd", "train.adversarial.epsilon=0.3", "train.adversarial.alpha=0.1"],
