@@ -20,9 +20,11 @@ demo: $(STAMP)
 
 # Lint, type check, then the fast suite + the slow end-to-end tests (`-m ""` lifts the default "not slow"
 # filter), with the 20 slowest tests listed. pytest exits 5 when nothing was collected: that is a failure
-# here, never a silent pass.
+# here, never a silent pass. Two pytest-xdist workers, each taking whole test modules (`loadscope`: a
+# module's trained model or server is built once): many tests drive one single-threaded child process or
+# wait on a server or a timeout, so a second worker uses the other core.
 test: lint typecheck
-	$(BIN)/python -m pytest -m "" -q --durations=20
+	$(BIN)/python -m pytest -m "" -q --durations=20 -n 2 --dist loadscope
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,13 @@ def crash_after_step(monkeypatch):
 
     yield arm
     gc.collect()  # the crashed run's DataLoader workers and open files go with its frames
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker (``make test`` runs two), one torch thread: two workers on two cores, each with
+    its own intra-op threads, would oversubscribe the cores (the child processes the tests start use one
+    thread each already)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
