@@ -5,6 +5,8 @@ Tiny models on precomputed features (identity frame encoder) keep these fast; th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -234,6 +236,34 @@ def test_init_layers_maps_teacher_layers_to_student_layers(tmp_path):
         load_init_weights(student, source, layers=[0, 1, 2])
     with pytest.raises(InitFromError, match=r"has no text layer\(s\) \[7\]"):
         load_init_weights(student, source, layers=[0, 7])
+
+
+def test_init_frame_layers_fill_a_student_with_fewer_vit_blocks(tmp_path):
+    """A CPU student with fewer ViT blocks (``frame_encoder.kwargs.vision_cfg.layers``, as benchmarks/int8_cpu.sh
+    builds it) starts from the teacher's chosen blocks."""
+    from mmcls.models import build_model
+    from mmcls.models.frame_encoder import open_clip_module
+
+    teacher_cfg = Config.from_yaml("tiny", [])
+    torch.manual_seed(0)
+    teacher = build_model(teacher_cfg, vocab_size=100)
+    source = save_weights(teacher, tmp_path / "teacher.safetensors")
+    vision = dict(open_clip_module().get_model_config("mmcls-tiny-vit")["vision_cfg"])
+    assert vision["layers"] == 2
+    vision["layers"] = 1
+    kwargs = json.dumps({"vision_cfg": vision})
+    student_cfg = Config.from_yaml(
+        "tiny",
+        [f"model.frame_encoder.kwargs={kwargs}", f"model.init_from={source}", "model.init_frame_layers=[1]"],
+    )
+    student = build_model(student_cfg, vocab_size=100)
+    report = load_init_weights(student, source)  # what training does with model.init_from
+    assert report.layer_maps == {"frame": [1]}
+    blocks = "frame_encoder.backbone.transformer.resblocks"
+    own, ref = student.state_dict(), teacher.state_dict()
+    assert not any(k.startswith(f"{blocks}.1.") for k in own)
+    for key in [k for k in own if k.startswith(f"{blocks}.0.")]:
+        assert torch.equal(own[key], ref[key.replace(f"{blocks}.0.", f"{blocks}.1.")]), key
 
 
 def test_init_layers_selects_layers_of_a_pretrained_text_encoder(tmp_path):
