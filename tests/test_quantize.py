@@ -221,6 +221,11 @@ def test_bench_infer_compare_prints_one_table(trained, onnx_fp32, int8_artifacts
     header, *lines = table.splitlines()
     assert "model videos/s" in header and "agreement" in header and len(lines) == 2
     assert lines[0].split()[:3] == [models[1], "onnx", "fp32"] and lines[1].startswith("device cpu")
+    # One artifact without --compare runs on its own backend; a backend that cannot run it is one line.
+    single, _ = run_main("bench", "infer", models[2], *common, "--json")
+    assert json.loads(single)["model_videos_per_s"] > 0
+    _, err = run_main("bench", "infer", models[2], *common, "--backend", "torch", expect=2)
+    assert "an exported onnx artifact, which --backend torch cannot run" in err and len(err.splitlines()) == 1
 
 
 def test_the_served_model_answers_an_int8_artifact_with_predicts_labels(trained, int8_artifacts, tmp_path):

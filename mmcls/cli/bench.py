@@ -52,7 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="instead of MODEL: several model/artifact folders side by side, each on its own backend "
         "(agreement: labels equal to the first's)",
     )
-    add_backend_option(infer, default="torch", help="inference backend")
+    add_backend_option(
+        infer, default=None, help="inference backend (default: torch for a model folder, an artifact's own)"
+    )
     add_frame_decoder_option(infer)
     train = what.add_parser("train", help="training: optimizer step alone and training end to end")
     train.add_argument("config", help="YAML file or preset name (tiny, base, feats)")
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bench_target == "infer" and args.compare:
         return _compare(args, opts)
     if args.bench_target == "infer":
-        module, _, factory = INFER_BACKENDS[args.backend].partition(":")
+        module, _, factory = INFER_BACKENDS[_single_backend(Path(args.model), args.backend)].partition(":")
         backend = getattr(importlib.import_module(module), factory)
         result = bench.bench_infer(args.model, args.data_root, opts, backend=backend)
     else:
@@ -175,6 +177,21 @@ def _compare(args: argparse.Namespace, opts) -> int:
         f"device {opts.device}, clock {opts.clock}, batch {opts.batch_size}, torch threads {torch.get_num_threads()}"
     )
     return 0
+
+
+def _single_backend(path: Path, chosen: str | None) -> str:
+    """The backend of ``bench infer MODEL``: what ``--backend`` says for a model folder (torch without it), the
+    artifact's own format for an exported artifact (which no other backend can run)."""
+    if not (path / names.EXPORT_FILE).is_file():
+        return chosen or "torch"
+    from mmcls.config import ConfigError
+
+    own = _kind(path, "")[0]
+    if chosen not in (None, own):
+        raise ConfigError(
+            f"{path}: an exported {own} artifact, which --backend {chosen} cannot run; leave it out"
+        )
+    return own
 
 
 def _kind(path: Path, precision: str) -> tuple[str, str]:
