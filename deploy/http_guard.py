@@ -35,9 +35,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 #: headers passed back; bodies pass as they are both ways (compressed ones stay compressed).
 REQUEST_HEADERS = ("Content-Type", HEADER_LENGTH, "Content-Encoding", "Accept-Encoding")
 RESPONSE_HEADERS = ("Content-Type", HEADER_LENGTH, "Content-Encoding")
-#: The most a compressed infer body may inflate to before it is refused: far above any real request (frames
-#: are JPEG bytes, a video is refused by the model past ``--max-video-bytes``, 32 MiB by default).
-MAX_INFLATED_BYTES = 256 * 2**20
+#: The largest body the guard reads (413 past it), and the most a compressed infer body may inflate to (400):
+#: far above any real request (frames are JPEG bytes, a video is refused by the model past
+#: ``--max-video-bytes``, 32 MiB by default), and a bound on what one request can make the serve process hold.
+MAX_BODY_BYTES = 256 * 2**20
 #: The app's pool of kept-alive connections to Triton.
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
@@ -86,14 +87,14 @@ def check_infer_request(body: bytes, header_length: str | None, encoding: str | 
 
 
 def _inflate(body: bytes, encoding: str) -> bytes:
-    """The inflated copy of a compressed body, refused past :data:`MAX_INFLATED_BYTES` (a gzip bomb stops there)."""
+    """The inflated copy of a compressed body, refused past :data:`MAX_BODY_BYTES` (a gzip bomb stops there)."""
     inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # a gzip or a zlib header, as Triton's zlib
     try:
-        inflated = inflater.decompress(body, MAX_INFLATED_BYTES)
+        inflated = inflater.decompress(body, MAX_BODY_BYTES)
     except zlib.error as exc:
         raise BadRequest(f"request body: not valid {encoding} data ({exc})") from None
     if inflater.unconsumed_tail:
-        raise BadRequest(f"request body: inflates to more than {MAX_INFLATED_BYTES} bytes ({encoding})")
+        raise BadRequest(f"request body: inflates to more than {MAX_BODY_BYTES} bytes ({encoding})")
     return inflated
 
 
@@ -129,7 +130,10 @@ def make_app(upstream: str) -> web.Application:
         await session.close()
 
     async def forward(request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request body: larger than {MAX_BODY_BYTES} bytes")
         if request.method == "POST" and INFER_PATH.fullmatch(request.path):
             try:
                 check_infer_request(
@@ -148,8 +152,8 @@ def make_app(upstream: str) -> web.Application:
         except aiohttp.ClientError as exc:
             return _error(502, f"Triton's HTTP front end did not answer ({exc})")
 
-    # No body size limit of its own (aiohttp's default is 1 MiB): Triton 2.51's HTTP front end has none.
-    app = web.Application(client_max_size=0)
+    # aiohttp's default limit (1 MiB) would refuse real videos; Triton 2.51's HTTP front end has none at all.
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.cleanup_ctx.append(open_session)
     app.router.add_route("*", "/{path:.*}", forward)
     return app

@@ -39,7 +39,7 @@ def test_the_bodies_tritonclient_sends_pass():
 
 
 def test_a_gzip_bomb_is_refused_without_inflating_it_whole(monkeypatch):
-    monkeypatch.setattr(http_guard, "MAX_INFLATED_BYTES", 1000)
+    monkeypatch.setattr(http_guard, "MAX_BODY_BYTES", 1000)
     body = b'{"inputs": []}' + b" " * 2000  # valid JSON, but it inflates past the bound
     check_infer_request(gzip.compress(body[:900]), None, "gzip")
     with pytest.raises(BadRequest, match="inflates to more than 1000 bytes"):
@@ -105,9 +105,10 @@ def test_only_infer_posts_are_checked():
         assert not INFER_PATH.fullmatch(path)
 
 
-def test_the_guard_names_a_port_taken_since_the_check_answers_without_triton_and_frees_its_port():
+def test_the_guard_names_a_port_taken_since_the_check_answers_without_triton_and_frees_its_port(monkeypatch):
     """In-process, no Triton behind it: a public port taken between `serve`'s port check and the guard's bind is
-    the same one line; a malformed body is refused before any forwarding, a request it cannot forward gets a
+    the same one line; a body over its size bound gets a 413 and a malformed one a 400, before any forwarding; a
+    request it cannot forward gets a
     502 in Triton's error shape; after stop the port is free again."""
     import socket
     import urllib.error
@@ -130,8 +131,10 @@ def test_the_guard_names_a_port_taken_since_the_check_answers_without_triton_and
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())["error"]
 
+    monkeypatch.setattr(http_guard, "MAX_BODY_BYTES", 1000)
     guard = _start_guard(ServeOptions(http_port=port), upstream)
     try:
+        assert status("/v2/models/mmcls/infer", b" " * 1001) == (413, "request body: larger than 1000 bytes")
         assert status("/v2/models/mmcls/infer", b"[1, 2]") == (
             400,
             "request body: an array, not a JSON object",
