@@ -254,7 +254,7 @@ def serve(model: str | Path, options: ServeOptions) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if triton_http is not None:
-            guard = _start_guard(options, upstream=triton_http)
+            guard = start_guard(options, upstream=triton_http)
         process = subprocess.Popen(
             server_command(workspace, repository, options, triton_http),
             env=server_env(),
@@ -297,7 +297,7 @@ def _internal_http_port(options: ServeOptions) -> tuple[str, int]:
     return LOOPBACK, next(port for port in free_ports(4) if port not in public)
 
 
-def _start_guard(options: ServeOptions, upstream: tuple[str, int]) -> HttpGuard:
+def start_guard(options: ServeOptions, upstream: tuple[str, int]) -> HttpGuard:
     """The pass-through on the public HTTP port, forwarding to ``upstream`` (a port taken since
     :func:`check_ports_free` is the same one line)."""
     from mmcls.deploy.http_guard import HttpGuard

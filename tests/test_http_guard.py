@@ -115,14 +115,14 @@ def test_the_guard_names_a_port_taken_since_the_check_answers_without_triton_and
     import urllib.request
 
     from mmcls.deploy.ports import free_ports
-    from mmcls.deploy.server import ServeError, ServeOptions, _start_guard
+    from mmcls.deploy.server import ServeError, ServeOptions, start_guard
 
     port, nothing_there = free_ports(2)
     upstream = ("127.0.0.1", nothing_there)
     with socket.create_server(("127.0.0.1", 0)) as busy:
         taken = busy.getsockname()[1]
         with pytest.raises(ServeError, match=f"--http-port {taken}: 127.0.0.1:{taken} is not free"):
-            _start_guard(ServeOptions(http_port=taken), upstream)
+            start_guard(ServeOptions(http_port=taken), upstream)
 
     def status(path: str, body: bytes | None = None) -> tuple[int, str]:
         try:
@@ -132,7 +132,7 @@ def test_the_guard_names_a_port_taken_since_the_check_answers_without_triton_and
             return error.code, json.loads(error.read())["error"]
 
     monkeypatch.setattr(http_guard, "MAX_BODY_BYTES", 1000)
-    guard = _start_guard(ServeOptions(http_port=port), upstream)
+    guard = start_guard(ServeOptions(http_port=port), upstream)
     try:
         assert status("/v2/models/mmcls/infer", b" " * 1001) == (413, "request body: larger than 1000 bytes")
         assert status("/v2/models/mmcls/infer", b"[1, 2]") == (
