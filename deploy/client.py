@@ -26,7 +26,6 @@ from mmcls.config import FrameConfig
 from mmcls.data.annotations import Record, annotation_path, load_records
 from mmcls.data.frames import EncodedZipFramesSource, FrameError
 from mmcls.errors import MmclsError
-from mmcls.output_guard import FRAMES_DIR
 
 MODEL_NAME = names.TRITON_MODEL
 
@@ -247,7 +246,7 @@ def _served_frame_reader(
     try:
         if probe.frame_input != "pixels":
             raise ClientError(f"{url}: the served model takes frame features; this client sends JPEG frames")
-        return frame_reader(Path(data_root) / FRAMES_DIR / split, probe.max_frames), probe.protocol
+        return frame_reader(Path(data_root) / names.FRAMES_DIR / split, probe.max_frames), probe.protocol
     finally:
         probe.close()
 

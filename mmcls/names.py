@@ -74,6 +74,16 @@ LOGIT_ADJUST_FILE = "logit_adjust.json"
 BEST_DIR = "best"
 LAST_DIR = "last"
 
+# ----------------------------------------------------------------------------------------------- data root
+#: The data root's layout (``../shared/data/README.md``): a split's annotation file is
+#: ``ANNOTATIONS_DIR/{split}.json`` unless ``data.annotations`` maps it (:func:`mmcls.data.annotations.annotation_path`),
+#: the test labels ``mmcls evaluate`` scores against are ``ANNOTATIONS_DIR/TEST_LABELS_FILE``, JPEG frames and
+#: pre-extracted features are zips under ``FRAMES_DIR/{split}/`` and the zip ``FEATURES_DIR/{split}.zip``.
+ANNOTATIONS_DIR = "annotations"
+TEST_LABELS_FILE = "test_labels.json"
+FRAMES_DIR = "zip_frames"
+FEATURES_DIR = "zip_feats"
+
 # ------------------------------------------------------------------------------------------------ choice lists
 #: Numeric precision of training (``train.precision``) and inference (``--precision``).
 Precision = Literal["fp32", "bf16", "fp16"]

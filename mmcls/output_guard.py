@@ -34,9 +34,6 @@ _RUN_FILES = (
     names.BEST_DIR,
     names.LAST_DIR,
 )
-# The data root's own layout (``../shared/data/README.md``): folders of inputs no command writes into.
-FRAMES_DIR = "zip_frames"
-FEATURES_DIR = "zip_feats"
 
 
 def _absolute(path: str | Path) -> Path:
@@ -117,9 +114,9 @@ def data_inputs(
 
     root = Path(data_root)
     found = [annotation_path(root, split, files) for split in splits]
-    found.append(root / FRAMES_DIR)
+    found.append(root / names.FRAMES_DIR)
     if features:
-        found.append(root / FEATURES_DIR)
+        found.append(root / names.FEATURES_DIR)
     return found
 
 

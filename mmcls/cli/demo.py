@@ -11,6 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
+from mmcls import names
 from mmcls.cli.options import non_negative_int, positive_int
 
 VARIANTS: dict[str, list[str]] = {
@@ -77,12 +78,12 @@ def run_demo(
     data_root = out / "data"
     started = time.time()
     claim_output_dir(out, DEMO_MARKER, overwrite=overwrite, command="demo")
-    if not (data_root / "annotations" / "test_labels.json").exists():
+    if not (data_root / names.ANNOTATIONS_DIR / names.TEST_LABELS_FILE).exists():
         print(f"[demo] writing synthetic data to {data_root}")
         make_synthetic_dataset(data_root, num_labeled, 200, num_test, seed=seed)
-    names = list(VARIANTS) if ablations else ["fusion"]
+    variants = list(VARIANTS) if ablations else ["fusion"]
     results: dict[str, dict[str, float]] = {}
-    for name in names:
+    for name in variants:
         results[name] = _run_variant(name, data_root, out / name, epochs, seed)
     results_path = out / "results.json"
     atomic_write_json(results_path, results)
@@ -110,7 +111,7 @@ def _run_variant(
     ids, _, category_ids = predict_split(run_dir, data_root, "test", progress=False)
     submission = run_dir / "result.csv"
     write_submission(submission, ids, category_ids)
-    scores = evaluate_files(submission, data_root / "annotations" / "test_labels.json")
+    scores = evaluate_files(submission, data_root / names.ANNOTATIONS_DIR / names.TEST_LABELS_FILE)
     scores["val_mean_f1"] = result.best_score if result.best_score is not None else float("nan")
     scores["seconds"] = time.time() - start
     return scores

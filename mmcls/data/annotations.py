@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import ijson
 
+from mmcls import names
 from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError, unwrap_worker_report
 from mmcls.files import InputFileError, open_regular
@@ -147,7 +148,7 @@ def annotation_path(data_root: str | Path, split: str, files: Mapping[str, str] 
     """
     if files and split in files:
         return Path(data_root) / files[split]
-    return Path(data_root) / "annotations" / f"{split}.json"
+    return Path(data_root) / names.ANNOTATIONS_DIR / f"{split}.json"
 
 
 def annotation_format(path: str | Path) -> str:

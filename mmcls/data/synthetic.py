@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmcls import names
 from mmcls.data.categories import CategoryMap, official_categories
 from mmcls.errors import MmclsError
 from mmcls.files import DATA_MARKER, atomic_writer, claim_output_dir
@@ -238,8 +239,8 @@ def make_synthetic_dataset(
     start = time.perf_counter()
     out = Path(out)
     claim_output_dir(out, DATA_MARKER, overwrite=overwrite, command="make-data")
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
-    (out / "zip_feats").mkdir(parents=True, exist_ok=True)
+    (out / names.ANNOTATIONS_DIR).mkdir(parents=True, exist_ok=True)
+    (out / names.FEATURES_DIR).mkdir(parents=True, exist_ok=True)
     categories = categories or official_categories()
     world = synthetic_task(categories)
     args = (world, categories, num_frames, image_size, feature_dim, text_noise, visual_noise, label_noise)
@@ -269,11 +270,11 @@ def make_synthetic_dataset(
                 summary["num_classes"] = len({r["category_id"] for r in records})
         if split == "test":
             labels = [{"id": r["id"], label_key: r.pop(label_key)} for r in records]
-            _write_json(out / "annotations" / "test_labels.json", labels)
+            _write_json(out / names.ANNOTATIONS_DIR / names.TEST_LABELS_FILE, labels)
         if split != "labeled":
             for record in records:
                 record.pop(label_key, None)
-        _write_json(out / "annotations" / f"{split}.json", records)
+        _write_json(out / names.ANNOTATIONS_DIR / f"{split}.json", records)
     summary["task"] = task
     summary["label_noise"] = label_noise
     summary["long_tail"] = long_tail
@@ -281,10 +282,10 @@ def make_synthetic_dataset(
     summary["num_visual_codes"] = world.num_visual_codes
     summary["categories"] = categories.source
     summary["paths"] = {
-        "annotations": str(out / "annotations"),
-        "test_labels": str(out / "annotations" / "test_labels.json"),
-        "zip_frames": str(out / "zip_frames"),
-        "zip_feats": str(out / "zip_feats"),
+        "annotations": str(out / names.ANNOTATIONS_DIR),
+        "test_labels": str(out / names.ANNOTATIONS_DIR / names.TEST_LABELS_FILE),
+        "zip_frames": str(out / names.FRAMES_DIR),
+        "zip_feats": str(out / names.FEATURES_DIR),
         **({"videos": str(out / "videos")} if videos > 0 else {}),
     }
     summary["seconds"] = round(time.perf_counter() - start, 3)
@@ -557,7 +558,7 @@ def _write_split(
 ) -> tuple[list[dict[str, Any]], int, int]:
     records: list[dict[str, Any]] = []
     frames_written = videos_written = 0
-    frames_dir = out / "zip_frames" / split
+    frames_dir = out / names.FRAMES_DIR / split
     with zipfile.ZipFile(out / "zip_feats" / f"{split}.zip", "w", zipfile.ZIP_STORED) as feats_zip:
         for index in range(count):
             video_id = _new_id(rng, taken_ids)
