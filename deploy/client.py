@@ -25,6 +25,7 @@ from mmcls import names
 from mmcls.config import FrameConfig
 from mmcls.data.annotations import Record, annotation_path, load_records
 from mmcls.data.frames import EncodedZipFramesSource, FrameError
+from mmcls.deploy.ports import LOOPBACK
 from mmcls.errors import MmclsError
 
 MODEL_NAME = names.TRITON_MODEL
@@ -277,7 +278,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- load generator
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+LOOPBACK_HOSTS = (LOOPBACK, "localhost")
 
 
 def check_loopback(url: str) -> str:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from mmcls import names
 from mmcls.config import ConfigError, FrameConfig
 from mmcls.data.annotations import Record
 from mmcls.errors import MmclsError, unwrap_worker_report
@@ -516,9 +517,9 @@ def build_frame_source(cfg: FrameConfig, data_root: str | Path, split: str) -> F
         )
     if cfg.source == "zip_frames":
         source_type = EncodedZipFramesSource if cfg.decoder == "cuda" else ZipFramesSource
-        return source_type(cfg, root / "zip_frames" / split)
+        return source_type(cfg, root / names.FRAMES_DIR / split)
     if cfg.source == "zip_feats":
-        return ZipFeatsSource(cfg, root / "zip_feats" / f"{split}.zip")
+        return ZipFeatsSource(cfg, root / names.FEATURES_DIR / f"{split}.zip")
     if cfg.source == "video":
         video_dir = Path(cfg.video_dir) if cfg.video_dir else root / "videos" / split
         return VideoFileSource(cfg, video_dir, cfg.video_ext, data_root=root)
