@@ -35,7 +35,6 @@ from mmcls.models import build_model, load_model_dir, save_model_dir
 from commands import ONE_EPOCH, child_env, mmcls_command
 from conftest import CHILDREN, PARENTS
 
-SHARED_CATEGORIES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wbdc2022_categories.csv"
 FLAT = [("a", "甲"), ("b", "乙"), ("c", "丙"), ("d", "丁"), ("e", "戊")]
 FAST = list(ONE_EPOCH)
 
@@ -81,14 +80,19 @@ def test_flat_file_level1_is_level2_and_mean_f1_is_mean_of_accuracy_and_macro_f1
     assert scores["mean_f1"] == pytest.approx((scores["lv2_micro_f1"] + scores["lv2_macro_f1"]) / 2)
 
 
-def test_packaged_list_is_the_official_one_and_the_scorers_level1(tmp_path):
-    """The official scorer derives level 1 as ``int(id[:2])``: the file's parents say the same for every id."""
+def test_packaged_list_is_the_shared_official_one(shared_data):
+    """The packaged WBDC2022 list is the challenge's own file (``../shared/data``): same ids, order, counts."""
     tax = official_categories()
-    assert tax.num_lv2 == 200 and tax.num_lv1 == 23 and load_categories(None) is tax
-    with SHARED_CATEGORIES.open(encoding="utf-8") as handle:
+    with (shared_data / "wbdc2022_categories.csv").open(encoding="utf-8") as handle:
         shared = list(csv.DictReader(handle))
     assert tax.category_ids == tuple(r["category_id"] for r in shared)  # same ids, same order
     assert tax.labeled_counts == tuple(int(r["labeled_count"]) for r in shared)
+
+
+def test_packaged_list_agrees_with_the_scorers_level1(tmp_path):
+    """The official scorer derives level 1 as ``int(id[:2])``: the file's parents say the same for every id."""
+    tax = official_categories()
+    assert tax.num_lv2 == 200 and tax.num_lv1 == 23 and load_categories(None) is tax
     for cid in tax.category_ids:
         assert tax.lv1_index(cid) == int(cid[:2]) == int(tax.lv1_id(cid))
     # On a WBDC submission the taxonomy's score is the official formula's.
